@@ -1,0 +1,298 @@
+"""Hugging Face Gemma-2 checkpoint directory -> a GGUF that llama.cpp loads as `gemma2`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+
+from .. import safetensors_io
+from . import spm
+from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
+                     pick_qtype, read_json, read_safetensors, summarize, temp_beside, write_gguf)
+
+# llama.cpp's llama_ftype values for the types only its quantizer writes (include/llama.h).
+LLAMA_QUANT_FTYPES = {
+    "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13,
+    "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18,
+}
+PYTHON_FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
+                     "bf16": LlamaFileType.MOSTLY_BF16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
+BASE_OUTTYPES = [*PYTHON_OUTTYPES, *LLAMA_QUANT_FTYPES]
+
+
+@dataclass
+class GemmaHparams:
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_theta: float
+    sliding_window: int
+    attn_softcap: float
+    final_softcap: float
+    query_pre_attn_scalar: float
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: Path) -> "GemmaHparams":
+        archs = cfg.get("architectures") or []
+        if cfg.get("model_type") != "gemma2" and "Gemma2ForCausalLM" not in archs:
+            raise ConversionError(
+                f"{where}: not a Gemma-2 config (model_type {cfg.get('model_type')!r}, architectures {archs}); "
+                "flas-convert base converts Gemma-2 checkpoints (Gemma2ForCausalLM), e.g. google/gemma-2-2b-it")
+
+        def need(key: str):
+            if key not in cfg:
+                raise ConversionError(f"{where}: Gemma-2 config lacks {key!r}; is the checkpoint complete?")
+            return cfg[key]
+
+        rope = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+        hp = cls(
+            n_vocab=int(need("vocab_size")), n_embd=int(need("hidden_size")), n_layer=int(need("num_hidden_layers")),
+            n_head=int(need("num_attention_heads")),
+            n_head_kv=int(cfg.get("num_key_value_heads", need("num_attention_heads"))),
+            head_dim=int(need("head_dim")), n_ff=int(need("intermediate_size")),
+            n_ctx_train=int(cfg.get("max_position_embeddings", 8192)), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope), sliding_window=int(cfg.get("sliding_window", 4096) or 4096),
+            attn_softcap=float(cfg.get("attn_logit_softcapping") or 50.0),
+            final_softcap=float(cfg.get("final_logit_softcapping") or 30.0),
+            query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", need("head_dim"))),
+        )
+        if hp.n_head % hp.n_head_kv:
+            raise ConversionError(f"{where}: num_attention_heads {hp.n_head} is not a multiple of "
+                                  f"num_key_value_heads {hp.n_head_kv}")
+        # llama.cpp's gemma2 graph scales queries by 1/sqrt(head_dim) (27B aside): refuse a model
+        # it would silently compute differently.
+        if hp.n_layer != 46 and hp.query_pre_attn_scalar != hp.head_dim:
+            raise ConversionError(
+                f"{where}: query_pre_attn_scalar {hp.query_pre_attn_scalar:g} != head_dim {hp.head_dim}; "
+                "llama.cpp's gemma2 scales attention by 1/sqrt(head_dim), so this model would run wrongly")
+        return hp
+
+
+def expected_tensors(hp: GemmaHparams) -> dict[str, tuple[str, tuple[int, ...], bool]]:
+    """HF name -> (GGUF name, shape, is_norm)."""
+    H, D = hp.n_embd, hp.head_dim
+    out = {"model.embed_tokens.weight": ("token_embd.weight", (hp.n_vocab, H), False),
+           "model.norm.weight": ("output_norm.weight", (H,), True)}
+    per_layer = [
+        ("input_layernorm.weight", "attn_norm.weight", (H,), True),
+        ("self_attn.q_proj.weight", "attn_q.weight", (hp.n_head * D, H), False),
+        ("self_attn.k_proj.weight", "attn_k.weight", (hp.n_head_kv * D, H), False),
+        ("self_attn.v_proj.weight", "attn_v.weight", (hp.n_head_kv * D, H), False),
+        ("self_attn.o_proj.weight", "attn_output.weight", (H, hp.n_head * D), False),
+        ("post_attention_layernorm.weight", "post_attention_norm.weight", (H,), True),
+        ("pre_feedforward_layernorm.weight", "ffn_norm.weight", (H,), True),
+        ("mlp.gate_proj.weight", "ffn_gate.weight", (hp.n_ff, H), False),
+        ("mlp.up_proj.weight", "ffn_up.weight", (hp.n_ff, H), False),
+        ("mlp.down_proj.weight", "ffn_down.weight", (H, hp.n_ff), False),
+        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight", (H,), True),
+    ]
+    for i in range(hp.n_layer):
+        for hf, gg, shape, is_norm in per_layer:
+            out[f"model.layers.{i}.{hf}"] = (f"blk.{i}.{gg}", shape, is_norm)
+    return out
+
+
+def find_weights(hf_dir: Path) -> dict[str, safetensors_io.TensorRef]:
+    """All tensors of the checkpoint, from the index if there is one, else from every shard."""
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index, "weight index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConversionError(f"{index}: no 'weight_map'; the index file is damaged")
+        files = sorted(set(weight_map.values()))
+    else:
+        files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
+        if not files:
+            bins = sorted(p.name for p in hf_dir.glob("*.bin"))
+            hint = " (only PyTorch .bin files: re-save the model with safetensors)" if bins else ""
+            raise ConversionError(f"no .safetensors weights in {hf_dir}{hint}")
+        weight_map = None
+    refs: dict[str, safetensors_io.TensorRef] = {}
+    for fname in files:
+        for name, ref in read_safetensors(hf_dir / fname).items():
+            if name in refs:
+                raise ConversionError(f"tensor {name!r} appears in both {refs[name].path.name} and {fname}")
+            refs[name] = ref
+    if weight_map is not None:
+        for name, fname in weight_map.items():
+            if name not in refs or refs[name].path.name != fname:
+                raise ConversionError(f"{index}: says {name!r} is in {fname}, but it is not there; "
+                                      "the index and the shards do not belong together")
+    return refs
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    add_space_prefix: bool
+    remove_extra_whitespaces: bool
+
+
+def load_vocab(hf_dir: Path, hp: GemmaHparams, tok_cfg: dict) -> Vocab:
+    path = hf_dir / "tokenizer.model"
+    if not path.is_file():
+        raise ConversionError(f"tokenizer.model not found in {hf_dir}: flas-convert base needs the "
+                              "SentencePiece model that Gemma checkpoints ship")
+    try:
+        sp = spm.load(path)
+    except spm.SentencePieceError as e:
+        raise ConversionError(str(e)) from None
+    if len(sp.pieces) > hp.n_vocab:
+        raise ConversionError(f"tokenizer.model has {len(sp.pieces)} pieces but config.json vocab_size is "
+                              f"{hp.n_vocab}: the tokenizer and the weights do not belong together")
+    pad = hp.n_vocab - len(sp.pieces)
+    v = Vocab(sp.pieces + [f"[PAD{i}]" for i in range(len(sp.pieces), hp.n_vocab)],
+              sp.scores + [-10000.0] * pad, sp.types + [spm.UNUSED] * pad,
+              sp.add_dummy_prefix, sp.remove_extra_whitespaces)
+    # Tokens the HF tokenizer adds on top of the SentencePiece model: "special" ones are
+    # control tokens for llama.cpp (parsed only when asked to), the rest user-defined.
+    added = dict((tok_cfg.get("added_tokens_decoder") or {}).items())
+    extra = hf_dir / "added_tokens.json"
+    if extra.is_file():
+        added.update({str(i): {"content": t, "special": False} for t, i in read_json(extra, "added_tokens.json").items()})
+    for sid, info in added.items():
+        i = int(sid)
+        if i >= hp.n_vocab:
+            raise ConversionError(f"added token {info.get('content')!r} has id {i}, beyond vocab_size {hp.n_vocab}")
+        v.tokens[i] = info["content"]
+        v.types[i] = spm.CONTROL if info.get("special") else spm.USER_DEFINED
+    return v
+
+
+def _token_id(tok_cfg: dict, cfg: dict, vocab: Vocab, role: str) -> int | None:
+    tok = tok_cfg.get(f"{role}_token")
+    if isinstance(tok, dict):
+        tok = tok.get("content")
+    if isinstance(tok, str) and tok in vocab.tokens:
+        return vocab.tokens.index(tok)
+    cid = cfg.get(f"{role}_token_id")
+    if isinstance(cid, list):
+        cid = cid[0] if cid else None
+    return int(cid) if cid is not None else None
+
+
+def add_metadata(w: GGUFWriter, hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_cfg: dict, name: str, ftype: int) -> None:
+    w.add_name(name)
+    w.add_file_type(ftype)
+    w.add_quantization_version(2)
+    w.add_context_length(hp.n_ctx_train)
+    w.add_embedding_length(hp.n_embd)
+    w.add_block_count(hp.n_layer)
+    w.add_feed_forward_length(hp.n_ff)
+    w.add_head_count(hp.n_head)
+    w.add_head_count_kv(hp.n_head_kv)
+    w.add_key_length(hp.head_dim)
+    w.add_value_length(hp.head_dim)
+    w.add_layer_norm_rms_eps(hp.rms_eps)
+    w.add_rope_freq_base(hp.rope_theta)
+    w.add_sliding_window(hp.sliding_window)
+    w.add_attn_logit_softcapping(hp.attn_softcap)
+    w.add_final_logit_softcapping(hp.final_softcap)
+
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(vocab.tokens)
+    w.add_token_scores(vocab.scores)
+    w.add_token_types(vocab.types)
+    w.add_add_space_prefix(vocab.add_space_prefix)
+    w.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
+    for role, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id),
+                      ("unk", w.add_unk_token_id), ("pad", w.add_pad_token_id)):
+        tid = _token_id(tok_cfg, cfg, vocab, role)
+        if tid is not None:
+            add(tid)
+    if "<end_of_turn>" in vocab.tokens:
+        w.add_eot_token_id(vocab.tokens.index("<end_of_turn>"))
+    w.add_add_bos_token(bool(tok_cfg.get("add_bos_token", True)))
+    w.add_add_eos_token(bool(tok_cfg.get("add_eos_token", False)))
+    template = tok_cfg.get("chat_template")
+    if isinstance(template, list):  # the multi-template form: keep the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if isinstance(template, str) and template:
+        w.add_chat_template(template)
+
+
+def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp: GemmaHparams, qtype: GGMLQuantizationType) -> list[TensorPlan]:
+    expected = expected_tensors(hp)
+    for name, ref in refs.items():
+        if name == "lm_head.weight":  # tied to the embedding in Gemma-2; llama.cpp reuses token_embd
+            continue
+        if name not in expected:
+            raise ConversionError(f"unknown tensor {name!r} in {ref.path.name}: not part of a Gemma-2 model "
+                                  f"with {hp.n_layer} layers; is config.json the one of these weights?")
+    plan = []
+    for hf_name, (gg_name, shape, is_norm) in expected.items():
+        if hf_name not in refs:
+            raise ConversionError(f"missing tensor {hf_name!r}: the checkpoint is incomplete (a shard missing?)")
+        ref = refs[hf_name]
+        check_shape(hf_name, ref.shape, shape, "config.json")
+        if is_norm:  # Gemma's RMSNorm scales by (1 + w); llama.cpp's GGUF stores 1 + w
+            plan.append(TensorPlan(gg_name, shape, GGMLQuantizationType.F32, lambda r=ref: r.to_f32() + np.float32(1.0)))
+        else:
+            plan.append(TensorPlan(gg_name, shape, pick_qtype(shape, qtype), ref.to_f32))
+    return plan
+
+
+def intermediate_type(refs: dict[str, safetensors_io.TensorRef]) -> str:
+    """The precision to hand llama.cpp's quantizer: the widest the checkpoint holds."""
+    dtypes = {r.dtype for r in refs.values()}
+    return "f32" if "F32" in dtypes or "F64" in dtypes else ("bf16" if "BF16" in dtypes else "f16")
+
+
+def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", force: bool = False,
+                 dry_run: bool = False, progress: bool = True, threads: int = 0) -> str:
+    """Convert; returns the summary line. Raises ConversionError for bad input."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    key = outtype.lower() if outtype.lower() in PYTHON_OUTTYPES else outtype.upper()
+    if key not in PYTHON_OUTTYPES and key not in LLAMA_QUANT_FTYPES:
+        raise ConversionError(f"unknown --outtype {outtype!r}; choose one of: {', '.join(BASE_OUTTYPES)}")
+    if not hf_dir.is_dir():
+        raise ConversionError(f"checkpoint directory not found: {hf_dir}")
+    cfg = read_json(hf_dir / "config.json", "config.json")
+    hp = GemmaHparams.from_config(cfg, hf_dir / "config.json")
+    tok_cfg_path = hf_dir / "tokenizer_config.json"
+    tok_cfg = read_json(tok_cfg_path, "tokenizer_config.json") if tok_cfg_path.is_file() else {}
+    vocab = load_vocab(hf_dir, hp, tok_cfg)
+    refs = find_weights(hf_dir)
+    stage = key if key in PYTHON_OUTTYPES else intermediate_type(refs)
+    plan = plan_tensors(refs, hp, PYTHON_OUTTYPES[stage])
+    if not dry_run:
+        check_output(out, force)
+    if not tok_cfg.get("chat_template"):
+        print(f"warning: no chat template in {tok_cfg_path}; chat prompts will need one", file=sys.stderr)
+    summary = summarize(plan)
+    if dry_run:
+        note = f" (then quantized to {key} by llama.cpp)" if key in LLAMA_QUANT_FTYPES else ""
+        return summary.line(out, dry_run=True) + note
+
+    name = cfg.get("_name_or_path") or hf_dir.resolve().name
+    with atomic_output(out) as tmp:
+        if key in PYTHON_OUTTYPES:
+            write_stage(tmp, plan, hp, vocab, cfg, tok_cfg, name, int(PYTHON_FILE_TYPES[key]), progress)
+        else:
+            from .. import _core  # the quantizer is llama.cpp's own, reached through the extension
+            with temp_beside(out, f".{stage}.part") as staged:
+                write_stage(staged, plan, hp, vocab, cfg, tok_cfg, name, int(PYTHON_FILE_TYPES[stage]), progress)
+                _core.model_quantize(str(staged), str(tmp), LLAMA_QUANT_FTYPES[key], threads)
+    size = out.stat().st_size
+    return summary.line(out, dry_run=False) + ("" if key in PYTHON_OUTTYPES else f", quantized by llama.cpp to {key}: {size / 1e6:.1f} MB")
+
+
+def write_stage(path: Path, plan: list[TensorPlan], hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_cfg: dict,
+                name: str, ftype: int, progress: bool) -> None:
+    w = GGUFWriter(path, "gemma2")
+    add_metadata(w, hp, vocab, cfg, tok_cfg, name, ftype)
+    w.open_output_file()
+    write_gguf(w, plan, "base tensors", progress)

@@ -1,0 +1,165 @@
+"""What both converters share: errors, output types, checked JSON/safetensors input, safe output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
+
+from .. import safetensors_io
+
+
+class ConversionError(Exception):
+    """A user mistake or bad input: the message says what is wrong and how to fix it."""
+
+
+# --outtype name -> ggml type written by Python; K-quants go through llama.cpp's quantizer.
+PYTHON_OUTTYPES = {
+    "f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
+    "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0,
+}
+
+
+@dataclass
+class TensorPlan:
+    """One output tensor, decided before anything is written; `load` gives its float32 values."""
+    name: str
+    shape: tuple[int, ...]                 # numpy order (PyTorch [out, in]); ggml ne is reversed
+    qtype: GGMLQuantizationType
+    load: Callable[[], np.ndarray]
+
+    @property
+    def n_params(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def n_bytes(self) -> int:
+        block, type_size = GGML_QUANT_SIZES[self.qtype]
+        return self.n_params // block * type_size
+
+
+def pick_qtype(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+    """`wanted`, or f16 where a row does not fill whole quant blocks (as llama.cpp falls back)."""
+    block, _ = GGML_QUANT_SIZES[wanted]
+    return wanted if shape[-1] % block == 0 else GGMLQuantizationType.F16
+
+
+def encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """float32 values -> the bytes (or f32/f16 values) GGUF stores for `qtype`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x if qtype == GGMLQuantizationType.F32 else quants.quantize(x, qtype)
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConversionError(f"{what} not found: {path}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: not valid JSON ({e}); is this the right file?") from None
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: expected a JSON object at the top level")
+    return obj
+
+
+def read_safetensors(path: Path) -> dict[str, safetensors_io.TensorRef]:
+    if not path.is_file():
+        raise ConversionError(f"safetensors file not found: {path}")
+    try:
+        refs, _ = safetensors_io.read_header(path)
+    except safetensors_io.SafetensorsError as e:
+        raise ConversionError(f"{e}; re-download the checkpoint") from None
+    return refs
+
+
+def check_shape(name: str, got: tuple[int, ...], want: tuple[int, ...], source: str) -> None:
+    if tuple(got) != tuple(want):
+        raise ConversionError(
+            f"tensor {name!r} has shape {list(got)} but {source} implies {list(want)}: "
+            "the weights and the config do not belong together")
+
+
+@dataclass
+class Summary:
+    """What was (or, with --dry-run, would be) written."""
+    n_tensors: int = 0
+    n_params: int = 0
+    n_bytes: int = 0
+    types: dict[str, int] = field(default_factory=dict)
+
+    def add(self, n_params: int, n_bytes: int, qtype: GGMLQuantizationType) -> None:
+        self.n_tensors += 1
+        self.n_params += n_params
+        self.n_bytes += n_bytes
+        self.types[qtype.name.lower()] = self.types.get(qtype.name.lower(), 0) + 1
+
+    def line(self, out: Path, dry_run: bool) -> str:
+        types = ", ".join(f"{k} x{v}" for k, v in sorted(self.types.items(), key=lambda kv: -kv[1]))
+        verb = "would write" if dry_run else "wrote"
+        return (f"{verb} {out}: {self.n_tensors} tensors, {self.n_params / 1e6:.2f} M params, "
+                f"{self.n_bytes / 1e6:.1f} MB of tensor data ({types})")
+
+
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ConversionError(f"output file exists: {out} (pass --force to overwrite it)")
+    if out.is_dir():
+        raise ConversionError(f"output path is a directory: {out}; give a file name ending in .gguf")
+    if not out.parent.is_dir():
+        raise ConversionError(f"output directory does not exist: {out.parent}")
+
+
+@contextlib.contextmanager
+def temp_beside(out: Path, suffix: str = ".part") -> Iterator[Path]:
+    """A fresh temporary path in `out`'s directory, deleted when the block ends."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """A temporary path beside `out`, renamed onto it only if the block succeeds."""
+    with temp_beside(out) as tmp:
+        yield tmp
+        os.replace(tmp, out)
+
+
+def write_gguf(writer: GGUFWriter, plan: list[TensorPlan], desc: str, progress: bool = True) -> None:
+    """Stream the tensors of `plan` into an opened-but-empty writer (KV pairs already added).
+
+    Tensors are loaded and encoded one at a time, so memory stays at one tensor whatever the
+    model size.
+    """
+    for t in plan:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    bar = tqdm(plan, desc=desc, unit="tensor", file=sys.stderr, disable=not progress)
+    for t in bar:
+        data = encode(t.load(), t.qtype)
+        if data.nbytes != t.n_bytes:  # a bug, not a user mistake
+            raise RuntimeError(f"{t.name}: encoded to {data.nbytes} bytes, planned {t.n_bytes}")
+        writer.write_tensor_data(data)
+    writer.close()
+
+
+def summarize(plan: list[TensorPlan]) -> Summary:
+    summary = Summary()
+    for t in plan:
+        summary.add(t.n_params, t.n_bytes, t.qtype)
+    return summary
