@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from . import _core
+from ._native import core
 
 __version__ = "0.1.0"
 
@@ -15,7 +15,7 @@ def build_info() -> dict:
     `libllama`/`libggml` are the files actually mapped into this process; they are the ones
     llama-cpp-python ships, so `import llama_cpp` beside `import flas_cpp` shares one ggml.
     """
-    info = _core.build_info()
+    info = core().build_info()
     info["flas_cpp"] = __version__
     info["llama_cpp_python"] = metadata.version("llama-cpp-python")
     return info

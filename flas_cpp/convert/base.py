@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from .. import safetensors_io
 from . import spm
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     pick_qtype, read_json, read_safetensors, summarize, temp_beside, write_gguf)
+                     pick_qtype, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
 
 # llama.cpp's llama_ftype values for the types only its quantizer writes (include/llama.h).
 LLAMA_QUANT_FTYPES = {
@@ -260,6 +260,8 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
         raise ConversionError(f"unknown --outtype {outtype!r}; choose one of: {', '.join(BASE_OUTTYPES)}")
     if not hf_dir.is_dir():
         raise ConversionError(f"checkpoint directory not found: {hf_dir}")
+    if not dry_run:
+        check_output(out, force)
     cfg = read_json(hf_dir / "config.json", "config.json")
     hp = GemmaHparams.from_config(cfg, hf_dir / "config.json")
     tok_cfg_path = hf_dir / "tokenizer_config.json"
@@ -268,8 +270,6 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
     refs = find_weights(hf_dir)
     stage = key if key in PYTHON_OUTTYPES else intermediate_type(refs)
     plan = plan_tensors(refs, hp, PYTHON_OUTTYPES[stage])
-    if not dry_run:
-        check_output(out, force)
     if not tok_cfg.get("chat_template"):
         print(f"warning: no chat template in {tok_cfg_path}; chat prompts will need one", file=sys.stderr)
     summary = summarize(plan)
@@ -282,17 +282,17 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
         if key in PYTHON_OUTTYPES:
             write_stage(tmp, plan, hp, vocab, cfg, tok_cfg, name, int(PYTHON_FILE_TYPES[key]), progress)
         else:
-            from .. import _core  # the quantizer is llama.cpp's own, reached through the extension
+            from .._native import core  # the quantizer is llama.cpp's own, reached through the extension
             with temp_beside(out, f".{stage}.part") as staged:
                 write_stage(staged, plan, hp, vocab, cfg, tok_cfg, name, int(PYTHON_FILE_TYPES[stage]), progress)
-                _core.model_quantize(str(staged), str(tmp), LLAMA_QUANT_FTYPES[key], threads)
-    size = out.stat().st_size
-    return summary.line(out, dry_run=False) + ("" if key in PYTHON_OUTTYPES else f", quantized by llama.cpp to {key}: {size / 1e6:.1f} MB")
+                core().model_quantize(str(staged), str(tmp), LLAMA_QUANT_FTYPES[key], threads)
+    if key in PYTHON_OUTTYPES:
+        return summary.line(out, dry_run=False)
+    return summarize_file(out).line(out, dry_run=False) + f" [{key}, by llama.cpp's quantizer]"
 
 
 def write_stage(path: Path, plan: list[TensorPlan], hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_cfg: dict,
                 name: str, ftype: int, progress: bool) -> None:
     w = GGUFWriter(path, "gemma2")
     add_metadata(w, hp, vocab, cfg, tok_cfg, name, ftype)
-    w.open_output_file()
     write_gguf(w, plan, "base tensors", progress)

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter, quants
 
 from .. import safetensors_io
 
@@ -135,17 +135,21 @@ def atomic_output(out: Path) -> Iterator[Path]:
     """A temporary path beside `out`, renamed onto it only if the block succeeds."""
     with temp_beside(out) as tmp:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, out)
 
 
 def write_gguf(writer: GGUFWriter, plan: list[TensorPlan], desc: str, progress: bool = True) -> None:
-    """Stream the tensors of `plan` into an opened-but-empty writer (KV pairs already added).
+    """Write a GGUF: the writer's KV pairs (already added), then the tensors of `plan`.
 
     Tensors are loaded and encoded one at a time, so memory stays at one tensor whatever the
     model size.
     """
     for t in plan:
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype)
+    writer.open_output_file()
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -162,4 +166,12 @@ def summarize(plan: list[TensorPlan]) -> Summary:
     summary = Summary()
     for t in plan:
         summary.add(t.n_params, t.n_bytes, t.qtype)
+    return summary
+
+
+def summarize_file(path: Path) -> Summary:
+    """The summary of a written GGUF (for files llama.cpp's quantizer wrote)."""
+    summary = Summary()
+    for t in GGUFReader(path).tensors:
+        summary.add(int(t.n_elements), int(t.n_bytes), GGMLQuantizationType(t.tensor_type))
     return summary

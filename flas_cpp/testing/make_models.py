@@ -35,7 +35,8 @@ GEMMA_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 SPECIAL_TOKENS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
-TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]  # ids 4 and 5
+TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
+USER_SYMBOLS = ["<mask>", *TURN_TOKENS]  # ids 4, 5, 6; Gemma's tokenizer has <mask> too
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def train_tokenizer(seed: int, pad_to: int | None) -> bytes:
         normalization_rule_name="identity", num_threads=1, minloglevel=2,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3,
         pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        user_defined_symbols=TURN_TOKENS,
+        user_defined_symbols=USER_SYMBOLS,
     )
     data = model.getvalue()
     if pad_to is not None:
@@ -113,11 +114,11 @@ def write_tokenizer_files(out: Path, proto: bytes) -> int:
     (out / "tokenizer.model").write_bytes(proto)
     added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
                       "single_word": False, "special": True}
-             for t, i in [*SPECIAL_TOKENS.items(), *((t, 4 + k) for k, t in enumerate(TURN_TOKENS))]}
+             for t, i in [*SPECIAL_TOKENS.items(), *((t, 4 + k) for k, t in enumerate(USER_SYMBOLS))]}
     tok_cfg = {
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "additional_special_tokens": TURN_TOKENS, "added_tokens_decoder": added,
+        "mask_token": "<mask>", "additional_special_tokens": TURN_TOKENS, "added_tokens_decoder": added,
         "chat_template": GEMMA_CHAT_TEMPLATE, "model_max_length": 8192,
         "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False,
         "sp_model_kwargs": {}, "legacy": False,
@@ -125,7 +126,7 @@ def write_tokenizer_files(out: Path, proto: bytes) -> int:
     _write_json(out / "tokenizer_config.json", tok_cfg)
     _write_json(out / "special_tokens_map.json", {
         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "additional_special_tokens": TURN_TOKENS})
+        "mask_token": "<mask>", "additional_special_tokens": TURN_TOKENS})
     return n_vocab
 
 
@@ -168,7 +169,8 @@ def base_tensor_specs(s: ModelSize, n_vocab: int) -> list[tuple[str, tuple[int, 
 
     Projections keep activations O(1); post-norm gains of about 3 let the layers, not the
     tied input embedding, dominate the residual stream, so greedy output is not a copy of
-    the last token and top-1 margins stay well above float rounding.
+    the last token and top-1 margins stay well above float rounding. (Sharper attention
+    made the model chaotic: bf16 weights then moved logits by 8%.)
     """
     H, D, I = s.hidden, s.head_dim, s.intermediate
     specs = [("model.embed_tokens.weight", (n_vocab, H), 0.3, 0.0), ("model.norm.weight", (H,), 0.1, 0.0)]
@@ -261,7 +263,7 @@ def write_base(out: Path, size: str = "tiny", seed: int = 0, quiet: bool = False
     out.mkdir(parents=True, exist_ok=True)
     n_vocab = write_tokenizer_files(out, train_tokenizer(seed, s.vocab))
     _write_json(out / "config.json", base_config(s, n_vocab))
-    _write_json(out / "generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, 5], "pad_token_id": 0})
+    _write_json(out / "generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, 6], "pad_token_id": 0})
 
     specs = base_tensor_specs(s, n_vocab)
     shard_of = np.array_split(np.arange(len(specs)), s.shards)

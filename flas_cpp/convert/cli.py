@@ -1,0 +1,65 @@
+"""`flas-convert` (also `python convert_weights.py`): Gemma-2 and FLAS checkpoints -> GGUF."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .base import BASE_OUTTYPES, convert_base
+from .common import ConversionError
+from .flow import convert_flow
+
+EPILOG = """examples:
+  flas-convert base gemma-2-2b-it/ -o gemma-2-2b-it-Q4_K_M.gguf --outtype Q4_K_M
+  flas-convert flow flas-gemma-2-2b-it/flas-gemma-2-2b-it.safetensors -o flas-gemma-2-2b-it.gguf --outtype q8_0
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flas-convert", description=__doc__.splitlines()[0].split(": ", 1)[1],
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{base,flow}")
+
+    b = sub.add_parser("base", help="a Hugging Face Gemma-2 checkpoint directory -> llama.cpp GGUF")
+    b.add_argument("hf_dir", help="directory with config.json, *.safetensors, tokenizer.model, tokenizer_config.json")
+    b.add_argument("--outtype", default="f16", metavar="TYPE",
+                   help=f"one of {', '.join(BASE_OUTTYPES)} (K-quants through llama.cpp's quantizer); default f16")
+    b.add_argument("--threads", type=int, default=0, help="quantizer threads (default: all cores)")
+
+    f = sub.add_parser("flow", help="a FLAS flow checkpoint (.safetensors + config.json) -> flow GGUF")
+    f.add_argument("flow", help="the flow .safetensors file")
+    f.add_argument("--config", help="the flow's config.json (default: config.json beside the file)")
+    f.add_argument("--base-config", help="the base model's HF config.json; needed unless the flow's model_id "
+                                         "is a released Gemma-2 (google/gemma-2-2b-it, ...)")
+    f.add_argument("--outtype", default="bf16", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="matrix type; norms, gates and biases stay f32 (default bf16)")
+
+    for p in (b, f):
+        p.add_argument("-o", "--out", required=True, help="output .gguf file")
+        p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+        p.add_argument("--dry-run", action="store_true", help="check everything and print the summary; write nothing")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "base":
+            line = convert_base(args.hf_dir, args.out, args.outtype, args.force, args.dry_run,
+                                not args.no_progress, args.threads)
+        else:
+            line = convert_flow(args.flow, args.out, args.config, args.base_config, args.outtype, args.force,
+                                args.dry_run, not args.no_progress)
+    except ConversionError as e:
+        print(f"flas-convert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flas-convert {args.command}: interrupted; no output written", file=sys.stderr)
+        return 130
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

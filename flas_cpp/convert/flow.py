@@ -1,0 +1,208 @@
+"""Released FLAS flow checkpoint (safetensors + config.json) -> flow GGUF (see gguf_names.py)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from .. import gguf_names as N
+from .. import safetensors_io
+from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
+                     pick_qtype, read_json, read_safetensors, summarize, write_gguf)
+
+
+@dataclass
+class BaseFacts:
+    """What the flow inherits from its base model (FLAS_SPEC.md sections 4 and 6)."""
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_layer: int
+    rms_eps: float = 1e-6
+    softcap: float = 50.0
+    rope_theta: float = 10000.0
+    query_pre_attn_scalar: float = 256.0
+
+
+# The released checkpoints' bases, so that converting them needs no base config.json.
+KNOWN_BASES = {
+    "google/gemma-2-2b-it": BaseFacts(2304, 9216, 8, 4, 256, 26),
+    "google/gemma-2-2b": BaseFacts(2304, 9216, 8, 4, 256, 26),
+    "google/gemma-2-9b-it": BaseFacts(3584, 14336, 16, 8, 256, 42),
+    "google/gemma-2-9b": BaseFacts(3584, 14336, 16, 8, 256, 42),
+}
+
+
+def base_facts_from_config(path: Path) -> BaseFacts:
+    from .base import GemmaHparams  # one reader of Gemma-2 configs
+
+    hp = GemmaHparams.from_config(read_json(path, "base config.json"), path)
+    return BaseFacts(hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_layer,
+                     hp.rms_eps, hp.attn_softcap, hp.rope_theta, hp.query_pre_attn_scalar)
+
+
+@dataclass
+class FlowConfig:
+    model_id: str
+    layer: int
+    num_blocks: int
+    n_steps: int
+    t_min: float
+    t_max: float
+    concept_max_len: int
+    prompt_format: str
+    disabled: dict[str, bool | None]  # group -> flag from config.json (None: not stated)
+
+    @classmethod
+    def from_json(cls, cfg: dict, where: Path) -> "FlowConfig":
+        def get(key: str, kind, default=None):
+            if key not in cfg:
+                if default is None:
+                    raise ConversionError(f"{where}: flow config lacks {key!r}; is this the config.json "
+                                          "released with the flow checkpoint?")
+                return default
+            val = cfg[key]
+            ok = isinstance(val, (int, float)) and not isinstance(val, bool) if kind is float else isinstance(val, kind)
+            if not ok or (kind is int and isinstance(val, bool)):
+                raise ConversionError(f"{where}: {key!r} should be {kind.__name__}, got {val!r}")
+            return kind(val)
+
+        fc = cls(
+            model_id=get("model_id", str, ""), layer=get("layer", int), num_blocks=get("num_blocks", int, 1),
+            n_steps=get("n_steps", int, 3), t_min=get("T_min", float, 0.5), t_max=get("T_max", float, 2.0),
+            concept_max_len=get("concept_max_len", int, 64), prompt_format=get("prompt_format", str, "chat"),
+            disabled={g: (bool(cfg[f"disable_{g}"]) if f"disable_{g}" in cfg else None) for g in N.GROUPS},
+        )
+        if fc.prompt_format not in ("chat", "alpaca"):
+            raise ConversionError(f"{where}: prompt_format {fc.prompt_format!r} is neither 'chat' nor 'alpaca'")
+        for key, val in (("num_blocks", fc.num_blocks), ("n_steps", fc.n_steps), ("concept_max_len", fc.concept_max_len)):
+            if val < 1:
+                raise ConversionError(f"{where}: {key} must be >= 1, got {val}")
+        return fc
+
+
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def plan_flow(refs: dict[str, safetensors_io.TensorRef], fc: FlowConfig, base: BaseFacts,
+              qtype: GGMLQuantizationType, where: Path) -> tuple[list[TensorPlan], dict[str, bool]]:
+    """Every tensor checked against the config and the base; returns the plan and the ablated groups."""
+    table = N.flow_tensor_table(base.n_embd, base.n_ff, base.n_head, base.n_head_kv, base.head_dim)
+    blocks_present = {int(m.group(1)) for name in refs if (m := _BLOCK_RE.match(name))}
+    if blocks_present != set(range(fc.num_blocks)):
+        raise ConversionError(f"{where.name} holds blocks {sorted(blocks_present)} but config.json says "
+                              f"num_blocks = {fc.num_blocks}: the config and the weights do not belong together")
+    expected = {}
+    for ck, gg, group, kind, shape in table:
+        for b in (range(fc.num_blocks) if "{b}" in ck else [0]):
+            expected[ck.format(b=b)] = (gg.format(b=b), group, kind, shape)
+    for name, ref in refs.items():
+        if name not in expected and name not in N.IGNORED_CHECKPOINT_TENSORS:
+            raise ConversionError(f"unknown tensor {name!r} in {where.name}: not part of a FLAS flow checkpoint "
+                                  "(FLAS_SPEC.md section 6)")
+
+    # A group is ablated when its tensors are absent; config.json's disable_* must agree.
+    disabled = {}
+    for group in N.GROUPS:
+        names = [ck for ck, (_, g, _, _) in expected.items() if g == group]
+        have = [ck for ck in names if ck in refs]
+        if have and len(have) != len(names):
+            missing = sorted(set(names) - set(have))
+            raise ConversionError(f"{where.name} has part of the {group} group but lacks {missing[0]!r}"
+                                  f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}: the checkpoint is damaged")
+        absent = not have
+        flag = fc.disabled[group]
+        if flag is not None and flag != absent:
+            state = "lacks" if absent else "has"
+            raise ConversionError(f"config.json says disable_{group}: {str(flag).lower()} but {where.name} {state} "
+                                  f"the {group} tensors: the config and the weights do not belong together")
+        disabled[group] = absent
+
+    plan = []
+    for ck, (gg, group, kind, shape) in expected.items():
+        if group is not None and disabled[group]:
+            continue
+        if ck not in refs:
+            raise ConversionError(f"missing tensor {ck!r} in {where.name}: the checkpoint is incomplete")
+        ref = refs[ck]
+        check_shape(ck, ref.shape, shape, f"the base model ({fc.model_id or 'base config'}: hidden {base.n_embd}, "
+                    f"{base.n_head}/{base.n_head_kv} heads of {base.head_dim}, intermediate {base.n_ff})")
+        if kind == "norm":  # stored as 1 + w, like llama.cpp's Gemma norms (gguf_names.py)
+            plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32, lambda r=ref: r.to_f32() + np.float32(1.0)))
+        elif kind == "vector":
+            plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32, ref.to_f32))
+        else:
+            plan.append(TensorPlan(gg, shape, pick_qtype(shape, qtype), ref.to_f32))
+    return plan, disabled
+
+
+def add_metadata(w: GGUFWriter, fc: FlowConfig, base: BaseFacts, disabled: dict[str, bool], name: str) -> None:
+    w.add_name(name)
+    w.add_uint32(N.KEY_FORMAT_VERSION, N.FORMAT_VERSION)
+    w.add_string(N.KEY_BASE_MODEL_ID, fc.model_id)
+    w.add_string(N.KEY_BASE_ARCH, "gemma2")
+    w.add_uint32(N.KEY_BASE_BLOCK_COUNT, base.n_layer)
+    w.add_uint32(N.KEY_LAYER, fc.layer)
+    w.add_uint32(N.KEY_BLOCK_COUNT, fc.num_blocks)
+    w.add_uint32(N.KEY_N_STEPS, fc.n_steps)
+    w.add_float32(N.KEY_T_MIN, fc.t_min)
+    w.add_float32(N.KEY_T_MAX, fc.t_max)
+    w.add_uint32(N.KEY_CONCEPT_MAX_LEN, fc.concept_max_len)
+    w.add_string(N.KEY_PROMPT_FORMAT, fc.prompt_format)
+    for group in N.GROUPS:
+        w.add_bool(N.GROUP_DISABLE_KEY[group], disabled[group])
+    w.add_uint32(N.KEY_EMBD, base.n_embd)
+    w.add_uint32(N.KEY_FF, base.n_ff)
+    w.add_uint32(N.KEY_HEAD_COUNT, base.n_head)
+    w.add_uint32(N.KEY_HEAD_COUNT_KV, base.n_head_kv)
+    w.add_uint32(N.KEY_HEAD_DIM, base.head_dim)
+    w.add_float32(N.KEY_RMS_EPS, base.rms_eps)
+    w.add_float32(N.KEY_SOFTCAP, base.softcap)
+    w.add_float32(N.KEY_QUERY_PRE_ATTN_SCALAR, base.query_pre_attn_scalar)
+    w.add_float32(N.KEY_ROPE_FREQ_BASE, base.rope_theta)
+    w.add_uint32(N.KEY_TIME_FREQ_DIM, N.TIME_FREQ_DIM)
+    w.add_bool(N.KEY_NORM_PLUS_ONE, True)
+
+
+def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | None = None,
+                 base_config: str | Path | None = None, outtype: str = "bf16", force: bool = False,
+                 dry_run: bool = False, progress: bool = True) -> str:
+    """Convert; returns the summary line. Raises ConversionError for bad input."""
+    flow_path, out = Path(flow_path), Path(out)
+    if outtype.lower() not in PYTHON_OUTTYPES:
+        raise ConversionError(f"unknown --outtype {outtype!r} for a flow; choose one of: {', '.join(PYTHON_OUTTYPES)}")
+    if not dry_run:
+        check_output(out, force)
+    refs = read_safetensors(flow_path)
+    config = Path(config) if config else flow_path.with_name("config.json")
+    if not config.is_file():
+        raise ConversionError(f"flow config not found: {config} (the config.json released beside the "
+                              "checkpoint; pass --config PATH if it lives elsewhere)")
+    fc = FlowConfig.from_json(read_json(config, "flow config.json"), config)
+    if base_config:
+        base = base_facts_from_config(Path(base_config))
+    elif fc.model_id in KNOWN_BASES:
+        base = KNOWN_BASES[fc.model_id]
+    else:
+        raise ConversionError(f"{config}: model_id {fc.model_id!r} is not a known Gemma-2 model; pass "
+                              "--base-config BASE_DIR/config.json so the flow's dimensions, norm eps, "
+                              "soft-capping and RoPE can be recorded")
+    if not 0 <= fc.layer < base.n_layer:
+        raise ConversionError(f"{config}: layer {fc.layer} is outside the base model's {base.n_layer} layers")
+    plan, disabled = plan_flow(refs, fc, base, PYTHON_OUTTYPES[outtype.lower()], flow_path)
+    summary = summarize(plan)
+    ablated = [g for g, d in disabled.items() if d]
+    note = f" [ablated: {', '.join(ablated)}]" if ablated else ""
+    if dry_run:
+        return summary.line(out, dry_run=True) + note
+    with atomic_output(out) as tmp:
+        w = GGUFWriter(tmp, N.ARCH)
+        add_metadata(w, fc, base, disabled, flow_path.stem)
+        write_gguf(w, plan, "flow tensors", progress)
+    return summary.line(out, dry_run=False) + note
