@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flas_cpp import safetensors_io
 from flas_cpp.convert import convert_base
+from reference import q8_0_error_bound, reference_rounding
 
 GGML_TYPE_F32 = 0
 
@@ -105,22 +106,6 @@ def test_gguf_metadata(tiny_base_f32, tiny):
         refs.update(safetensors_io.read_header(shard)[0])
     norm = next(t for t in r.tensors if t.name == "blk.2.ffn_norm.weight")
     np.testing.assert_array_equal(norm.data, refs["model.layers.2.pre_feedforward_layernorm.weight"].to_f32() + 1)
-
-
-def reference_rounding(x: np.ndarray, outtype: str) -> np.ndarray:
-    """What a tensor should read back as, computed independently of the converter."""
-    if outtype == "f16":
-        return x.astype(np.float16).astype(np.float32)
-    if outtype == "bf16":
-        return torch.from_numpy(x).to(torch.bfloat16).float().numpy()
-    raise ValueError(outtype)
-
-
-def q8_0_error_bound(x: np.ndarray) -> np.ndarray:
-    """q8_0 stores blocks of 32 as round(x / d) * d with d = max|block| / 127 kept in f16:
-    half a step, plus up to 127 steps of d's own f16 rounding (2^-11 relative)."""
-    d = np.abs(x.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
-    return np.broadcast_to(d * (0.5 + 127 * 2.0**-11), (d.shape[0], 32)).reshape(x.shape)
 
 
 # Logit drift allowed per type, about 3x what was measured (f16 1.4e-3, bf16 1.2e-2, q8_0 3.5e-2;
