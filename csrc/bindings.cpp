@@ -1,9 +1,11 @@
-// The Python module flas_cpp._core: the only file that includes pybind11.
-// std::invalid_argument becomes ValueError and std::runtime_error RuntimeError (pybind11 defaults).
+// The Python module flas_cpp._core: the only file that includes pybind11. It copies arguments
+// into the C++ types and releases the GIL around long calls; std::invalid_argument becomes
+// ValueError and std::runtime_error RuntimeError (pybind11's defaults).
 #include "flas-info.h"
+#include "flas-runtime.h"
 
-#include "llama.h"
-
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -14,23 +16,71 @@ static py::dict build_info_dict() {
     py::list devices;
     for (const auto & d : bi.devices) {
         py::dict dev;
-        dev["name"]         = d.name;
-        dev["description"]  = d.description;
-        dev["type"]         = d.type;
-        dev["memory_free"]  = d.memory_free;
+        dev["name"] = d.name;
+        dev["description"] = d.description;
+        dev["type"] = d.type;
+        dev["memory_free"] = d.memory_free;
         dev["memory_total"] = d.memory_total;
         devices.append(dev);
     }
     py::dict out;
-    out["ggml_version"]  = bi.ggml_version;
-    out["ggml_commit"]   = bi.ggml_commit;
-    out["system_info"]   = bi.system_info;
-    out["backends"]      = bi.backends;
-    out["devices"]       = devices;
-    out["libllama"]      = bi.libllama_path;
-    out["libggml"]       = bi.libggml_path;
-    out["libggml_base"]  = bi.libggml_base_path;
+    out["ggml_version"] = bi.ggml_version;
+    out["ggml_commit"] = bi.ggml_commit;
+    out["system_info"] = bi.system_info;
+    out["backends"] = bi.backends;
+    out["devices"] = devices;
+    out["libllama"] = bi.libllama_path;
+    out["libggml"] = bi.libggml_path;
+    out["libggml_base"] = bi.libggml_base_path;
     return out;
+}
+
+static py::dict flow_hparams_dict(const flas_flow_hparams & hp) {
+    py::dict d;
+    d["base_model_id"] = hp.base_model_id;
+    d["prompt_format"] = hp.prompt_format;
+    d["layer"] = hp.layer;
+    d["num_blocks"] = hp.n_block;
+    d["n_steps"] = hp.n_steps;
+    d["t_min"] = hp.t_min;
+    d["t_max"] = hp.t_max;
+    d["concept_max_len"] = hp.concept_max_len;
+    d["has_cross_attn"] = hp.has_cross_attn;
+    d["has_self_attn"] = hp.has_self_attn;
+    d["has_mlp"] = hp.has_mlp;
+    d["n_embd"] = hp.n_embd;
+    d["n_head"] = hp.n_head;
+    d["n_head_kv"] = hp.n_head_kv;
+    d["head_dim"] = hp.head_dim;
+    return d;
+}
+
+static py::array_t<float> rows_array(const std::vector<float> & v, int n_embd) {
+    py::array_t<float> a({(py::ssize_t) (v.size() / n_embd), (py::ssize_t) n_embd});
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+// A Python callable f(rows: ndarray[n, H], pos0: int) -> ndarray[n, H] as a steering hook.
+// Python exceptions are turned into std::runtime_error while the GIL is held.
+static flas_steer_hook python_hook(py::object fn, int n_embd) {
+    if (fn.is_none()) {
+        return {};
+    }
+    return [fn, n_embd](const float * in, float * out, int n, int pos0) {
+        py::gil_scoped_acquire gil;
+        try {
+            py::array_t<float> rows({(py::ssize_t) n, (py::ssize_t) n_embd});
+            std::copy(in, in + (size_t) n * n_embd, rows.mutable_data());
+            auto res = py::array_t<float, py::array::c_style | py::array::forcecast>(fn(rows, pos0));
+            if (res.ndim() != 2 || res.shape(0) != n || res.shape(1) != n_embd) {
+                throw std::runtime_error("steer hook returned an array of the wrong shape");
+            }
+            std::copy(res.data(), res.data() + (size_t) n * n_embd, out);
+        } catch (py::error_already_set & e) {
+            throw std::runtime_error(std::string("steer hook raised: ") + e.what());
+        }
+    };
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -42,4 +92,47 @@ PYBIND11_MODULE(_core, m) {
     m.def("model_quantize", &flas_model_quantize, py::arg("path_in"), py::arg("path_out"), py::arg("ftype"),
           py::arg("nthread") = 0, py::call_guard<py::gil_scoped_release>(),
           "Quantize a GGUF file with llama.cpp's quantizer (llama_model_quantize); ftype is a llama_ftype.");
+
+    using R = flas_runtime;
+    py::class_<R>(m, "Runtime")
+        .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_gpu_layers,
+                         int n_threads, bool exact, bool verbose) {
+                 flas_runtime_params p;
+                 p.base_path = base;
+                 p.flow_path = flow;
+                 p.n_ctx = n_ctx;
+                 p.n_batch = n_batch;
+                 p.n_gpu_layers = n_gpu_layers;
+                 p.n_threads = n_threads;
+                 p.exact = exact;
+                 p.verbose = verbose;
+                 py::gil_scoped_release release;
+                 return new flas_runtime(p);
+             }),
+             py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512,
+             py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0, py::arg("exact") = false, py::arg("verbose") = false)
+        .def("tokenize", &R::tokenize, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
+        .def("token_to_piece", [](const R & r, llama_token t) { return py::bytes(r.token_to_piece(t)); })
+        .def("is_eog", &R::is_eog)
+        .def("apply_chat_template", &R::apply_chat_template, py::arg("messages"))
+        .def("set_concept", &R::set_concept, py::arg("text"), py::call_guard<py::gil_scoped_release>())
+        .def("set_steering", &R::set_steering, py::arg("flowtime"), py::arg("n_steps"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("set_steer_hook", [](R & r, py::object fn) { r.set_steer_hook(python_hook(fn, r.n_embd())); })
+        .def("set_trace", &R::set_trace)
+        .def("reset", &R::reset)
+        .def("decode", &R::decode, py::arg("tokens"), py::call_guard<py::gil_scoped_release>())
+        .def("rewind", &R::rewind, py::arg("n_keep"))
+        .def("logits", [](const R & r) { return py::array_t<float>(py::cast(r.logits())); })
+        .def("sampler_init", &R::sampler_init, py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("seed"))
+        .def("sample", &R::sample, py::call_guard<py::gil_scoped_release>())
+        .def("trace_unsteered", [](const R & r) { return rows_array(r.trace_unsteered(), r.n_embd()); })
+        .def("trace_steered", [](const R & r) { return rows_array(r.trace_steered(), r.n_embd()); })
+        .def_property_readonly("n_past", &R::n_past)
+        .def_property_readonly("n_vocab", &R::n_vocab)
+        .def_property_readonly("n_embd", &R::n_embd)
+        .def_property_readonly("n_ctx", &R::n_ctx)
+        .def_property_readonly("concept_tokens", &R::concept_tokens)
+        .def_property_readonly("flow_backend", &R::flow_backend)
+        .def_property_readonly("flow_hparams", [](const R & r) { return flow_hparams_dict(r.flow_hparams()); });
 }

@@ -1,10 +1,16 @@
-"""flas-cpp: FLAS (Flow-based Activation Steering) on llama.cpp."""
+"""flas-cpp: FLAS (Flow-based Activation Steering) on llama.cpp.
+
+    from flas_cpp import FlasModel
+    m = FlasModel(base="gemma-2-2b-it-Q4_K_M.gguf", flow="flas-gemma-2-2b-it.gguf")
+    print(m.generate("Tell me about your day.", concept="Talk like a pirate", flowtime=2.0).text)
+"""
 
 from __future__ import annotations
 
 from importlib import metadata
 
 from ._native import core
+from .model import FlasModel, Generation
 
 __version__ = "0.1.0"
 
@@ -21,4 +27,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["build_info", "__version__"]
+__all__ = ["FlasModel", "Generation", "build_info", "__version__"]

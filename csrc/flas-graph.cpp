@@ -1,0 +1,156 @@
+#include "flas-graph.h"
+
+#include <cmath>
+
+namespace {
+
+// Gemma RMSNorm; the weight already holds 1 + w.
+ggml_tensor * norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps) {
+    return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), w);
+}
+
+ggml_tensor * softcap(ggml_context * ctx, ggml_tensor * scores, float scale, float cap) {
+    return ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, scores, scale / cap)), cap);
+}
+
+// GELU, tanh approximation, written out: ggml's CPU gelu reads an fp16 table (~3e-4 off).
+ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
+    const float c = sqrtf(2.0f / (float) M_PI);
+    ggml_tensor * x3    = ggml_mul(ctx, ggml_sqr(ctx, x), x);
+    ggml_tensor * inner = ggml_scale(ctx, ggml_add(ctx, x, ggml_scale(ctx, x3, 0.044715f)), c);
+    ggml_tensor * t1    = ggml_scale_bias(ctx, ggml_tanh(ctx, inner), 0.5f, 0.5f);  // (1 + tanh) / 2
+    return ggml_mul(ctx, x, t1);
+}
+
+ggml_tensor * rope(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * x, ggml_tensor * pos) {
+    return ggml_rope_ext(ctx, x, pos, nullptr, hp.head_dim, GGML_ROPE_TYPE_NEOX, 0, hp.rope_freq_base, 1.0f,
+                         0.0f, 1.0f, 0.0f, 0.0f);
+}
+
+// softmax(softcap(q.k * scale) + mask) v for q [D, n, nH], k [D, n_kv, nKV], vt [n_kv, D, nKV];
+// GQA by ggml's broadcast (query head h reads KV head h / (nH/nKV)). Returns [nH*D, n].
+ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * q, ggml_tensor * k,
+                     ggml_tensor * vt, ggml_tensor * mask, float scale) {
+    ggml_tensor * kq = ggml_mul_mat(ctx, k, q);                       // [n_kv, n, nH]
+    kq = softcap(ctx, kq, scale, hp.softcap);
+    kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);
+    ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                    // [D, n, nH]
+    kqv = ggml_cont(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3));         // [D, nH, n]
+    return ggml_reshape_2d(ctx, kqv, (int64_t) hp.head_dim * hp.n_head, kqv->ne[2]);
+}
+
+ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, int b, ggml_tensor * x) {
+    const flas_flow_hparams & hp = p.flow.hp;
+    ggml_context * ctx = p.ctx;
+    const int K = p.concept.n_tokens;
+    ggml_tensor * q = ggml_mul_mat(ctx, blk.cross_q, x);
+    q = ggml_reshape_3d(ctx, q, hp.head_dim, hp.n_head, p.n);
+    q = ggml_mul(ctx, ggml_rms_norm(ctx, q, hp.rms_eps), blk.cross_q_norm);
+    q = ggml_permute(ctx, rope(ctx, hp, q, p.pos), 0, 2, 1, 3);      // [D, n, nH]
+    ggml_tensor * kc = p.concept.k[b];
+    ggml_tensor * vt = p.concept.vt[b];
+    ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, K, hp.n_head_kv, kc->nb[1], kc->nb[2], 0);
+    ggml_tensor * v = ggml_view_3d(ctx, vt, K, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2], 0);
+    // one concept: its mask is all ones, so nothing is masked
+    ggml_tensor * o = attend(ctx, hp, q, k, v, nullptr, 1.0f / sqrtf((float) hp.head_dim));
+    return ggml_mul_mat(ctx, blk.cross_out, o);
+}
+
+ggml_tensor * self_attention(const flas_pass & p, const flas_flow_block & blk, int step, int b, ggml_tensor * x) {
+    const flas_flow_hparams & hp = p.flow.hp;
+    ggml_context * ctx = p.ctx;
+    const int64_t kv_dim = (int64_t) hp.n_head_kv * hp.head_dim;
+    const int n_kv = p.p0 + p.n;
+    ggml_tensor * ck = p.cache.k [step * hp.n_block + b];
+    ggml_tensor * cv = p.cache.vt[step * hp.n_block + b];
+    const size_t es = ggml_element_size(ck);
+
+    ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_q, x), hp.head_dim, hp.n_head, p.n);
+    ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_k, x), hp.head_dim, hp.n_head_kv, p.n);
+    ggml_tensor * v = ggml_mul_mat(ctx, blk.attn_v, x);                // [nKV*D, n]
+    q = ggml_permute(ctx, rope(ctx, hp, q, p.pos), 0, 2, 1, 3);        // [D, n, nH]
+    k = rope(ctx, hp, k, p.pos);
+
+    // append this pass's keys (after RoPE) and values to step `step`'s cache
+    ggml_tensor * k_dst = ggml_view_2d(ctx, ck, kv_dim, p.n, ck->nb[1], (size_t) p.p0 * ck->nb[1]);
+    ggml_tensor * v_dst = ggml_view_2d(ctx, cv, p.n, kv_dim, cv->nb[1], (size_t) p.p0 * es);
+    ggml_build_forward_expand(p.gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, kv_dim, p.n), k_dst));
+    ggml_build_forward_expand(p.gf, ggml_cpy(ctx, ggml_transpose(ctx, v), v_dst));
+
+    ggml_tensor * k_all = ggml_view_3d(ctx, ck, hp.head_dim, n_kv, hp.n_head_kv, ck->nb[1], hp.head_dim * es, 0);
+    ggml_tensor * v_all = ggml_view_3d(ctx, cv, n_kv, hp.head_dim, hp.n_head_kv, cv->nb[1], hp.head_dim * cv->nb[1], 0);
+    ggml_tensor * o = attend(ctx, hp, q, k_all, v_all, p.mask, 1.0f / sqrtf(hp.query_pre_attn_scalar));
+    return ggml_mul_mat(ctx, blk.attn_out, o);
+}
+
+ggml_tensor * mlp(ggml_context * ctx, const flas_flow_block & blk, ggml_tensor * x) {
+    ggml_tensor * g = ggml_mul_mat(ctx, blk.ffn_gate, x);
+    ggml_tensor * u = ggml_mul_mat(ctx, blk.ffn_up, x);
+    return ggml_mul_mat(ctx, blk.ffn_down, ggml_mul(ctx, gelu_tanh(ctx, g), u));
+}
+
+// One FlowBlock: time conditioning added in every block (sic), then gated residual sub-layers.
+ggml_tensor * block(const flas_pass & p, int step, int b, ggml_tensor * h, ggml_tensor * e) {
+    const flas_flow_hparams & hp = p.flow.hp;
+    const flas_flow_block & blk = p.flow.blocks[b];
+    ggml_context * ctx = p.ctx;
+    h = ggml_add(ctx, h, e);
+    if (hp.has_cross_attn) {
+        ggml_tensor * y = cross_attention(p, blk, b, norm(ctx, h, blk.cross_norm, hp.rms_eps));
+        h = ggml_add(ctx, h, ggml_mul(ctx, norm(ctx, y, blk.cross_post_norm, hp.rms_eps), blk.cross_gate));
+    }
+    if (hp.has_self_attn) {
+        ggml_tensor * y = self_attention(p, blk, step, b, norm(ctx, h, blk.attn_norm, hp.rms_eps));
+        h = ggml_add(ctx, h, ggml_mul(ctx, norm(ctx, y, blk.attn_post_norm, hp.rms_eps), blk.attn_gate));
+    }
+    if (hp.has_mlp) {
+        ggml_tensor * y = mlp(ctx, blk, norm(ctx, h, blk.ffn_norm, hp.rms_eps));
+        h = ggml_add(ctx, h, ggml_mul(ctx, norm(ctx, y, blk.ffn_post_norm, hp.rms_eps), blk.ffn_res_gate));
+    }
+    return h;
+}
+
+}  // namespace
+
+ggml_tensor * flas_build_euler(const flas_pass & p, ggml_tensor * h0, int n_steps, float dt) {
+    const flas_flow_hparams & hp = p.flow.hp;
+    ggml_tensor * h = h0;
+    for (int step = 0; step < n_steps; ++step) {
+        ggml_tensor * e = ggml_view_1d(p.ctx, p.concept.time_emb, hp.n_embd, step * p.concept.time_emb->nb[1]);
+        ggml_tensor * x = h;
+        for (int b = 0; b < hp.n_block; ++b) {
+            x = block(p, step, b, x, e);
+        }
+        // v = flow(h) - h;  h <- h + dt * v
+        h = ggml_add(p.ctx, h, ggml_scale(p.ctx, ggml_sub(p.ctx, x, h), dt));
+    }
+    return h;
+}
+
+ggml_tensor * flas_build_time_embedding(ggml_context * ctx, const flas_flow & flow, ggml_tensor * sinusoids) {
+    ggml_tensor * x = ggml_add(ctx, ggml_mul_mat(ctx, flow.time_in_w, sinusoids), flow.time_in_b);
+    x = ggml_silu(ctx, x);
+    return ggml_add(ctx, ggml_mul_mat(ctx, flow.time_out_w, x), flow.time_out_b);
+}
+
+void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow & flow, const flas_concept_state & cs,
+                           int b, ggml_tensor * c, ggml_tensor * pos_c) {
+    const flas_flow_hparams & hp = flow.hp;
+    const flas_flow_block & blk = flow.blocks[b];
+    const int64_t K = c->ne[1];
+    const int64_t kv_dim = (int64_t) hp.n_head_kv * hp.head_dim;
+    ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.cross_k, c), hp.head_dim, hp.n_head_kv, K);
+    k = ggml_mul(ctx, ggml_rms_norm(ctx, k, hp.rms_eps), blk.cross_k_norm);
+    k = ggml_permute(ctx, rope(ctx, hp, k, pos_c), 0, 2, 1, 3);       // [D, K, nKV]
+    ggml_tensor * v = ggml_mul_mat(ctx, blk.cross_v, c);              // [nKV*D, K]
+    ggml_tensor * kc = cs.k[b];
+    ggml_tensor * vt = cs.vt[b];
+    ggml_tensor * k_dst = ggml_view_3d(ctx, kc, hp.head_dim, K, hp.n_head_kv, kc->nb[1], kc->nb[2], 0);
+    ggml_tensor * v_dst = ggml_view_2d(ctx, vt, K, kv_dim, vt->nb[1], 0);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, k, k_dst));
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_transpose(ctx, v), v_dst));
+}
+
+size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps) {
+    return (size_t) n_steps * (size_t) flow.hp.n_block * 96 + (size_t) n_steps * 8 + 64;
+}

@@ -1,0 +1,54 @@
+#include "flas-state.h"
+
+#include <stdexcept>
+#include <string>
+
+static ggml_context * new_meta_context(size_t n_tensors) {
+    ggml_init_params params = { n_tensors * ggml_tensor_overhead(), nullptr, /*no_alloc =*/ true };
+    return ggml_init(params);
+}
+
+static ggml_backend_buffer_t alloc_or_throw(ggml_context * ctx, ggml_backend_t backend, const char * what) {
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, backend);
+    if (buf == nullptr) {
+        throw std::runtime_error(std::string("cannot allocate the flow ") + what + " on backend " +
+                                 ggml_backend_name(backend));
+    }
+    ggml_backend_buffer_clear(buf, 0);
+    return buf;
+}
+
+void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend) {
+    const flas_flow_hparams & hp = flow.hp;
+    cs.ctx.reset(new_meta_context(2 * hp.n_block + 1));
+    cs.k.clear();
+    cs.vt.clear();
+    for (int b = 0; b < hp.n_block; ++b) {
+        cs.k.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, hp.head_dim, hp.concept_max_len, hp.n_head_kv));
+        cs.vt.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, hp.concept_max_len, hp.head_dim, hp.n_head_kv));
+    }
+    cs.time_emb = ggml_new_tensor_2d(cs.ctx.get(), GGML_TYPE_F32, hp.n_embd, FLAS_MAX_STEPS);
+    cs.buf.reset(alloc_or_throw(cs.ctx.get(), backend, "concept state"));
+    cs.n_tokens = 0;
+}
+
+void flas_flow_cache_init(flas_flow_cache & cache, const flas_flow & flow, ggml_backend_t backend,
+                          int n_ctx, int n_steps, ggml_type type) {
+    const flas_flow_hparams & hp = flow.hp;
+    cache.buf.reset();  // free the old buffer before allocating the new one
+    cache.ctx.reset(new_meta_context(2 * (size_t) n_steps * hp.n_block));
+    cache.k.clear();
+    cache.vt.clear();
+    cache.n_ctx   = n_ctx;
+    cache.n_steps = n_steps;
+    cache.type    = type;
+    if (!hp.has_self_attn) {
+        return;  // an ablated self-attention has nothing to cache
+    }
+    const int64_t kv_dim = (int64_t) hp.n_head_kv * hp.head_dim;
+    for (int i = 0; i < n_steps * hp.n_block; ++i) {
+        cache.k.push_back(ggml_new_tensor_2d(cache.ctx.get(), type, kv_dim, n_ctx));
+        cache.vt.push_back(ggml_new_tensor_2d(cache.ctx.get(), type, n_ctx, kv_dim));
+    }
+    cache.buf.reset(alloc_or_throw(cache.ctx.get(), backend, "KV cache"));
+}

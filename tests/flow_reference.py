@@ -1,0 +1,100 @@
+"""An independent FLAS flow in plain numpy, written from FLAS_SPEC.md (float64).
+
+It reads the released-format checkpoint directly (not the GGUF), and processes a whole
+sequence at once with a causal mask, which equals the incremental per-step KV caches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+
+class FlowReference:
+    def __init__(self, flow_path: Path, base_config: dict):
+        self.w = {k: v.double().numpy() for k, v in load_file(flow_path).items()}
+        cfg = json.loads((Path(flow_path).parent / "config.json").read_text())
+        self.n_blocks = cfg["num_blocks"]
+        self.eps = base_config["rms_norm_eps"]
+        self.cap = base_config["attn_logit_softcapping"]
+        self.theta = base_config["rope_theta"]
+        self.n_head = base_config["num_attention_heads"]
+        self.n_kv = base_config["num_key_value_heads"]
+        self.D = base_config["head_dim"]
+        self.qpas = base_config["query_pre_attn_scalar"]
+
+    # -- pieces (FLAS_SPEC.md section 4) --
+    def norm(self, x, w):  # Gemma RMSNorm: x / sqrt(mean(x^2) + eps) * (1 + w)
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * (1.0 + w)
+
+    def rope(self, x, pos):  # x [n, heads, D], NeoX rotate-half
+        half = self.D // 2
+        inv_freq = self.theta ** (-np.arange(0, self.D, 2, dtype=np.float64) / self.D)
+        ang = np.asarray(pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        x1, x2 = x[..., :half], x[..., half:]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+    def attend(self, q, k, v, scale, causal: bool):
+        rep = self.n_head // self.n_kv
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        s = np.einsum("nhd,mhd->hnm", q, k) * scale
+        s = self.cap * np.tanh(s / self.cap)
+        if causal:
+            n, m = q.shape[0], k.shape[0]
+            s = np.where(np.tril(np.ones((n, m), bool), k=m - n)[None], s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        return np.einsum("hnm,mhd->nhd", s, v).reshape(q.shape[0], -1)
+
+    def time_embed(self, t: float):
+        freqs = np.exp(-np.log(10000.0) * np.arange(64, dtype=np.float64) / 64)
+        emb = np.concatenate([np.sin(t * freqs), np.cos(t * freqs)])
+        x = self.w["time_embed.mlp.0.weight"] @ emb + self.w["time_embed.mlp.0.bias"]
+        x = x / (1.0 + np.exp(-x))
+        return self.w["time_embed.mlp.2.weight"] @ x + self.w["time_embed.mlp.2.bias"]
+
+    def block(self, b, h, e, c, pos):
+        w, p, D = self.w, f"blocks.{b}.", self.D
+        h = h + e  # (sic) in every block
+        if p + "cross_gate" in w:
+            x = self.norm(h, w[p + "pre_cross_norm.weight"])
+            q = (x @ w[p + "cross_attn.q_proj.weight"].T).reshape(len(h), self.n_head, D)
+            q = self.rope(self.norm(q, w[p + "cross_attn.q_norm.weight"]), pos)
+            k = (c @ w[p + "cross_attn.k_proj.weight"].T).reshape(len(c), self.n_kv, D)
+            k = self.rope(self.norm(k, w[p + "cross_attn.k_norm.weight"]), np.arange(len(c)))
+            v = (c @ w[p + "cross_attn.v_proj.weight"].T).reshape(len(c), self.n_kv, D)
+            o = self.attend(q, k, v, D ** -0.5, causal=False) @ w[p + "cross_attn.o_proj.weight"].T
+            h = h + w[p + "cross_gate"] * self.norm(o, w[p + "post_cross_norm.weight"])
+        if p + "self_attn_gate" in w:
+            x = self.norm(h, w[p + "pre_sa_norm.weight"])
+            q = self.rope((x @ w[p + "self_attn.q_proj.weight"].T).reshape(len(h), self.n_head, D), pos)
+            k = self.rope((x @ w[p + "self_attn.k_proj.weight"].T).reshape(len(h), self.n_kv, D), pos)
+            v = (x @ w[p + "self_attn.v_proj.weight"].T).reshape(len(h), self.n_kv, D)
+            o = self.attend(q, k, v, self.qpas ** -0.5, causal=True) @ w[p + "self_attn.o_proj.weight"].T
+            h = h + w[p + "self_attn_gate"] * self.norm(o, w[p + "post_sa_norm.weight"])
+        if p + "mlp_gate" in w:
+            x = self.norm(h, w[p + "pre_mlp_norm.weight"])
+            g = x @ w[p + "gate_proj.weight"].T
+            gelu = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+            o = (gelu * (x @ w[p + "up_proj.weight"].T)) @ w[p + "down_proj.weight"].T
+            h = h + w[p + "mlp_gate"] * self.norm(o, w[p + "post_mlp_norm.weight"])
+        return h
+
+    def velocity(self, h, t, c, pos):
+        e = self.time_embed(t)
+        x = h
+        for b in range(self.n_blocks):
+            x = self.block(b, x, e, c, pos)
+        return x - h
+
+    def steer(self, h0, c, flowtime: float, n_steps: int, pos=None):
+        """Euler integration (FLAS_SPEC.md 3) of all rows h0 [n, H] at positions pos (default 0..n-1)."""
+        pos = np.arange(len(h0)) if pos is None else pos
+        h, dt = np.asarray(h0, np.float64), flowtime / n_steps
+        for k in range(n_steps):
+            h = h + dt * self.velocity(h, k * dt, c, pos)
+        return h

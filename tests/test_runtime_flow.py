@@ -1,0 +1,132 @@
+"""The C++ flow in llama.cpp's eval callback against the independent numpy reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import convert_tiny_flow
+from flas_cpp import FlasModel
+from flas_cpp.testing import make_models as mm
+from flow_reference import FlowReference
+
+PROMPT = "Tell me about your day."
+CONCEPT = "Talk like a pirate"
+
+
+@pytest.fixture(scope="module")
+def base_config(tiny) -> dict:
+    return json.loads((tiny[0] / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def concept_c(tiny) -> np.ndarray:
+    """c = final_norm(layer1(layer0(embed(ids)))) computed by transformers (FLAS_SPEC.md 2)."""
+    tok = AutoTokenizer.from_pretrained(tiny[0])
+    model = AutoModelForCausalLM.from_pretrained(tiny[0], dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok(CONCEPT, truncation=True, max_length=64).input_ids
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[2]
+        return model.model.norm(hidden)[0].double().numpy()
+
+
+@pytest.fixture(scope="module")
+def flows(tiny, tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("runtime-flows")
+    ablated = mm.write_flow(d / "no-sa", disable=frozenset({"self_attn"}), quiet=True)
+    return {
+        "f32": (convert_tiny_flow(tiny, d / "flow-f32.gguf", "f32"), tiny[1]),
+        "bf16": (convert_tiny_flow(tiny, d / "flow-bf16.gguf", "bf16"), tiny[1]),
+        "no-self-attn": (convert_tiny_flow((tiny[0], ablated), d / "flow-no-sa.gguf", "f32"), ablated),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(tiny_base_f32, flows) -> dict:
+    return {k: FlasModel(tiny_base_f32, gguf, n_ctx=256, exact=True) for k, (gguf, _) in flows.items()}
+
+
+def normalized_error(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("flow, tol", [("f32", 1e-4), ("bf16", 2e-2), ("no-self-attn", 1e-4)])
+@pytest.mark.parametrize("n_steps", [1, 2, 3, 4])
+@pytest.mark.parametrize("flowtime", [0.5, 2.0, 4.0])
+def test_steered_rows_match_the_reference(models, flows, base_config, concept_c, flow, tol, n_steps, flowtime):
+    m = models[flow]
+    t = m.trace(PROMPT, concept=CONCEPT, flowtime=flowtime, n_steps=n_steps, n_decode=8)
+    n_prompt = len(m.prompt_tokens(PROMPT))
+    assert t["unsteered"].shape == t["steered"].shape == (n_prompt + 8, 128)
+    ref = FlowReference(flows[flow][1], base_config).steer(t["unsteered"], concept_c, flowtime, n_steps)
+    # prefill rows, then each of the 8 single-row decode steps
+    assert normalized_error(t["steered"][:n_prompt], ref[:n_prompt]) <= tol
+    for i in range(n_prompt, n_prompt + 8):
+        assert normalized_error(t["steered"][i], ref[i]) <= tol, f"decode step {i - n_prompt}"
+    # and steering moved the rows by far more than the tolerance
+    assert normalized_error(t["unsteered"], ref) > 10 * tol
+
+
+def test_flowtime_zero_is_the_identity_bit_for_bit(models):
+    t = models["f32"].trace(PROMPT, concept=CONCEPT, flowtime=0.0, n_decode=4)
+    np.testing.assert_array_equal(t["steered"], t["unsteered"])
+
+
+def test_greedy_generation_equals_reference_driven_generation(models, flows, base_config, concept_c):
+    m = models["f32"]
+    ref = FlowReference(flows["f32"][1], base_config)
+    seen: list[np.ndarray] = []
+
+    def reference_hook(rows: np.ndarray, pos0: int) -> np.ndarray:
+        assert pos0 == sum(len(r) for r in seen)  # rows arrive in order, positions consecutive
+        seen.append(rows.copy())
+        steered = ref.steer(np.concatenate(seen), concept_c, 2.0, 3)
+        return steered[pos0:].astype(np.float32)
+
+    m.set_steer_hook(reference_hook)
+    try:
+        driven = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=32)
+    finally:
+        m.set_steer_hook(None)
+    steered = m.generate(PROMPT, concept=CONCEPT, flowtime=2.0, n_steps=3, temperature=0.0, max_tokens=32)
+    baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=32)
+    assert len(steered.tokens) == 32 and steered.tokens == driven.tokens
+    assert steered.tokens != baseline.tokens
+
+
+def test_flowtime_zero_generation_equals_plain_llama_cpp(models, tiny_base_f32):
+    import llama_cpp
+
+    m = models["f32"]
+    ids = m.prompt_tokens(PROMPT)
+    ours = m.generate(PROMPT, concept=CONCEPT, flowtime=0.0, temperature=0.0, max_tokens=24)
+    llm = llama_cpp.Llama(str(tiny_base_f32), n_ctx=256, type_k=0, type_v=0, flash_attn=False, verbose=False)
+    plain = []
+    for tok in llm.generate(ids, temp=0.0, top_k=1):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok) or len(plain) == 24:
+            break
+        plain.append(tok)
+    assert ours.tokens == plain
+
+
+def test_prefill_in_small_ubatches_equals_one_ubatch(tiny_base_f32, flows, models):
+    small = FlasModel(tiny_base_f32, flows["f32"][0], n_ctx=256, exact=True, n_batch=4)
+    a = models["f32"].trace(PROMPT, concept=CONCEPT, flowtime=2.0, n_decode=4)
+    b = small.trace(PROMPT, concept=CONCEPT, flowtime=2.0, n_decode=4)
+    assert a["tokens"] == b["tokens"]
+    assert normalized_error(b["steered"], a["steered"]) < 1e-5
+    assert normalized_error(b["logits"], a["logits"]) < 1e-5
+
+
+def test_second_generation_starts_from_clean_caches(tiny_base_f32, flows, models):
+    m = models["f32"]
+    m.generate("Why is the sky blue?", concept="Use legal terminology", flowtime=1.0, temperature=0.0, max_tokens=12)
+    second = m.trace(PROMPT, concept=CONCEPT, flowtime=2.0, n_decode=4)
+    fresh = FlasModel(tiny_base_f32, flows["f32"][0], n_ctx=256, exact=True).trace(
+        PROMPT, concept=CONCEPT, flowtime=2.0, n_decode=4)
+    np.testing.assert_array_equal(second["steered"], fresh["steered"])
+    np.testing.assert_array_equal(second["logits"], fresh["logits"])
