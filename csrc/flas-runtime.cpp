@@ -17,7 +17,7 @@ static bool g_verbose = false;
 bool flas_log_quiet = false;  // set while a pass is aborted on purpose (concept encoding)
 
 static void log_callback(enum ggml_log_level level, const char * text, void *) {
-    if (g_verbose || (!flas_log_quiet && (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN))) {
+    if (g_verbose || (!flas_log_quiet && level == GGML_LOG_LEVEL_ERROR)) {
         fputs(text, stderr);
     }
 }

@@ -1,0 +1,186 @@
+"""`flas-chat`: a streaming, multi-turn chat REPL with live steering controls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, TextIO
+
+from .model import FlasModel
+
+HELP = """commands:
+  /concept <text>   steer toward a concept (steering turns on)
+  /flowtime <T>     steering strength (0 = none, 2 = the paper's default)
+  /steps <n>        Euler steps N (1..64)
+  /temp <t>         sampling temperature (0 = greedy)
+  /off, /on         steering off / back on (concept and strength are kept)
+  /compare <msg>    answer <msg> unsteered and steered, side by side (not added to the history)
+  /reset            forget the conversation
+  /status           show the settings
+  /help             this text
+  /quit             leave (or Ctrl-D); Ctrl-C stops the current reply"""
+
+
+class ChatSession:
+    """The REPL's state and commands, independent of the terminal (so it can be tested)."""
+
+    def __init__(self, model: FlasModel, concept: str | None, flowtime: float, n_steps: int | None,
+                 temperature: float, max_tokens: int, seed: int, write: Callable[[str], None]):
+        self.model, self.write = model, write
+        self.concept, self.flowtime, self.n_steps = concept, flowtime, n_steps
+        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.enabled = concept is not None
+        self.history: list[dict] = []
+
+    # ---- settings -----------------------------------------------------------------------------
+    def steering(self) -> tuple[str | None, float]:
+        if self.enabled and self.concept and self.flowtime > 0:
+            return self.concept, self.flowtime
+        return None, 0.0
+
+    def status(self) -> str:
+        state = "on" if self.steering()[0] else "off"
+        steps = self.n_steps or self.model.flow_info["n_steps"]
+        return (f"steering {state} | concept: {self.concept!r} | flowtime: {self.flowtime:g} | steps: {steps} | "
+                f"temp: {self.temperature:g} | turns: {len(self.history) // 2}")
+
+    def command(self, line: str) -> bool:
+        """Run one /command; False means quit."""
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        try:
+            if name in ("quit", "exit", "q"):
+                return False
+            elif name == "help":
+                self.write(HELP + "\n")
+            elif name == "concept":
+                if not arg:
+                    raise ValueError("usage: /concept <text>, e.g. /concept Talk like a pirate")
+                self.concept, self.enabled = arg, True
+                self.write(f"concept: {arg}\n")
+            elif name == "flowtime":
+                value = float(arg)
+                if not value >= 0 or value == float("inf"):
+                    raise ValueError("flowtime must be a finite number >= 0")
+                self.flowtime = value
+                self.write(f"flowtime: {value:g}\n")
+            elif name == "steps":
+                value = int(arg)
+                if not 1 <= value <= 64:
+                    raise ValueError("steps must be in 1..64")
+                self.n_steps = value
+                self.write(f"steps: {value}\n")
+            elif name == "temp":
+                value = float(arg)
+                if not value >= 0:
+                    raise ValueError("temperature must be >= 0")
+                self.temperature = value
+                self.write(f"temperature: {value:g}\n")
+            elif name == "off":
+                self.enabled = False
+                self.write("steering off\n")
+            elif name == "on":
+                self.enabled = True
+                self.write("steering on\n" if self.concept else "steering on, but no concept yet: /concept <text>\n")
+            elif name == "reset":
+                self.history.clear()
+                self.write("conversation cleared\n")
+            elif name == "status":
+                self.write(self.status() + "\n")
+            elif name == "compare":
+                if not arg:
+                    raise ValueError("usage: /compare <message>")
+                self.compare(arg)
+            else:
+                self.write(f"unknown command /{name}; /help lists them\n")
+        except ValueError as e:
+            self.write(f"error: {e}\n")
+        return True
+
+    # ---- replies --------------------------------------------------------------------------------
+    def _kwargs(self) -> dict:
+        return dict(n_steps=self.n_steps, max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+
+    def reply(self, message: str) -> None:
+        """Stream the answer to `message`; Ctrl-C stops it and keeps what was said."""
+        concept, flowtime = self.steering()
+        messages = self.history + [{"role": "user", "content": message}]
+        pieces: list[str] = []
+        stream = self.model.stream(messages=messages, concept=concept, flowtime=flowtime, **self._kwargs())
+        try:
+            for piece in stream:
+                pieces.append(piece)
+                self.write(piece)
+        except KeyboardInterrupt:
+            self.write(" [stopped]")
+        except ValueError as e:
+            self.write(f"error: {e}" + (" (/reset starts a new conversation)\n" if "context" in str(e) else "\n"))
+            return
+        finally:
+            stream.close()
+        self.write("\n")
+        self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": "".join(pieces)}]
+
+    def compare(self, message: str) -> None:
+        concept, flowtime = self.concept, self.flowtime if self.flowtime > 0 else 2.0
+        if not concept:
+            raise ValueError("set a concept first: /concept <text>")
+        messages = self.history + [{"role": "user", "content": message}]
+        base, steered = self.model.compare(messages=messages, concept=concept, flowtime=flowtime, **self._kwargs())
+        self.write(f"[baseline] {base.text}\n[steered: {concept}, T={flowtime:g}] {steered.text}\n")
+
+
+def run_repl(session: ChatSession, stdin: TextIO = sys.stdin) -> None:
+    session.write("flas-chat: type a message, or /help for commands.\n" + session.status() + "\n")
+    while True:
+        try:
+            session.write("you> ")
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            session.write("\n(/quit or Ctrl-D to leave)\n")
+            continue
+        if not line:  # EOF
+            session.write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            if not session.command(line):
+                return
+            continue
+        session.write("model> ")
+        session.reply(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="flas-chat", description="Chat with a FLAS-steered Gemma-2 (streaming, multi-turn).")
+    ap.add_argument("--base", required=True, help="base model GGUF")
+    ap.add_argument("--flow", required=True, help="flow GGUF")
+    ap.add_argument("--concept", help="concept to steer toward, e.g. \"Talk like a pirate\"")
+    ap.add_argument("--flowtime", type=float, default=2.0, help="steering strength T (default 2.0)")
+    ap.add_argument("--n-steps", type=int, help="Euler steps N (default: the flow's)")
+    ap.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    ap.add_argument("--max-tokens", type=int, default=256, help="longest reply (default 256)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    a = ap.parse_args(argv)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        model = FlasModel(a.base, a.flow, n_ctx=a.n_ctx, n_gpu_layers=a.n_gpu_layers, n_threads=a.threads)
+        session = ChatSession(model, a.concept, a.flowtime, a.n_steps, a.temp, a.max_tokens, a.seed, write)
+    except ValueError as e:
+        print(f"flas-chat: error: {e}", file=sys.stderr)
+        return 2
+    run_repl(session)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

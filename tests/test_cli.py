@@ -1,0 +1,91 @@
+"""flas-chat through a pseudo-terminal, its Ctrl-C handling, and flas-demo from a clean cache."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pexpect
+import pytest
+
+from conftest import convert_tiny_flow
+from flas_cpp import FlasModel
+from flas_cpp.chat import ChatSession, run_repl
+
+
+@pytest.fixture(scope="module")
+def flow_gguf(tiny, tmp_path_factory):
+    return convert_tiny_flow(tiny, tmp_path_factory.mktemp("cli") / "flow.gguf", "bf16")
+
+
+def test_flas_chat_in_a_terminal(tiny_base_f32, flow_gguf):
+    chat = pexpect.spawn(sys.executable, ["-m", "flas_cpp.chat", "--base", str(tiny_base_f32), "--flow", str(flow_gguf),
+                                          "--max-tokens", "8", "--temp", "0", "--n-ctx", "512"],
+                         encoding="utf-8", timeout=60)
+    try:
+        chat.expect("steering off")  # no concept given yet
+        chat.expect("you> ")
+        chat.sendline("/concept Talk like a pirate")
+        chat.expect("concept: Talk like a pirate")
+        chat.sendline("/flowtime 1.5")
+        chat.expect("flowtime: 1.5")
+        chat.sendline("/status")
+        chat.expect(r"steering on \| concept: 'Talk like a pirate' \| flowtime: 1.5 \| steps: 3")
+        chat.sendline("Hello there")
+        chat.expect("model> ")
+        chat.expect("you> ")
+        chat.sendline("/status")
+        chat.expect(r"turns: 1")
+        chat.sendline("/compare Why is the sky blue?")
+        chat.expect(r"\[baseline\] .*\n.*\[steered: Talk like a pirate, T=1.5\]")
+        chat.sendline("/off")
+        chat.expect("steering off")
+        chat.sendline("/status")
+        chat.expect("steering off")
+        chat.sendline("/flowtime -3")
+        chat.expect("error: flowtime must be a finite number >= 0")
+        chat.sendline("/quit")
+        chat.expect(pexpect.EOF)
+    finally:
+        chat.close()
+    assert chat.exitstatus == 0
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(tiny_base_f32, flow_gguf, monkeypatch):
+    model = FlasModel(tiny_base_f32, flow_gguf, n_ctx=512)
+    out = io.StringIO()
+    session = ChatSession(model, "Talk like a pirate", 2.0, None, 0.0, 16, 0, out.write)
+    real_stream = model.stream
+
+    def interrupted_stream(**kwargs):
+        it = real_stream(**kwargs)
+        yield next(it)
+        it.close()
+        raise KeyboardInterrupt  # what Ctrl-C does while a reply streams
+
+    monkeypatch.setattr(model, "stream", interrupted_stream)
+    run_repl(session, io.StringIO("Hello\n/status\n"))
+    assert "[stopped]" in out.getvalue()
+    assert "turns: 1" in out.getvalue()  # the partial reply stays in the history
+    monkeypatch.setattr(model, "stream", real_stream)
+    session.reply("And then?")  # the model is still usable
+    assert len(session.history) == 4
+
+
+def test_flas_demo_from_a_clean_cache(tmp_path):
+    cache = tmp_path / "cache"
+    run = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--cache-dir", str(cache), "--max-tokens", "12"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "building the demo models" in run.stderr
+    assert "baseline (no steering)" in run.stdout and "steered: 'Talk like a pirate', T = 2" in run.stdout
+    assert sorted(p.name for p in cache.iterdir()) == ["demo-base-f16.gguf", "demo-flow-bf16.gguf"]
+    again = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--cache-dir", str(cache), "--max-tokens", "12"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0 and "building" not in again.stderr
+
+    def text_only(stdout: str) -> list[str]:  # timings differ between runs; greedy text does not
+        return [line for line in stdout.splitlines() if not any(w in line for w in ("tok/s", "prefill", "speed"))]
+
+    assert text_only(again.stdout) == text_only(run.stdout)
