@@ -1,5 +1,5 @@
 // Every GGUF key and tensor name of the flow GGUF format (version 1), defined once for C++.
-// Python's twin is flas_cpp/gguf_names.py; tests/test_runtime_load.py checks they agree.
+// Python's twin is flas_cpp/gguf_names.py; tests/test_names.py checks they agree.
 #pragma once
 
 #define FLAS_ARCH                       "flas"

@@ -1,5 +1,7 @@
 """Every GGUF key and tensor name of the flow GGUF format, defined once for Python.
 
+(csrc/flas-names.h holds the same names for C++; tests/test_names.py checks they agree.)
+
 Conventions of the flow GGUF (format version 1):
 - `general.architecture` is "flas"; every other key is under the "flas." prefix.
 - RMSNorm weights are stored as `1 + w` (llama.cpp's Gemma convention), in f32, so the
