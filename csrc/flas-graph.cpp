@@ -9,8 +9,9 @@ ggml_tensor * norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float e
     return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), w);
 }
 
+// In place: the scores are the largest tensors of a pass ([n_kv, n, nH]).
 ggml_tensor * softcap(ggml_context * ctx, ggml_tensor * scores, float scale, float cap) {
-    return ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, scores, scale / cap)), cap);
+    return ggml_scale_inplace(ctx, ggml_tanh_inplace(ctx, ggml_scale_inplace(ctx, scores, scale / cap)), cap);
 }
 
 // GELU, tanh approximation, written out: ggml's CPU gelu reads an fp16 table (~3e-4 off).

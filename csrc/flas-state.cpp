@@ -14,8 +14,7 @@ static ggml_backend_buffer_t alloc_or_throw(ggml_context * ctx, ggml_backend_t b
         throw std::runtime_error(std::string("cannot allocate the flow ") + what + " on backend " +
                                  ggml_backend_name(backend));
     }
-    ggml_backend_buffer_clear(buf, 0);
-    return buf;
+    return buf;  // not cleared: every row is written before it is read, and untouched pages cost no memory
 }
 
 void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend) {

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
-import sys
 
 import pexpect
 import pytest
@@ -19,10 +19,11 @@ def flow_gguf(tiny, tmp_path_factory):
     return convert_tiny_flow(tiny, tmp_path_factory.mktemp("cli") / "flow.gguf", "bf16")
 
 
-def test_flas_chat_in_a_terminal(tiny_base_f32, flow_gguf):
-    chat = pexpect.spawn(sys.executable, ["-m", "flas_cpp.chat", "--base", str(tiny_base_f32), "--flow", str(flow_gguf),
-                                          "--max-tokens", "8", "--temp", "0", "--n-ctx", "512"],
-                         encoding="utf-8", timeout=60)
+def test_flas_chat_in_a_terminal(tiny_base_f32, flow_gguf, tmp_path):
+    # the installed command, run away from the sources so that the installed package is imported
+    chat = pexpect.spawn(shutil.which("flas-chat"), ["--base", str(tiny_base_f32), "--flow", str(flow_gguf),
+                                                     "--max-tokens", "8", "--temp", "0", "--n-ctx", "512"],
+                         encoding="utf-8", timeout=60, cwd=str(tmp_path))
     try:
         chat.expect("steering off")  # no concept given yet
         chat.expect("you> ")
@@ -75,13 +76,13 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(tiny_base_f32, flow_g
 
 def test_flas_demo_from_a_clean_cache(tmp_path):
     cache = tmp_path / "cache"
-    run = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--cache-dir", str(cache), "--max-tokens", "12"],
+    run = subprocess.run([shutil.which("flas-demo"), "--cache-dir", str(cache), "--max-tokens", "12"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "building the demo models" in run.stderr
     assert "baseline (no steering)" in run.stdout and "steered: 'Talk like a pirate', T = 2" in run.stdout
     assert sorted(p.name for p in cache.iterdir()) == ["demo-base-f16.gguf", "demo-flow-bf16.gguf"]
-    again = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--cache-dir", str(cache), "--max-tokens", "12"],
+    again = subprocess.run([shutil.which("flas-demo"), "--cache-dir", str(cache), "--max-tokens", "12"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and "building" not in again.stderr
 
