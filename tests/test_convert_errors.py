@@ -229,3 +229,28 @@ def test_flow_unknown_outtype(capsys, out, flow):
     with pytest.raises(ConversionError, match="unknown --outtype 'q4_k_m' for a flow"):
         convert_flow(flow[0], out, base_config=flow[1], outtype="q4_k_m")
     assert not out.exists()
+
+
+def test_terminated_conversion_leaves_nothing(tiny, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # a conversion slowed down so that SIGTERM lands mid-write
+    code = ("import time, sys; from flas_cpp.convert import cli, common\n"
+            "real = common.encode\n"
+            "def slow(x, q):\n    time.sleep(0.2); return real(x, q)\n"
+            "common.encode = slow\n"
+            f"sys.exit(cli.main(['base', {str(tiny[0])!r}, '-o', {str(out / 'm.gguf')!r}, '--no-progress']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not list(out.iterdir()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(out.iterdir()), "the conversion never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted; no output written" in err
+    assert list(out.iterdir()) == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .base import BASE_OUTTYPES, convert_base
 from .common import ConversionError
@@ -42,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the converters' cleanup, like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # a killed conversion removes its temporary files too
     try:
         if args.command == "base":
             line = convert_base(args.hf_dir, args.out, args.outtype, args.force, args.dry_run,
