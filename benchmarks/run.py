@@ -119,6 +119,14 @@ def token_stream(n: int, n_vocab: int, seed: int = 0) -> list[int]:
     return [int(t) for t in rng.integers(300, min(n_vocab, 30000), size=n)]
 
 
+def time_prefill(cfg, prompt: list[int]) -> float:
+    """Prompt tokens/s from an empty sequence (the sequence is left holding the prompt)."""
+    cfg.reset()
+    t0 = time.perf_counter()
+    cfg.decode(prompt)
+    return len(prompt) / (time.perf_counter() - t0)
+
+
 def time_config(cfg, prompt: list[int], gen: list[int]) -> tuple[float, float]:
     """(prefill tokens/s, decode tokens/s) for one pass: prompt in batches, then one token at a time."""
     cfg.reset()
@@ -148,37 +156,46 @@ class Args:
 
 
 def measure_speed(a: Args, paths: dict, bases: list[str], flows: list[str], steps: list[int]) -> list[dict]:
-    configs = []
+    """One base at a time (memory), its configurations alternating within every round."""
+    rows = []
     for b in bases:
-        configs.append({"base": b, "flow": None, "n_steps": 0, "cfg": Plain(paths[f"base-{b}"], a.n_ctx, a.n_batch, a.threads)})
+        configs = [{"base": b, "flow": None, "n_steps": 0, "cfg": Plain(paths[f"base-{b}"], a.n_ctx, a.n_batch, a.threads)}]
         for f in flows:
             for n in steps:
                 cfg = Steered(paths[f"base-{b}"], paths[f"flow-{f}"], a.n_ctx, a.n_batch, a.threads, n, FLOWTIME)
                 configs.append({"base": b, "flow": f, "n_steps": n, "cfg": cfg})
-    n_vocab = configs[0]["cfg"].n_vocab
-    prompt, gen = token_stream(a.prompt_tokens, n_vocab, 1), token_stream(a.gen_tokens, n_vocab, 2)
-    for c in configs:  # warm-up: page in the weights
-        c["cfg"].reset()
-        c["cfg"].decode(prompt[:8])
-        c["prefill"], c["decode"] = [], []
-    for r in range(a.rounds):
-        order = configs if r % 2 == 0 else configs[::-1]
-        for c in order:
-            pp, tg = time_config(c["cfg"], prompt, gen)
-            c["prefill"].append(pp)
-            c["decode"].append(tg)
-            print(f"round {r + 1}: {label(c):28s} prefill {pp:8.1f} tok/s  decode {tg:7.2f} tok/s", file=sys.stderr)
-    rows = []
-    for c in configs:
-        plain = next(p for p in configs if p["base"] == c["base"] and p["flow"] is None)
-        row = {"base": c["base"], "flow": c["flow"], "n_steps": c["n_steps"],
-               "prefill_tps": float(np.median(c["prefill"])), "decode_tps": float(np.median(c["decode"])),
-               "load_s": c["cfg"].load_seconds}
-        row["prefill_ratio"] = row["prefill_tps"] / float(np.median(plain["prefill"]))
-        row["decode_ratio"] = row["decode_tps"] / float(np.median(plain["decode"]))
-        if c["flow"]:
-            row["concept_s"] = c["cfg"].concept_seconds
-        rows.append(row)
+        n_vocab = configs[0]["cfg"].n_vocab
+        prompt, gen = token_stream(a.prompt_tokens, n_vocab, 1), token_stream(a.gen_tokens, n_vocab, 2)
+        for c in configs:  # warm-up: page in the weights
+            c["cfg"].reset()
+            c["cfg"].decode(prompt[:8])
+            c["prefill"], c["decode"] = [], []
+        for r in range(a.rounds):
+            order = configs if r % 2 == 0 else configs[::-1]
+            for c in order:
+                c["prefill"].append(time_prefill(c["cfg"], prompt))
+            # decode token by token, the configurations interleaved, so drift hits all alike
+            spent = {id(c): 0.0 for c in configs}
+            for tok in gen:
+                for c in order:
+                    t0 = time.perf_counter()
+                    c["cfg"].decode([tok])
+                    spent[id(c)] += time.perf_counter() - t0
+            for c in order:
+                c["decode"].append(len(gen) / spent[id(c)])
+                print(f"round {r + 1}: {label(c):28s} prefill {c['prefill'][-1]:8.1f} tok/s  "
+                      f"decode {c['decode'][-1]:7.2f} tok/s", file=sys.stderr)
+        plain = configs[0]
+        for c in configs:
+            row = {"base": b, "flow": c["flow"], "n_steps": c["n_steps"],
+                   "prefill_tps": float(np.median(c["prefill"])), "decode_tps": float(np.median(c["decode"])),
+                   "load_s": c["cfg"].load_seconds}
+            row["prefill_ratio"] = row["prefill_tps"] / float(np.median(plain["prefill"]))
+            row["decode_ratio"] = row["decode_tps"] / float(np.median(plain["decode"]))
+            if c["flow"]:
+                row["concept_s"] = c["cfg"].concept_seconds
+            rows.append(row)
+        del configs
     return rows
 
 
@@ -277,7 +294,7 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`", "",
              f"Models: {result['size']} test models (random weights, exact shapes); n_ctx {a['n_ctx']}, "
              f"n_batch {a['n_batch']}, {a['threads']} threads, prompt {a['prompt_tokens']} tokens, "
-             f"{a['gen_tokens']} decoded tokens, median of {a['rounds']} alternating rounds; "
+             f"{a['gen_tokens']} decoded tokens, median of {a['rounds']} rounds (prefills alternating, decode steps interleaved token by token); "
              f"steering T = {FLOWTIME}.", "",
              "| base | flow | N | prefill tok/s | decode tok/s | prefill steered/plain | decode steered/plain | load s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -319,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: speed,concept,rss,quality")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "PERFORMANCE.md")
     a = ap.parse_args(argv)

@@ -36,22 +36,12 @@ static ggml_context_ptr graph_context(size_t n_nodes) {
 }
 
 void flas_runtime::init_concept_context() {
-    llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx    = std::max(256, flow_.hp.concept_max_len);
-    cparams.n_batch  = cparams.n_ctx;
-    cparams.n_ubatch = cparams.n_ctx;
-    cparams.n_seq_max = 1;
-    cparams.n_threads = cparams.n_threads_batch = n_threads_;
+    const int n_ctx = std::max(256, flow_.hp.concept_max_len);
+    llama_context_params cparams = context_params(n_ctx, n_ctx);
     cparams.cb_eval = concept_callback;
     cparams.cb_eval_user_data = this;
     cparams.abort_callback = concept_abort;
     cparams.abort_callback_data = this;
-    cparams.no_perf = true;
-    if (params_.exact) {
-        cparams.type_k = GGML_TYPE_F32;
-        cparams.type_v = GGML_TYPE_F32;
-        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    }
     ctx_concept_.reset(llama_init_from_model(model_.get(), cparams));
     if (!ctx_concept_) {
         throw std::runtime_error("llama.cpp could not create the concept-encoding context");

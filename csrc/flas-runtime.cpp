@@ -83,21 +83,9 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     check_compatible(params.base_path, params.flow_path);
     load_output_norm(params.base_path);
 
-    llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx           = params.n_ctx;
-    cparams.n_batch         = params.n_batch;
-    cparams.n_ubatch        = params.n_batch;  // one ubatch per llama_decode: rows arrive in order
-    cparams.n_seq_max       = 1;
-    cparams.n_threads       = n_threads_;
-    cparams.n_threads_batch = n_threads_;
+    llama_context_params cparams = context_params(params.n_ctx, params.n_batch);
     cparams.cb_eval           = eval_callback;
     cparams.cb_eval_user_data = this;
-    cparams.no_perf         = true;
-    if (params.exact) {
-        cparams.type_k = GGML_TYPE_F32;
-        cparams.type_v = GGML_TYPE_F32;
-        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    }
     ctx_.reset(llama_init_from_model(model_.get(), cparams));
     if (!ctx_) {
         throw std::runtime_error("llama.cpp could not create a context (n_ctx " + std::to_string(params.n_ctx) +
@@ -112,6 +100,25 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
 }
 
 flas_runtime::~flas_runtime() = default;
+
+// One sequence, n_ubatch = n_batch (so each llama_decode is one ubatch and rows arrive in
+// order), our threads, and with `exact` float32 KV caches without flash attention.
+llama_context_params flas_runtime::context_params(int n_ctx, int n_batch) const {
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx           = n_ctx;
+    cparams.n_batch         = n_batch;
+    cparams.n_ubatch        = n_batch;
+    cparams.n_seq_max       = 1;
+    cparams.n_threads       = n_threads_;
+    cparams.n_threads_batch = n_threads_;
+    cparams.no_perf         = true;
+    if (params_.exact) {
+        cparams.type_k = GGML_TYPE_F32;
+        cparams.type_v = GGML_TYPE_F32;
+        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    return cparams;
+}
 
 void flas_runtime::check_compatible(const std::string & base_path, const std::string & flow_path) const {
     const flas_flow_hparams & hp = flow_.hp;
@@ -135,7 +142,9 @@ void flas_runtime::check_compatible(const std::string & base_path, const std::st
     mismatch("attention heads", hp.n_head, llama_model_n_head(model_.get()));
     mismatch("KV heads", hp.n_head_kv, llama_model_n_head_kv(model_.get()));
     if (hp.layer >= llama_model_n_layer(model_.get())) {
-        mismatch("steering layer bound", hp.layer, llama_model_n_layer(model_.get()) - 1);
+        throw std::invalid_argument("the flow " + flow_path + " steers layer " + std::to_string(hp.layer) +
+                                    " but the base model " + base_path + " has " +
+                                    std::to_string(llama_model_n_layer(model_.get())) + " layers");
     }
 }
 

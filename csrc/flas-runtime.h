@@ -84,6 +84,7 @@ struct flas_runtime {
     bool concept_captured() const { return concept_captured_; }
 
   private:
+    llama_context_params context_params(int n_ctx, int n_batch) const;
     void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     void init_concept_context();

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -46,7 +46,6 @@ class _Settings:
     top_k: int
     top_p: float
     seed: int
-    extra: dict = field(default_factory=dict)
 
 
 class FlasModel:
@@ -136,7 +135,7 @@ class FlasModel:
         """
         s = self._settings(concept, flowtime, n_steps, max(n_decode, 1), 0.0, 0, 1.0, 0)
         with self._lock:
-            tokens = self._check_prompt(self.prompt_tokens(prompt, messages), 0)
+            tokens = self._check_prompt(self.prompt_tokens(prompt, messages))
             self._rt.set_trace(True)
             try:
                 self._prepare(s)
@@ -169,7 +168,7 @@ class FlasModel:
             concept = None
         return _Settings(concept, float(flowtime), n_steps, max_tokens, float(temperature), top_k, float(top_p), int(seed))
 
-    def _check_prompt(self, tokens: list[int], reserve: int) -> list[int]:
+    def _check_prompt(self, tokens: list[int]) -> list[int]:
         if len(tokens) >= self.n_ctx:
             raise ValueError(f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
                              "shorten it or load the model with a larger n_ctx")
@@ -188,7 +187,7 @@ class FlasModel:
 
     def _generate(self, prompt, messages, s: _Settings, result: list) -> Iterator[str]:
         with self._lock:
-            tokens = self._check_prompt(self.prompt_tokens(prompt, messages), s.max_tokens)
+            tokens = self._check_prompt(self.prompt_tokens(prompt, messages))
             start = time.perf_counter()
             self._prepare(s)
             self._rt.decode(tokens)
