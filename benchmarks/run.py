@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -190,8 +189,10 @@ def measure_speed(a: Args, paths: dict, bases: list[str], flows: list[str], step
             row = {"base": b, "flow": c["flow"], "n_steps": c["n_steps"],
                    "prefill_tps": float(np.median(c["prefill"])), "decode_tps": float(np.median(c["decode"])),
                    "load_s": c["cfg"].load_seconds}
-            row["prefill_ratio"] = row["prefill_tps"] / float(np.median(plain["prefill"]))
-            row["decode_ratio"] = row["decode_tps"] / float(np.median(plain["decode"]))
+            # the ratio within each round (decode steps interleaved), then the median over rounds
+            row["prefill_ratio"] = float(np.median(np.array(c["prefill"]) / np.array(plain["prefill"])))
+            row["decode_ratio"] = float(np.median(np.array(c["decode"]) / np.array(plain["decode"])))
+            row["rounds"] = {"prefill_tps": c["prefill"], "decode_tps": c["decode"]}
             if c["flow"]:
                 row["concept_s"] = c["cfg"].concept_seconds
             rows.append(row)
@@ -226,7 +227,9 @@ def rss_child(args: list[str]) -> int:
     cfg = Plain(Path(base), n_ctx, n_batch, threads) if flow == "-" else \
         Steered(Path(base), Path(flow), n_ctx, n_batch, threads, 3, FLOWTIME)
     time_config(cfg, token_stream(n_prompt, cfg.n_vocab, 1), token_stream(n_gen, cfg.n_vocab, 2))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent
+    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(hwm_kb / 1024.0)
     return 0
 
 
@@ -294,8 +297,10 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`", "",
              f"Models: {result['size']} test models (random weights, exact shapes); n_ctx {a['n_ctx']}, "
              f"n_batch {a['n_batch']}, {a['threads']} threads, prompt {a['prompt_tokens']} tokens, "
-             f"{a['gen_tokens']} decoded tokens, median of {a['rounds']} rounds (prefills alternating, decode steps interleaved token by token); "
+             f"{a['gen_tokens']} decoded tokens, {a['rounds']} rounds (prefills alternating, decode steps interleaved token by token); speeds are medians over rounds, ratios the median of the per-round ratios; "
              f"steering T = {FLOWTIME}.", "",
+             "Prefill runs are minutes apart (alternating order), so their ratios carry more drift than the "
+             "decode ratios, whose steps are interleaved token by token.", "",
              "| base | flow | N | prefill tok/s | decode tok/s | prefill steered/plain | decode steered/plain | load s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["speed"]:
@@ -318,7 +323,42 @@ def markdown(result: dict) -> str:
         for q in result["quality"]:
             lines.append(f"| {q['flow']} | {q['cosine_mean']:.6f} | {q['cosine_min']:.6f} | {q['rel_err_mean']:.4f} | "
                          f"{q['rel_err_max']:.4f} | {q['n_prompts']} |")
+        lines += ["", "With random weights the displacement is dominated by the time-embedding term, which is the "
+                      "same for every row, so the per-prompt figures barely vary; re-measure with the released flow."]
+    lines += targets(result)
     return "\n".join(lines) + "\n"
+
+
+def targets(result: dict) -> list[str]:
+    """The targets of the performance issue, checked against these figures (Q4_K_M base)."""
+    speed = {(r["flow"], r["n_steps"]): r for r in result.get("speed", []) if r["base"] == "Q4_K_M"}
+    rss = {r["flow"]: r for r in result.get("rss", []) if r["base"] == "Q4_K_M"}
+    quality = {q["flow"]: q for q in result.get("quality", [])}
+    checks = []
+    for flow, n, key, limit, what in [("q8_0", 2, "decode_ratio", 0.85, "decode steered/plain, q8_0 flow, N = 2"),
+                                      ("q8_0", 3, "decode_ratio", 0.80, "decode steered/plain, q8_0 flow, N = 3"),
+                                      ("bf16", 3, "decode_ratio", 0.70, "decode steered/plain, bf16 flow, N = 3"),
+                                      ("q8_0", 3, "prefill_ratio", 0.80, "prefill steered/plain, q8_0 flow, N = 3"),
+                                      ("bf16", 3, "prefill_ratio", 0.80, "prefill steered/plain, bf16 flow, N = 3")]:
+        if (flow, n) in speed:
+            got = speed[(flow, n)][key]
+            checks.append((what, f">= {limit}", f"{got:.3f}", got >= limit))
+    for flow, limit in (("q8_0", 300), ("bf16", 400)):
+        if flow in rss:
+            got = rss[flow]["over_plain_mb"]
+            checks.append((f"peak RSS over plain llama.cpp, {flow} flow, n_ctx {result['args']['n_ctx']}",
+                           f"<= +{limit} MB", f"{got:+.0f} MB", got <= limit))
+    if result.get("concept"):
+        got = result["concept"]["ratio"]
+        checks.append(("concept switch / one 128-token generation", "< 10%", f"{got * 100:.1f}%", got < 0.10))
+    if "q8_0" in quality:
+        got = quality["q8_0"]["cosine_min"]
+        checks.append(("q8_0 flow: cosine of the steered displacement vs f32 (min)", ">= 0.999", f"{got:.6f}", got >= 0.999))
+    if not checks:
+        return []
+    out = ["", "## Targets (2-core CPU, Q4_K_M base)", "", "| target | limit | measured | met |", "|---|---|---|---|"]
+    out += [f"| {w} | {lim} | {got} | {'yes' if ok else 'NO'} |" for w, lim, got, ok in checks]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,10 +399,15 @@ def main(argv: list[str] | None = None) -> int:
         prompts = data.get("prompts", ["Tell me about your day.", "Why is the sky blue?"])
         concepts = data.get("concepts", [CONCEPT])[:2]
         result["quality"] = measure_quality(args, paths, bases[0], [f for f in flows if f != "f32"], prompts, concepts)
+    json_path = a.out.with_suffix(".json")
+    if skip and json_path.is_file():  # a partial re-run keeps the parts it did not measure
+        previous = json.loads(json_path.read_text())
+        result.update({k: previous[k] for k in ("speed", "concept", "rss", "quality") if k in previous and k not in result})
+        result["command"] += f" (parts skipped here: from {previous['date']}, `{previous['command']}`)"
     md = markdown(result)
     print(md)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
     a.out.write_text("# Performance\n\n" + md)
     print(f"wrote {a.out} and {a.out.with_suffix('.json')}", file=sys.stderr)
     return 0
