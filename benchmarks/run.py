@@ -356,7 +356,8 @@ def targets(result: dict) -> list[str]:
         checks.append(("q8_0 flow: cosine of the steered displacement vs f32 (min)", ">= 0.999", f"{got:.6f}", got >= 0.999))
     if not checks:
         return []
-    out = ["", "## Targets (2-core CPU, Q4_K_M base)", "", "| target | limit | measured | met |", "|---|---|---|---|"]
+    out = ["", f"## Targets (Q4_K_M base, {result['size']} models; the targets are set for the full size on 2 cores)",
+           "", "| target | limit | measured | met |", "|---|---|---|---|"]
     out += [f"| {w} | {lim} | {got} | {'yes' if ok else 'NO'} |" for w, lim, got, ok in checks]
     return out
 
