@@ -68,6 +68,7 @@ class FlasModel:
         self.n_ctx: int = self._rt.n_ctx
         self._concept: str | None = None
         self._lock = threading.RLock()
+        self._epoch = 0  # bumped by every new generation; a paused stream checks it before going on
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class FlasModel:
 
     def _prepare(self, s: _Settings) -> None:
         """Concept (encoded once, re-encoded on change) and (T, N); both empty the sequence."""
+        self._epoch += 1
         if s.concept is not None and s.concept != self._concept:
             n_total = self._rt.set_concept(s.concept)
             self._concept = s.concept
@@ -190,6 +192,7 @@ class FlasModel:
             tokens = self._check_prompt(self.prompt_tokens(prompt, messages))
             start = time.perf_counter()
             self._prepare(s)
+            epoch = self._epoch
             self._rt.decode(tokens)
             prompt_seconds = time.perf_counter() - start
             self._rt.sampler_init(s.temperature, s.top_k, s.top_p, s.seed)
@@ -213,6 +216,9 @@ class FlasModel:
                     if self._rt.n_past >= self.n_ctx:
                         stop = "context"
                         break
+                    if self._epoch != epoch:
+                        raise RuntimeError("another generation ran on this model while this stream was paused; "
+                                           "finish or close a stream before starting the next generation")
                     self._rt.decode([tok])
                 tail = utf8.decode(b"", final=True)
                 if tail:

@@ -130,3 +130,11 @@ def test_missing_and_mismatched_files(tiny, tiny_base_f32, flow_gguf, tmp_path):
     convert_flow(tiny[1], other, base_config=tmp_path / "config.json", progress=False)
     with pytest.raises(ValueError, match="layer count is 8 for the flow but 6 for the base"):
         FlasModel(tiny_base_f32, other)
+
+
+def test_a_paused_stream_refuses_to_continue_after_another_generation(model):
+    it = model.stream(PROMPT, concept=CONCEPT, max_tokens=16, temperature=0.0)
+    next(it)
+    model.generate(PROMPT, flowtime=0.0, max_tokens=2)
+    with pytest.raises(RuntimeError, match="another generation ran on this model while this stream was paused"):
+        list(it)
