@@ -29,6 +29,7 @@ class Generation:
     stop_reason: str                  # "eog", "max_tokens" or "context"
     seconds: float = 0.0              # wall time of prefill + generation
     prompt_seconds: float = 0.0       # of which prefill
+    n_cached_tokens: int = 0          # prompt tokens reused from the previous generation (same steering)
 
     @property
     def tokens_per_second(self) -> float:
@@ -69,6 +70,9 @@ class FlasModel:
         self._concept: str | None = None
         self._lock = threading.RLock()
         self._epoch = 0  # bumped by every new generation; a paused stream checks it before going on
+        # the tokens llama.cpp's sequence (and the flow caches) hold, valid under these steering settings
+        self._seq: list[int] = []
+        self._seq_key: tuple | None = None
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
@@ -139,7 +143,8 @@ class FlasModel:
             tokens = self._check_prompt(self.prompt_tokens(prompt, messages))
             self._rt.set_trace(True)
             try:
-                self._prepare(s)
+                self._prepare(s, reuse=False)  # every row is recorded: start from an empty sequence
+                self._seq_key = None  # and leave none to reuse (the trace's decode steps are not tracked)
                 self._rt.decode(tokens)
                 logits = self._rt.logits()
                 self._rt.sampler_init(0.0, 0, 1.0, 0)
@@ -158,6 +163,7 @@ class FlasModel:
         llama.cpp's forward pass for every batch of layer-L rows (testing, research). None restores the flow."""
         with self._lock:
             self._rt.set_steer_hook(fn)
+            self._seq_key = None
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -175,9 +181,14 @@ class FlasModel:
                              "shorten it or load the model with a larger n_ctx")
         return tokens
 
-    def _prepare(self, s: _Settings) -> None:
-        """Concept (encoded once, re-encoded on change) and (T, N); both empty the sequence."""
+    def _prepare(self, s: _Settings, reuse: bool = True) -> None:
+        """Concept (encoded once, re-encoded on change) and (T, N). Changing either empties the
+        sequence (its caches no longer apply); otherwise the sequence is kept for prefix reuse."""
         self._epoch += 1
+        key = (s.concept, s.flowtime if s.concept is not None else 0.0, s.n_steps)
+        if reuse and key == self._seq_key:
+            return
+        self._seq_key = None  # until the runtime holds the new settings
         if s.concept is not None and s.concept != self._concept:
             n_total = self._rt.set_concept(s.concept)
             self._concept = s.concept
@@ -185,7 +196,27 @@ class FlasModel:
             if n_total > limit:
                 warnings.warn(f"the concept is {n_total} tokens; only the first {limit} are used, as in training",
                               stacklevel=4)
-        self._rt.set_steering(s.flowtime if s.concept is not None else 0.0, s.n_steps)
+        self._rt.set_steering(key[1], s.n_steps)
+        self._seq, self._seq_key = [], key
+
+    def _feed(self, tokens: list[int]) -> int:
+        """Make the sequence hold `tokens`: keep the common prefix (rewinding llama.cpp's cache and,
+        with it, the flow caches), decode the rest. At least the last token is decoded, for its logits.
+        Returns how many tokens were kept."""
+        keep = 0
+        limit = min(len(self._seq), len(tokens) - 1)
+        while keep < limit and self._seq[keep] == tokens[keep]:
+            keep += 1
+        try:
+            if keep < len(self._seq):
+                self._rt.rewind(keep)
+                del self._seq[keep:]
+            self._rt.decode(tokens[keep:])
+        except BaseException:
+            self._seq_key = None  # the sequence is in an unknown state: start afresh next time
+            raise
+        self._seq += tokens[keep:]
+        return keep
 
     def _generate(self, prompt, messages, s: _Settings, result: list) -> Iterator[str]:
         with self._lock:
@@ -193,7 +224,7 @@ class FlasModel:
             start = time.perf_counter()
             self._prepare(s)
             epoch = self._epoch
-            self._rt.decode(tokens)
+            n_cached = self._feed(tokens)
             prompt_seconds = time.perf_counter() - start
             self._rt.sampler_init(s.temperature, s.top_k, s.top_p, s.seed)
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -219,11 +250,11 @@ class FlasModel:
                     if self._epoch != epoch:
                         raise RuntimeError("another generation ran on this model while this stream was paused; "
                                            "finish or close a stream before starting the next generation")
-                    self._rt.decode([tok])
+                    self._feed(self._seq + [tok])
                 tail = utf8.decode(b"", final=True)
                 if tail:
                     text.append(tail)
                     yield tail
             finally:
                 result.append(Generation("".join(text), out, len(tokens), s.concept, s.flowtime if s.concept else 0.0,
-                                         s.n_steps, stop, time.perf_counter() - start, prompt_seconds))
+                                         s.n_steps, stop, time.perf_counter() - start, prompt_seconds, n_cached))

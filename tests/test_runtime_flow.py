@@ -130,3 +130,37 @@ def test_second_generation_starts_from_clean_caches(tiny_base_f32, flows, models
         PROMPT, concept=CONCEPT, flowtime=2.0, n_decode=4)
     np.testing.assert_array_equal(second["steered"], fresh["steered"])
     np.testing.assert_array_equal(second["logits"], fresh["logits"])
+
+
+def test_rewind_keeps_the_flow_caches_in_step_with_llama_cpp(models):
+    rt = models["f32"]._rt  # the C++ runtime itself
+    m = models["f32"]
+    prompt = m.prompt_tokens(PROMPT)
+    a, b = m.tokenize("Arr, the sea!", add_bos=False), m.tokenize("Aye, the wind.", add_bos=False)
+    rt.set_concept(CONCEPT)
+    rt.set_steering(2.0, 3)
+    rt.decode(prompt + a)
+    rt.rewind(len(prompt))  # drop A from llama.cpp's cache and, with it, from the flow's
+    rt.set_trace(True)
+    rt.decode(b)
+    rewound_rows, rewound_logits = rt.trace_steered(), rt.logits()
+    rt.reset()
+    rt.set_trace(True)
+    rt.decode(prompt + b)
+    fresh_rows, fresh_logits = rt.trace_steered()[len(prompt):], rt.logits()
+    rt.set_trace(False)
+    m._seq_key = None  # the model's own record of the sequence is stale now
+    assert normalized_error(rewound_rows, fresh_rows) < 1e-5
+    assert normalized_error(rewound_logits, fresh_logits) < 1e-5
+
+
+def test_multi_turn_reuses_the_prefix_and_equals_a_fresh_model(tiny_base_f32, flows, models):
+    m = models["f32"]
+    turn1 = [{"role": "user", "content": PROMPT}]
+    r1 = m.generate(messages=turn1, concept=CONCEPT, flowtime=2.0, temperature=0.0, max_tokens=12)
+    turn2 = turn1 + [{"role": "assistant", "content": r1.text}, {"role": "user", "content": "And then?"}]
+    r2 = m.generate(messages=turn2, concept=CONCEPT, flowtime=2.0, temperature=0.0, max_tokens=12)
+    fresh = FlasModel(tiny_base_f32, flows["f32"][0], n_ctx=256, exact=True).generate(
+        messages=turn2, concept=CONCEPT, flowtime=2.0, temperature=0.0, max_tokens=12)
+    assert r2.n_cached_tokens >= r1.n_prompt_tokens - 1 > 0 and fresh.n_cached_tokens == 0
+    assert r2.tokens == fresh.tokens
