@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--n-gpu-layers", type=int, default=0)
-    ap.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    ap.add_argument("--threads", type=int, help="CPU threads (default: one per physical core)")
     a = ap.parse_args(argv)
 
     def write(text: str) -> None:

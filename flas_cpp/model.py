@@ -17,6 +17,22 @@ from ._native import core
 from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
 
 
+def physical_cores() -> int:
+    """Cores this process may run on, hyper-thread siblings counted once (llama.cpp's default)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo / "physical_package_id").read_text().strip() + ":" + (topo / "core_id").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
 @dataclass
 class Generation:
     """One generated reply."""
@@ -53,7 +69,8 @@ class FlasModel:
     """A Gemma-2 base model (GGUF) steered by a FLAS flow (GGUF) inside llama.cpp's forward pass.
 
     `exact=True` selects a float32 KV cache and no flash attention, for parity with a float32
-    reference; the default uses llama.cpp's fast settings. `n_threads=None` uses every core.
+    reference; the default uses llama.cpp's fast settings. `n_threads=None` uses one thread per
+    physical core, as llama.cpp does.
     """
 
     def __init__(self, base: str | os.PathLike, flow: str | os.PathLike, n_ctx: int = 4096, n_gpu_layers: int = 0,
@@ -64,7 +81,8 @@ class FlasModel:
         if n_ctx < 16:
             raise ValueError(f"n_ctx must be >= 16, got {n_ctx}")
         self._rt = core().Runtime(str(base), str(flow), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx),
-                                  n_gpu_layers=n_gpu_layers, n_threads=n_threads or 0, exact=exact, verbose=verbose)
+                                  n_gpu_layers=n_gpu_layers, n_threads=n_threads or physical_cores(), exact=exact,
+                                  verbose=verbose)
         self.flow_info: dict = dict(self._rt.flow_hparams)
         self.n_ctx: int = self._rt.n_ctx
         self._concept: str | None = None

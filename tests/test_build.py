@@ -41,3 +41,9 @@ def test_one_copy_of_ggml_with_llama_cpp_imported_too():
     assert sorted(names) == sorted(set(names)), f"a library is loaded twice: {out}"
     assert {"libggml", "libggml-base", "libllama"} <= set(names)
     assert all(os.path.dirname(p) == LLAMA_LIB_DIR for p in out), out
+
+
+def test_default_threads_count_physical_cores():
+    from flas_cpp.model import physical_cores
+
+    assert 1 <= physical_cores() <= os.cpu_count()
