@@ -171,26 +171,13 @@ void flas_runtime::compute_time_embeddings() {
 // with the longest concept.
 void flas_runtime::reserve_compute() {
     const int n  = std::min(params_.n_batch, n_ctx_);
-    const int p0 = n_ctx_ - n;
     const size_t max_nodes = flas_graph_max_nodes(flow_, cache_.n_steps);
     graph_meta_.resize(max_nodes * ggml_tensor_overhead() + ggml_graph_overhead_custom(max_nodes, false));
-    ggml_init_params ip = { graph_meta_.size(), graph_meta_.data(), /*no_alloc =*/ true };
-    ggml_context_ptr ctx(ggml_init(ip));
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), max_nodes, false);
-    ggml_tensor * h0   = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, flow_.hp.n_embd, n);
-    ggml_tensor * pos  = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I32, n);
-    ggml_tensor * mask = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, n_ctx_, n);
-    for (ggml_tensor * in : {h0, pos, mask}) {
-        ggml_set_input(in);
-    }
     const int saved = concept_.n_tokens;
     concept_.n_tokens = flow_.hp.concept_max_len;
-    const flas_pass pass{ctx.get(), gf, flow_, concept_, cache_, pos, mask, p0, n};
-    ggml_tensor * out = flas_build_euler(pass, h0, cache_.n_steps, 1.0f);
+    pass_graph g = build_pass(n_ctx_ - n, n, cache_.n_steps, 1.0f);
     concept_.n_tokens = saved;
-    ggml_set_output(out);
-    ggml_build_forward_expand(gf, out);
-    if (!ggml_gallocr_reserve(allocr_.get(), gf)) {
+    if (!ggml_gallocr_reserve(allocr_.get(), g.gf)) {
         throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
     }
 }

@@ -375,33 +375,38 @@ void flas_runtime::on_layer_output(ggml_tensor * t) noexcept {
     }
 }
 
-void flas_runtime::run_flow(ggml_tensor * t, int p0, int n) {
-    const flas_flow_hparams & hp = flow_.hp;
-    const size_t max_nodes = flas_graph_max_nodes(flow_, n_steps_);
+flas_runtime::pass_graph flas_runtime::build_pass(int p0, int n, int n_steps, float dt) {
+    const size_t max_nodes = flas_graph_max_nodes(flow_, n_steps);
     ggml_init_params ip = { graph_meta_.size(), graph_meta_.data(), /*no_alloc =*/ true };
-    ggml_context_ptr ctx(ggml_init(ip));
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), max_nodes, false);
-
-    ggml_tensor * h0 = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, hp.n_embd, n);
-    ggml_tensor * pos = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I32, n);
-    ggml_tensor * mask = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, p0 + n, n);
-    for (ggml_tensor * in : {h0, pos, mask}) {
+    pass_graph g;
+    g.ctx.reset(ggml_init(ip));
+    g.gf   = ggml_new_graph_custom(g.ctx.get(), max_nodes, false);
+    g.h0   = ggml_new_tensor_2d(g.ctx.get(), GGML_TYPE_F32, flow_.hp.n_embd, n);
+    g.pos  = ggml_new_tensor_1d(g.ctx.get(), GGML_TYPE_I32, n);
+    g.mask = ggml_new_tensor_2d(g.ctx.get(), GGML_TYPE_F32, p0 + n, n);
+    for (ggml_tensor * in : {g.h0, g.pos, g.mask}) {
         ggml_set_input(in);
     }
-    const flas_pass pass{ctx.get(), gf, flow_, concept_, cache_, pos, mask, p0, n};
-    ggml_tensor * out = flas_build_euler(pass, h0, n_steps_, flowtime_ / n_steps_);
-    ggml_set_output(out);
-    ggml_build_forward_expand(gf, out);
-    if (!ggml_gallocr_alloc_graph(allocr_.get(), gf)) {
+    const flas_pass pass{g.ctx.get(), g.gf, flow_, concept_, cache_, g.pos, g.mask, p0, n};
+    g.out = flas_build_euler(pass, g.h0, n_steps, dt);
+    ggml_set_output(g.out);
+    ggml_build_forward_expand(g.gf, g.out);
+    return g;
+}
+
+void flas_runtime::run_flow(ggml_tensor * t, int p0, int n) {
+    pass_graph g = build_pass(p0, n, n_steps_, flowtime_ / n_steps_);
+    ggml_tensor * h0 = g.h0, * pos = g.pos, * mask = g.mask, * out = g.out;
+    if (!ggml_gallocr_alloc_graph(allocr_.get(), g.gf)) {
         throw std::runtime_error("cannot allocate the flow's compute buffer");
     }
 
     ggml_backend_tensor_copy(t, h0);
-    std::vector<int32_t> positions(n);
-    for (int i = 0; i < n; ++i) {
-        positions[i] = p0 + i;
-    }
     if (pos->buffer != nullptr) {  // inputs an ablated flow does not read are not allocated
+        std::vector<int32_t> positions(n);
+        for (int i = 0; i < n; ++i) {
+            positions[i] = p0 + i;
+        }
         ggml_backend_tensor_set(pos, positions.data(), 0, ggml_nbytes(pos));
     }
     if (mask->buffer != nullptr) {
@@ -411,7 +416,7 @@ void flas_runtime::run_flow(ggml_tensor * t, int p0, int n) {
         }
         ggml_backend_tensor_set(mask, m.data(), 0, ggml_nbytes(mask));
     }
-    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) {
+    if (ggml_backend_graph_compute(backend_.get(), g.gf) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
     }
     ggml_backend_tensor_copy(out, t);

@@ -88,6 +88,14 @@ struct flas_runtime {
     void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     void init_concept_context();
+    // the graph of one flow pass over n rows at p0, built in graph_meta_ (shared by the
+    // worst-case reservation and every real pass, so the two cannot drift apart)
+    struct pass_graph {
+        ggml_context_ptr ctx;
+        ggml_cgraph * gf;
+        ggml_tensor * h0, * pos, * mask, * out;
+    };
+    pass_graph build_pass(int p0, int n, int n_steps, float dt);
     void reserve_compute();
     void run_flow(ggml_tensor * t, int p0, int n);
     bool steering_active() const;
