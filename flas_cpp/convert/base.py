@@ -6,13 +6,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from .. import safetensors_io
 from . import spm
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     pick_qtype, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
+                     norm_plan, pick_qtype, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
 
 # llama.cpp's llama_ftype values for the types only its quantizer writes (include/llama.h).
 LLAMA_QUANT_FTYPES = {
@@ -238,8 +237,8 @@ def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp: GemmaHparams, qt
             raise ConversionError(f"missing tensor {hf_name!r}: the checkpoint is incomplete (a shard missing?)")
         ref = refs[hf_name]
         check_shape(hf_name, ref.shape, shape, "config.json")
-        if is_norm:  # Gemma's RMSNorm scales by (1 + w); llama.cpp's GGUF stores 1 + w
-            plan.append(TensorPlan(gg_name, shape, GGMLQuantizationType.F32, lambda r=ref: r.to_f32() + np.float32(1.0)))
+        if is_norm:
+            plan.append(norm_plan(gg_name, shape, ref))
         else:
             plan.append(TensorPlan(gg_name, shape, pick_qtype(shape, qtype), ref.to_f32))
     return plan

@@ -47,6 +47,12 @@ class TensorPlan:
         return self.n_params // block * type_size
 
 
+def norm_plan(name: str, shape: tuple[int, ...], ref: safetensors_io.TensorRef) -> TensorPlan:
+    """A Gemma RMSNorm weight: the checkpoint holds w, the GGUF holds 1 + w in f32 (llama.cpp's
+    convention, for the base and the flow alike), so the runtime multiplies by it directly."""
+    return TensorPlan(name, shape, GGMLQuantizationType.F32, lambda: ref.to_f32() + np.float32(1.0))
+
+
 def pick_qtype(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
     """`wanted`, or f16 where a row does not fill whole quant blocks (as llama.cpp falls back)."""
     block, _ = GGML_QUANT_SIZES[wanted]

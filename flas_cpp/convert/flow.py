@@ -6,13 +6,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from .. import gguf_names as N
 from .. import safetensors_io
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     pick_qtype, read_json, read_safetensors, summarize, write_gguf)
+                     norm_plan, pick_qtype, read_json, read_safetensors, summarize, write_gguf)
 
 
 @dataclass
@@ -133,8 +132,8 @@ def plan_flow(refs: dict[str, safetensors_io.TensorRef], fc: FlowConfig, base: B
         ref = refs[ck]
         check_shape(ck, ref.shape, shape, f"the base model ({fc.model_id or 'base config'}: hidden {base.n_embd}, "
                     f"{base.n_head}/{base.n_head_kv} heads of {base.head_dim}, intermediate {base.n_ff})")
-        if kind == "norm":  # stored as 1 + w, like llama.cpp's Gemma norms (gguf_names.py)
-            plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32, lambda r=ref: r.to_f32() + np.float32(1.0)))
+        if kind == "norm":
+            plan.append(norm_plan(gg, shape, ref))
         elif kind == "vector":
             plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32, ref.to_f32))
         else:
