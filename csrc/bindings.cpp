@@ -2,6 +2,7 @@
 // into the C++ types and releases the GIL around long calls; std::invalid_argument becomes
 // ValueError and std::runtime_error RuntimeError (pybind11's defaults).
 #include "flas-info.h"
+#include "flas-engine.h"
 #include "flas-runtime.h"
 
 #include <pybind11/functional.h>
@@ -95,13 +96,15 @@ PYBIND11_MODULE(_core, m) {
 
     using R = flas_runtime;
     py::class_<R>(m, "Runtime")
-        .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_gpu_layers,
-                         int n_threads, bool exact, bool verbose) {
+        .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
+                         int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose) {
                  flas_runtime_params p;
                  p.base_path = base;
                  p.flow_path = flow;
                  p.n_ctx = n_ctx;
                  p.n_batch = n_batch;
+                 p.n_seq = n_seq;
+                 p.concept_cache = concept_cache;
                  p.n_gpu_layers = n_gpu_layers;
                  p.n_threads = n_threads;
                  p.exact = exact;
@@ -109,30 +112,111 @@ PYBIND11_MODULE(_core, m) {
                  py::gil_scoped_release release;
                  return new flas_runtime(p);
              }),
-             py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512,
-             py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0, py::arg("exact") = false, py::arg("verbose") = false)
+             py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_seq") = 1,
+             py::arg("concept_cache") = 16, py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0,
+             py::arg("exact") = false, py::arg("verbose") = false)
         .def("tokenize", &R::tokenize, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
         .def("token_to_piece", [](const R & r, llama_token t) { return py::bytes(r.token_to_piece(t)); })
         .def("is_eog", &R::is_eog)
         .def("apply_chat_template", &R::apply_chat_template, py::arg("messages"))
-        .def("set_concept", &R::set_concept, py::arg("text"), py::call_guard<py::gil_scoped_release>())
-        .def("set_steering", &R::set_steering, py::arg("flowtime"), py::arg("n_steps"),
-             py::call_guard<py::gil_scoped_release>())
+        .def("set_steering", &R::set_steering, py::arg("seq"), py::arg("concept"), py::arg("flowtime"),
+             py::arg("n_steps"), py::call_guard<py::gil_scoped_release>())
+        .def("set_trace", &R::set_trace, py::arg("seq"), py::arg("on"))
         .def("set_steer_hook", [](R & r, py::object fn) { r.set_steer_hook(python_hook(fn, r.n_embd())); })
-        .def("set_trace", &R::set_trace)
-        .def("reset", &R::reset)
-        .def("decode", &R::decode, py::arg("tokens"), py::call_guard<py::gil_scoped_release>())
-        .def("rewind", &R::rewind, py::arg("n_keep"))
-        .def("logits", [](const R & r) { return py::array_t<float>(py::cast(r.logits())); })
-        .def("sampler_init", &R::sampler_init, py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("seed"))
-        .def("sample", &R::sample, py::call_guard<py::gil_scoped_release>())
-        .def("trace_unsteered", [](const R & r) { return rows_array(r.trace_unsteered(), r.n_embd()); })
-        .def("trace_steered", [](const R & r) { return rows_array(r.trace_steered(), r.n_embd()); })
-        .def_property_readonly("n_past", &R::n_past)
+        .def("reset", &R::reset, py::arg("seq"))
+        .def("rewind", &R::rewind, py::arg("seq"), py::arg("n_keep"))
+        .def("decode", [](R & r, const std::vector<std::pair<int, std::vector<llama_token>>> & entries) {
+                 std::vector<flas_seq_tokens> batch;
+                 for (const auto & e : entries) {
+                     batch.push_back({e.first, e.second});
+                 }
+                 py::gil_scoped_release release;
+                 r.decode(batch);
+             }, py::arg("batch"), "Append tokens to sequences in one llama_decode: [(seq, [tokens...]), ...].")
+        .def("logits", [](const R & r, int seq) { return py::array_t<float>(py::cast(r.logits(seq))); }, py::arg("seq"))
+        .def("sampler_init", &R::sampler_init, py::arg("seq"), py::arg("temperature"), py::arg("top_k"),
+             py::arg("top_p"), py::arg("seed"))
+        .def("sample", &R::sample, py::arg("seq"), py::call_guard<py::gil_scoped_release>())
+        .def("n_past", &R::n_past, py::arg("seq"))
+        .def("concept_tokens", &R::concept_tokens, py::arg("seq"))
+        .def("trace_unsteered", [](const R & r, int seq) { return rows_array(r.trace_unsteered(seq), r.n_embd()); },
+             py::arg("seq"))
+        .def("trace_steered", [](const R & r, int seq) { return rows_array(r.trace_steered(seq), r.n_embd()); },
+             py::arg("seq"))
+        .def("stats", [](const R & r) {
+                 const flas_stats st = r.stats();
+                 py::dict d;
+                 d["concepts_encoded"] = st.concepts_encoded;
+                 d["concept_hits"] = st.concept_hits;
+                 d["concepts_cached"] = st.concepts_cached;
+                 return d;
+             })
         .def_property_readonly("n_vocab", &R::n_vocab)
         .def_property_readonly("n_embd", &R::n_embd)
         .def_property_readonly("n_ctx", &R::n_ctx)
-        .def_property_readonly("concept_tokens", &R::concept_tokens)
+        .def_property_readonly("n_ctx_seq", &R::n_ctx_seq)
+        .def_property_readonly("n_seq", &R::n_seq)
         .def_property_readonly("flow_backend", &R::flow_backend)
         .def_property_readonly("flow_hparams", [](const R & r) { return flow_hparams_dict(r.flow_hparams()); });
+
+    py::class_<flas_request>(m, "EngineRequest")
+        .def(py::init<>())
+        .def_readwrite("prompt", &flas_request::prompt)
+        .def_readwrite("concept", &flas_request::concept)
+        .def_readwrite("flowtime", &flas_request::flowtime)
+        .def_readwrite("n_steps", &flas_request::n_steps)
+        .def_readwrite("max_tokens", &flas_request::max_tokens)
+        .def_readwrite("temperature", &flas_request::temperature)
+        .def_readwrite("top_k", &flas_request::top_k)
+        .def_readwrite("top_p", &flas_request::top_p)
+        .def_readwrite("seed", &flas_request::seed)
+        .def_readwrite("trace", &flas_request::trace);
+
+    using E = flas_engine;
+    py::class_<E>(m, "Engine")
+        .def(py::init<R &>(), py::arg("runtime"), py::keep_alive<1, 2>())
+        .def("submit", &E::submit, py::arg("request"))
+        .def("submit_many", &E::submit_many, py::arg("requests"))
+        .def("wait", [](E & e, uint64_t id, int timeout_ms) {
+                 flas_update u;
+                 {
+                     py::gil_scoped_release release;
+                     u = e.wait(id, timeout_ms);
+                 }
+                 py::dict d;
+                 d["tokens"] = u.tokens;
+                 d["done"] = u.done;
+                 if (u.done) {
+                     d["finish"] = u.finish;
+                     d["error"] = u.error;
+                     d["n_prompt"] = u.n_prompt;
+                     d["n_cached"] = u.n_cached;
+                     d["prompt_seconds"] = u.prompt_seconds;
+                     d["seconds"] = u.seconds;
+                     const int H = e.runtime().n_embd();
+                     d["trace_in"] = rows_array(u.trace_in, H);
+                     d["trace_out"] = rows_array(u.trace_out, H);
+                     d["prompt_logits"] = py::array_t<float>(py::cast(u.prompt_logits));
+                 }
+                 return d;
+             }, py::arg("id"), py::arg("timeout_ms"))
+        .def("wait_any", &E::wait_any, py::arg("ids"), py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
+        .def("cancel", &E::cancel, py::arg("id"))
+        .def("stats", [](const E & e) {
+                 const flas_engine_stats st = e.stats();
+                 py::dict d;
+                 d["active"] = st.n_active;
+                 d["queued"] = st.n_queued;
+                 d["tokens_decoded"] = st.n_decoded;
+                 d["decode_calls"] = st.n_steps;
+                 return d;
+             })
+        .def("exclusive", [](E & e, py::function fn) {
+                 // the worker may be in a hook that needs the GIL: wait for the step without it
+                 py::gil_scoped_release release;
+                 e.run_exclusive([&] {
+                     py::gil_scoped_acquire gil;
+                     fn();
+                 });
+             }, py::arg("fn"), "Run fn() between two decode steps, with the runtime to itself.");
 }

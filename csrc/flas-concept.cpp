@@ -1,5 +1,6 @@
-// The parts of the runtime that depend only on the concept or on (T, N): concept encoding
-// through the base model, cross-attention K/V, time embeddings, and buffer sizing.
+// The parts of the runtime that depend only on the concept or on (T, N): the concept table,
+// concept encoding through the base model, cross-attention K/V, time embeddings, and the
+// steering of a sequence.
 #include "flas-graph.h"
 #include "flas-runtime.h"
 
@@ -37,7 +38,7 @@ static ggml_context_ptr graph_context(size_t n_nodes) {
 
 void flas_runtime::init_concept_context() {
     const int n_ctx = std::max(256, flow_.hp.concept_max_len);
-    llama_context_params cparams = context_params(n_ctx, n_ctx);
+    llama_context_params cparams = context_params(n_ctx, n_ctx, 1);
     cparams.cb_eval = concept_callback;
     cparams.cb_eval_user_data = this;
     cparams.abort_callback = concept_abort;
@@ -63,14 +64,81 @@ bool flas_runtime::on_concept_node(ggml_tensor * t, bool ask) noexcept {
     return true;
 }
 
-int flas_runtime::set_concept(const std::string & text) {
-    const flas_flow_hparams & hp = flow_.hp;
+// ---------------------------------------------------------------------------------------------
+// the concept table
+// ---------------------------------------------------------------------------------------------
+
+int flas_concept_table::find(const std::string & text) const {
+    for (size_t i = 0; i < slots.size(); ++i) {
+        if (!slots[i].text.empty() && slots[i].text == text) {
+            return (int) i;
+        }
+    }
+    return -1;
+}
+
+int flas_concept_table::n_cached() const {
+    int n = 0;
+    for (const flas_concept_entry & e : slots) {
+        n += e.text.empty() ? 0 : 1;
+    }
+    return n;
+}
+
+// Below the bound: a free slot. At the bound: the least recently used concept nobody steers
+// with, else (all in use) a free slot beyond the bound.
+int flas_concept_table::victim() const {
+    int free_slot = -1, lru = -1;
+    for (size_t i = 0; i < slots.size(); ++i) {
+        if (slots[i].text.empty()) {
+            free_slot = free_slot < 0 ? (int) i : free_slot;
+        } else if (slots[i].n_users == 0 && (lru < 0 || slots[i].last_use < slots[lru].last_use)) {
+            lru = (int) i;
+        }
+    }
+    if (n_cached() < bound && free_slot >= 0) {
+        return free_slot;
+    }
+    return lru >= 0 ? lru : free_slot;
+}
+
+// The slot holding `text`, encoding it into the least recently used free slot on a miss.
+// The caller becomes one of its users.
+int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
     std::vector<llama_token> tokens = tokenize(text, /*add_special =*/ true, /*parse_special =*/ true);
-    const int n_total = (int) tokens.size();
+    n_total = (int) tokens.size();
     if (text.find_first_not_of(" \t\r\n") == std::string::npos || tokens.empty()) {
         throw std::invalid_argument("the concept is empty; describe it in words, e.g. \"Talk like a pirate\"");
     }
-    tokens.resize(std::min(n_total, hp.concept_max_len));  // as trained: the first concept_max_len tokens
+    int slot = concepts_.find(text);
+    if (slot >= 0) {
+        concepts_.n_hits++;
+    } else {
+        slot = concepts_.victim();
+        if (slot < 0) {  // cannot happen: there are at least n_seq slots
+            throw std::runtime_error("every concept slot is in use");
+        }
+        flas_concept_entry & entry = concepts_.slots[slot];
+        for (int seq = 0; seq < n_seq(); ++seq) {  // idle sequences steered by the evicted concept
+            if (seqs_[seq].slot == slot) {
+                seqs_[seq].slot = -1;
+                reset(seq);
+            }
+        }
+        entry.text.clear();  // until it holds the new concept
+        tokens.resize(std::min(n_total, flow_.hp.concept_max_len));  // as trained: the first concept_max_len tokens
+        encode_concept(tokens, slot);
+        entry.text = text;
+        entry.n_tokens = (int) tokens.size();
+        concepts_.n_encoded++;
+    }
+    concepts_.slots[slot].n_users++;
+    concepts_.touch(slot);
+    return slot;
+}
+
+void flas_runtime::encode_concept(const std::vector<llama_token> & tokens, int slot) {
+    const flas_flow_hparams & hp = flow_.hp;
     const int K = (int) tokens.size();
     if (!ctx_concept_) {
         init_concept_context();
@@ -78,12 +146,12 @@ int flas_runtime::set_concept(const std::string & text) {
     llama_memory_clear(llama_get_memory(ctx_concept_.get()), true);
     concept_captured_ = false;
     flas_log_quiet = true;  // the abort after layer 1 is logged as a failed compute
-    const int32_t ret = llama_decode(ctx_concept_.get(), llama_batch_get_one(tokens.data(), K));
+    std::vector<llama_token> ids = tokens;
+    const int32_t ret = llama_decode(ctx_concept_.get(), llama_batch_get_one(ids.data(), K));
     flas_log_quiet = false;
     if (!concept_captured_ || (ret != 0 && ret != 2) || (int) concept_rows_.size() != K * hp.n_embd) {
         throw std::runtime_error("concept encoding failed (llama_decode status " + std::to_string(ret) + ")");
     }
-
     // c = final_norm(layer1(layer0(...))) in float32, Gemma form (the weight holds 1 + w)
     std::vector<float> c(concept_rows_.size());
     for (int r = 0; r < K; ++r) {
@@ -106,9 +174,8 @@ int flas_runtime::set_concept(const std::string & text) {
         ggml_tensor * pos  = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I32, K);
         ggml_set_input(c_in);
         ggml_set_input(pos);
-        concept_.n_tokens = K;
         for (int b = 0; b < hp.n_block; ++b) {
-            flas_build_concept_kv(ctx.get(), gf, flow_, concept_, b, c_in, pos);
+            flas_build_concept_kv(ctx.get(), gf, flow_, concept_, b, slot, c_in, pos);
         }
         std::vector<int32_t> positions(K);
         for (int i = 0; i < K; ++i) {
@@ -119,12 +186,14 @@ int flas_runtime::set_concept(const std::string & text) {
             ggml_backend_tensor_set(pos, positions.data(), 0, ggml_nbytes(pos));
         });
     }
-    concept_.n_tokens = K;
-    reset();
-    return n_total;
 }
 
-void flas_runtime::set_steering(float flowtime, int n_steps) {
+// ---------------------------------------------------------------------------------------------
+// steering of a sequence
+// ---------------------------------------------------------------------------------------------
+
+int flas_runtime::set_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
+    flas_seq & s = seqs_[check_seq(seq)];
     if (!std::isfinite(flowtime) || flowtime < 0.0f) {
         throw std::invalid_argument("flowtime must be a finite number >= 0, got " + std::to_string(flowtime));
     }
@@ -132,22 +201,34 @@ void flas_runtime::set_steering(float flowtime, int n_steps) {
         throw std::invalid_argument("n_steps must be in 1.." + std::to_string(FLAS_MAX_STEPS) + ", got " +
                                     std::to_string(n_steps));
     }
-    flowtime_ = flowtime;
-    n_steps_  = n_steps;
-    if (cache_.n_steps < n_steps) {
-        flas_flow_cache_init(cache_, flow_, backend_.get(), n_ctx_, n_steps,
-                             params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
-        reserve_compute();
+    release(seq);  // first: with n_seq slots, every other one may be in use
+    s.slot = -1;
+    s.flowtime = 0.0f;
+    reset(seq);
+    int n_total = 0;
+    if (!concept.empty() && flowtime > 0.0f) {  // T = 0 is the unsteered model: no concept needed
+        s.slot = acquire_concept(concept, n_total);
+        s.pinned = true;
     }
-    compute_time_embeddings();
-    reset();
+    s.flowtime = flowtime;
+    s.n_steps  = n_steps;
+    if (s.steered()) {
+        if (s.cache.n_steps < n_steps) {
+            flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
+                                 params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
+        }
+        compute_time_embeddings(seq);
+    }
+    reset(seq);
+    return n_total;
 }
 
-// Columns 0..N-1 of the concept state's time_emb: time_embed(k * T / N) (FLAS_SPEC.md 4).
-void flas_runtime::compute_time_embeddings() {
+// Columns seq*MAX .. seq*MAX+N-1 of the concept state's time_emb: time_embed(k * T / N) (FLAS_SPEC.md 4).
+void flas_runtime::compute_time_embeddings(int seq) {
     const flas_flow_hparams & hp = flow_.hp;
-    const int F = hp.time_freq_dim, half = F / 2, N = n_steps_;
-    const float dt = flowtime_ / N;
+    const flas_seq & sq = seqs_[seq];
+    const int F = hp.time_freq_dim, half = F / 2, N = sq.n_steps;
+    const float dt = sq.flowtime / N;
     std::vector<float> sinusoids((size_t) F * N);
     for (int k = 0; k < N; ++k) {
         const float t = k * dt;
@@ -162,33 +243,51 @@ void flas_runtime::compute_time_embeddings() {
     ggml_tensor * s = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, F, N);
     ggml_set_input(s);
     ggml_tensor * emb = flas_build_time_embedding(ctx.get(), flow_, s);
-    ggml_tensor * dst = ggml_view_2d(ctx.get(), concept_.time_emb, hp.n_embd, N, concept_.time_emb->nb[1], 0);
+    ggml_tensor * dst = ggml_view_2d(ctx.get(), concept_.time_emb, hp.n_embd, N, concept_.time_emb->nb[1],
+                                     (size_t) seq * FLAS_MAX_STEPS * concept_.time_emb->nb[1]);
     ggml_build_forward_expand(gf, ggml_cpy(ctx.get(), emb, dst));
     compute_once(backend_.get(), gf, [&] { ggml_backend_tensor_set(s, sinusoids.data(), 0, ggml_nbytes(s)); });
 }
 
-// The compute buffer is sized once for the worst pass: a full batch at the end of the context
-// with the longest concept.
-void flas_runtime::reserve_compute() {
-    const int n  = std::min(params_.n_batch, n_ctx_);
-    const size_t max_nodes = flas_graph_max_nodes(flow_, cache_.n_steps);
-    graph_meta_.resize(max_nodes * ggml_tensor_overhead() + ggml_graph_overhead_custom(max_nodes, false));
-    const int saved = concept_.n_tokens;
-    concept_.n_tokens = flow_.hp.concept_max_len;
-    pass_graph g = build_pass(n_ctx_ - n, n, cache_.n_steps, 1.0f);
-    concept_.n_tokens = saved;
-    if (!ggml_gallocr_reserve(allocr_.get(), g.gf)) {
-        throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
+void flas_runtime::release(int seq) {
+    flas_seq & s = seqs_[check_seq(seq)];
+    if (s.pinned && s.slot >= 0) {
+        concepts_.slots[s.slot].n_users--;
     }
+    s.pinned = false;
+}
+
+bool flas_runtime::holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const {
+    const flas_seq & s = seqs_.at(check_seq(seq));
+    if (concept.empty() || flowtime == 0.0f) {
+        return !s.steered();
+    }
+    return s.steered() && concepts_.slots[s.slot].text == concept && s.flowtime == flowtime && s.n_steps == n_steps;
 }
 
 void flas_runtime::set_steer_hook(flas_steer_hook hook) {
     hook_ = std::move(hook);
-    reset();
+    for (int seq = 0; seq < n_seq(); ++seq) {
+        reset(seq);
+    }
 }
 
-void flas_runtime::set_trace(bool on) {
-    trace_ = on;
-    trace_in_.clear();
-    trace_out_.clear();
+void flas_runtime::set_trace(int seq, bool on) {
+    flas_seq & s = seqs_[check_seq(seq)];
+    s.trace = on;
+    s.trace_in.clear();
+    s.trace_out.clear();
+}
+
+int flas_runtime::concept_tokens(int seq) const {
+    const flas_seq & s = seqs_.at(check_seq(seq));
+    return s.slot >= 0 ? concepts_.slots[s.slot].n_tokens : 0;
+}
+
+flas_stats flas_runtime::stats() const {
+    flas_stats st;
+    st.concepts_encoded = concepts_.n_encoded;
+    st.concept_hits = concepts_.n_hits;
+    st.concepts_cached = concepts_.n_cached();
+    return st;
 }

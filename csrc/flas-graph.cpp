@@ -28,6 +28,11 @@ ggml_tensor * rope(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor
                          0.0f, 1.0f, 0.0f, 0.0f);
 }
 
+// The first n entries of a per-row input.
+ggml_tensor * rows_view(ggml_context * ctx, ggml_tensor * per_row, int n) {
+    return per_row->ne[0] == n ? per_row : ggml_view_1d(ctx, per_row, n, 0);
+}
+
 // softmax(softcap(q.k * scale) + mask) v for q [D, n, nH], k [D, n_kv, nKV], vt [n_kv, D, nKV];
 // GQA by ggml's broadcast (query head h reads KV head h / (nH/nKV)). Returns [nH*D, n].
 ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * q, ggml_tensor * k,
@@ -40,48 +45,68 @@ ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tens
     return ggml_reshape_2d(ctx, kqv, (int64_t) hp.head_dim * hp.n_head, kqv->ne[2]);
 }
 
+// Queries of the rows against the keys of their own concept: one attention over
+// the key range of every concept in the pass, split by the block mask.
 ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, int b, ggml_tensor * x) {
     const flas_flow_hparams & hp = p.flow.hp;
     ggml_context * ctx = p.ctx;
-    const int K = p.concept.n_tokens;
+    const int n = (int) x->ne[1];
     ggml_tensor * q = ggml_mul_mat(ctx, blk.cross_q, x);
-    q = ggml_reshape_3d(ctx, q, hp.head_dim, hp.n_head, p.n);
+    q = ggml_reshape_3d(ctx, q, hp.head_dim, hp.n_head, n);
     q = ggml_mul(ctx, ggml_rms_norm(ctx, q, hp.rms_eps), blk.cross_q_norm);
-    q = ggml_permute(ctx, rope(ctx, hp, q, p.pos), 0, 2, 1, 3);      // [D, n, nH]
-    ggml_tensor * kc = p.concept.k[b];
-    ggml_tensor * vt = p.concept.vt[b];
-    ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, K, hp.n_head_kv, kc->nb[1], kc->nb[2], 0);
-    ggml_tensor * v = ggml_view_3d(ctx, vt, K, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2], 0);
-    // one concept: its mask is all ones, so nothing is masked
-    ggml_tensor * o = attend(ctx, hp, q, k, v, nullptr, 1.0f / sqrtf((float) hp.head_dim));
+    q = ggml_permute(ctx, rope(ctx, hp, q, rows_view(ctx, p.pos, n)), 0, 2, 1, 3);  // [D, n, nH]
+    ggml_tensor * kc = p.concepts.k[b];
+    ggml_tensor * vt = p.concepts.vt[b];
+    ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, p.n_keys, hp.n_head_kv, kc->nb[1], kc->nb[2],
+                                   (size_t) p.key0 * kc->nb[1]);
+    ggml_tensor * v = ggml_view_3d(ctx, vt, p.n_keys, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2],
+                                   (size_t) p.key0 * ggml_element_size(vt));
+    ggml_tensor * mask = p.cross_mask ? ggml_view_2d(ctx, p.cross_mask, p.n_keys, n, p.cross_mask->nb[1], 0) : nullptr;
+    ggml_tensor * o = attend(ctx, hp, q, k, v, mask, 1.0f / sqrtf((float) hp.head_dim));
     return ggml_mul_mat(ctx, blk.cross_out, o);
 }
 
+// Each sequence attends to its own step-`step` cache: the projections and RoPE run over all
+// rows at once (one read of the weights), the attention per segment.
 ggml_tensor * self_attention(const flas_pass & p, const flas_flow_block & blk, int step, int b, ggml_tensor * x) {
     const flas_flow_hparams & hp = p.flow.hp;
     ggml_context * ctx = p.ctx;
+    const int n = (int) x->ne[1];
     const int64_t kv_dim = (int64_t) hp.n_head_kv * hp.head_dim;
-    const int n_kv = p.p0 + p.n;
-    ggml_tensor * ck = p.cache.k [step * hp.n_block + b];
-    ggml_tensor * cv = p.cache.vt[step * hp.n_block + b];
-    const size_t es = ggml_element_size(ck);
+    ggml_tensor * pos = rows_view(ctx, p.pos, n);
 
-    ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_q, x), hp.head_dim, hp.n_head, p.n);
-    ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_k, x), hp.head_dim, hp.n_head_kv, p.n);
+    ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_q, x), hp.head_dim, hp.n_head, n);
+    ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_k, x), hp.head_dim, hp.n_head_kv, n);
     ggml_tensor * v = ggml_mul_mat(ctx, blk.attn_v, x);                // [nKV*D, n]
-    q = ggml_permute(ctx, rope(ctx, hp, q, p.pos), 0, 2, 1, 3);        // [D, n, nH]
-    k = rope(ctx, hp, k, p.pos);
+    q = rope(ctx, hp, q, pos);                                         // [D, nH, n]
+    k = rope(ctx, hp, k, pos);                                         // [D, nKV, n]
 
-    // append this pass's keys (after RoPE) and values to step `step`'s cache
-    ggml_tensor * k_dst = ggml_view_2d(ctx, ck, kv_dim, p.n, ck->nb[1], (size_t) p.p0 * ck->nb[1]);
-    ggml_tensor * v_dst = ggml_view_2d(ctx, cv, p.n, kv_dim, cv->nb[1], (size_t) p.p0 * es);
-    ggml_build_forward_expand(p.gf, ggml_cpy(ctx, ggml_reshape_2d(ctx, k, kv_dim, p.n), k_dst));
-    ggml_build_forward_expand(p.gf, ggml_cpy(ctx, ggml_transpose(ctx, v), v_dst));
+    ggml_tensor * out = nullptr;
+    for (const flas_segment & s : p.segs) {
+        if (s.n_steps <= step) {
+            break;  // sorted: no later segment is still integrating
+        }
+        ggml_tensor * ck = s.cache->k [step * hp.n_block + b];
+        ggml_tensor * cv = s.cache->vt[step * hp.n_block + b];
+        const size_t es = ggml_element_size(ck);
+        const int n_kv = s.p0 + s.n;
 
-    ggml_tensor * k_all = ggml_view_3d(ctx, ck, hp.head_dim, n_kv, hp.n_head_kv, ck->nb[1], hp.head_dim * es, 0);
-    ggml_tensor * v_all = ggml_view_3d(ctx, cv, n_kv, hp.head_dim, hp.n_head_kv, cv->nb[1], hp.head_dim * cv->nb[1], 0);
-    ggml_tensor * o = attend(ctx, hp, q, k_all, v_all, p.mask, 1.0f / sqrtf(hp.query_pre_attn_scalar));
-    return ggml_mul_mat(ctx, blk.attn_out, o);
+        // append this segment's keys (after RoPE) and values to its step-`step` cache
+        ggml_tensor * k_seg = ggml_view_2d(ctx, k, kv_dim, s.n, k->nb[2], (size_t) s.r0 * k->nb[2]);
+        ggml_tensor * v_seg = ggml_view_2d(ctx, v, kv_dim, s.n, v->nb[1], (size_t) s.r0 * v->nb[1]);
+        ggml_tensor * k_dst = ggml_view_2d(ctx, ck, kv_dim, s.n, ck->nb[1], (size_t) s.p0 * ck->nb[1]);
+        ggml_tensor * v_dst = ggml_view_2d(ctx, cv, s.n, kv_dim, cv->nb[1], (size_t) s.p0 * es);
+        ggml_build_forward_expand(p.gf, ggml_cpy(ctx, k_seg, k_dst));
+        ggml_build_forward_expand(p.gf, ggml_cpy(ctx, ggml_transpose(ctx, v_seg), v_dst));
+
+        ggml_tensor * q_seg = ggml_view_3d(ctx, q, hp.head_dim, hp.n_head, s.n, q->nb[1], q->nb[2], (size_t) s.r0 * q->nb[2]);
+        q_seg = ggml_permute(ctx, q_seg, 0, 2, 1, 3);                  // [D, n, nH]
+        ggml_tensor * k_all = ggml_view_3d(ctx, ck, hp.head_dim, n_kv, hp.n_head_kv, ck->nb[1], hp.head_dim * es, 0);
+        ggml_tensor * v_all = ggml_view_3d(ctx, cv, n_kv, hp.head_dim, hp.n_head_kv, cv->nb[1], hp.head_dim * cv->nb[1], 0);
+        ggml_tensor * o = attend(ctx, hp, q_seg, k_all, v_all, s.mask, 1.0f / sqrtf(hp.query_pre_attn_scalar));
+        out = out ? ggml_concat(ctx, out, o, 1) : o;                   // [nH*D, rows so far]
+    }
+    return ggml_mul_mat(ctx, blk.attn_out, out);
 }
 
 ggml_tensor * mlp(ggml_context * ctx, const flas_flow_block & blk, ggml_tensor * x) {
@@ -113,17 +138,32 @@ ggml_tensor * block(const flas_pass & p, int step, int b, ggml_tensor * h, ggml_
 
 }  // namespace
 
-ggml_tensor * flas_build_euler(const flas_pass & p, ggml_tensor * h0, int n_steps, float dt) {
+int flas_pass::rows_at(int step) const {
+    int n = 0;
+    for (const flas_segment & s : segs) {
+        n += s.n_steps > step ? s.n : 0;
+    }
+    return n;
+}
+
+ggml_tensor * flas_build_euler(const flas_pass & p, ggml_tensor * h0) {
     const flas_flow_hparams & hp = p.flow.hp;
+    ggml_context * ctx = p.ctx;
+    const int R = p.n_rows;
     ggml_tensor * h = h0;
-    for (int step = 0; step < n_steps; ++step) {
-        ggml_tensor * e = ggml_view_1d(p.ctx, p.concept.time_emb, hp.n_embd, step * p.concept.time_emb->nb[1]);
-        ggml_tensor * x = h;
+    for (int step = 0; step < p.n_steps_max(); ++step) {
+        const int n = p.rows_at(step);
+        ggml_tensor * idx = ggml_view_1d(ctx, p.time_idx, n, (size_t) step * R * ggml_element_size(p.time_idx));
+        ggml_tensor * e  = ggml_get_rows(ctx, p.concepts.time_emb, idx);             // [H, n]
+        ggml_tensor * hs = n == R ? h : ggml_view_2d(ctx, h, hp.n_embd, n, h->nb[1], 0);
+        ggml_tensor * x  = hs;
         for (int b = 0; b < hp.n_block; ++b) {
             x = block(p, step, b, x, e);
         }
-        // v = flow(h) - h;  h <- h + dt * v
-        h = ggml_add(p.ctx, h, ggml_scale(p.ctx, ggml_sub(p.ctx, x, h), dt));
+        // v = flow(h) - h;  h <- h + dt * v, each row with its own dt
+        ggml_tensor * dt = ggml_view_2d(ctx, p.dt, 1, n, p.dt->nb[1], 0);
+        hs = ggml_add(ctx, hs, ggml_mul(ctx, ggml_sub(ctx, x, hs), dt));
+        h = n == R ? hs : ggml_concat(ctx, hs, ggml_view_2d(ctx, h, hp.n_embd, R - n, h->nb[1], (size_t) n * h->nb[1]), 1);
     }
     return h;
 }
@@ -135,7 +175,7 @@ ggml_tensor * flas_build_time_embedding(ggml_context * ctx, const flas_flow & fl
 }
 
 void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow & flow, const flas_concept_state & cs,
-                           int b, ggml_tensor * c, ggml_tensor * pos_c) {
+                           int b, int slot, ggml_tensor * c, ggml_tensor * pos_c) {
     const flas_flow_hparams & hp = flow.hp;
     const flas_flow_block & blk = flow.blocks[b];
     const int64_t K = c->ne[1];
@@ -146,12 +186,13 @@ void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow
     ggml_tensor * v = ggml_mul_mat(ctx, blk.cross_v, c);              // [nKV*D, K]
     ggml_tensor * kc = cs.k[b];
     ggml_tensor * vt = cs.vt[b];
-    ggml_tensor * k_dst = ggml_view_3d(ctx, kc, hp.head_dim, K, hp.n_head_kv, kc->nb[1], kc->nb[2], 0);
-    ggml_tensor * v_dst = ggml_view_2d(ctx, vt, K, kv_dim, vt->nb[1], 0);
+    const size_t key0 = (size_t) slot * cs.k_max;
+    ggml_tensor * k_dst = ggml_view_3d(ctx, kc, hp.head_dim, K, hp.n_head_kv, kc->nb[1], kc->nb[2], key0 * kc->nb[1]);
+    ggml_tensor * v_dst = ggml_view_2d(ctx, vt, K, kv_dim, vt->nb[1], key0 * ggml_element_size(vt));
     ggml_build_forward_expand(gf, ggml_cpy(ctx, k, k_dst));
     ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_transpose(ctx, v), v_dst));
 }
 
-size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps) {
-    return (size_t) n_steps * (size_t) flow.hp.n_block * 96 + (size_t) n_steps * 8 + 64;
+size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg) {
+    return (size_t) n_steps * (size_t) flow.hp.n_block * (96 + 24 * (size_t) n_seg) + (size_t) n_steps * 16 + 64;
 }

@@ -5,30 +5,48 @@
 #include "flas-flow.h"
 #include "flas-state.h"
 
-// One forward pass of the flow over n rows at positions p0 .. p0+n-1.
+#include <vector>
+
+// The rows of one sequence in a pass: pass rows r0 .. r0+n-1 at positions p0 .. p0+n-1.
+struct flas_segment {
+    int r0 = 0, n = 0;
+    int p0 = 0;
+    int n_steps = 0;
+    const flas_flow_cache * cache = nullptr;  // the sequence's own self-attention caches
+    ggml_tensor * mask = nullptr;             // [p0+n, n] causal (0 or -INF); null when n == 1
+};
+
+// One forward pass of the flow over the steered rows of a batch (R rows, several sequences).
+// Segments are sorted by n_steps, descending, so the rows still integrating at step k are a
+// prefix of the rows: step k works on the first rows_at(k) columns.
 struct flas_pass {
     ggml_context * ctx;
     ggml_cgraph  * gf;
     const flas_flow          & flow;
-    const flas_concept_state & concept;
-    const flas_flow_cache    & cache;
-    ggml_tensor * pos;   // [n] i32, absolute positions
-    ggml_tensor * mask;  // [p0+n, n] f32, causal: 0 or -INF
-    int p0;
-    int n;
+    const flas_concept_state & concepts;
+    std::vector<flas_segment> segs;
+    int n_rows = 0;                    // R
+    ggml_tensor * pos = nullptr;        // [R] i32, absolute positions
+    ggml_tensor * time_idx = nullptr;   // [R * n_steps_max] i32: row r at step k reads time_emb column [k*R + r]
+    ggml_tensor * dt = nullptr;         // [1, R] f32, each row's step size T/N
+    ggml_tensor * cross_mask = nullptr; // [n_keys, R] f32 block mask over the concept keys; null: one concept, all keys
+    int key0 = 0, n_keys = 0;           // the range of concept keys the cross-attention reads
+
+    int n_steps_max() const { return segs.empty() ? 0 : segs.front().n_steps; }
+    int rows_at(int step) const;
 };
 
-// N Euler steps of size dt from h0 [H, n]; the self-attention K/V of step k are written to
-// cache[k] at positions p0.. (the copies are expanded into gf before the reads).
-ggml_tensor * flas_build_euler(const flas_pass & p, ggml_tensor * h0, int n_steps, float dt);
+// N Euler steps from h0 [H, R]; the self-attention K/V of step k are written to each
+// segment's cache[k] at its positions (the copies are expanded into gf before the reads).
+ggml_tensor * flas_build_euler(const flas_pass & p, ggml_tensor * h0);
 
 // time_embed(t) for each column of sinusoids [F, N] (sin first, FLAS_SPEC.md 4) -> [H, N].
 ggml_tensor * flas_build_time_embedding(ggml_context * ctx, const flas_flow & flow, ggml_tensor * sinusoids);
 
 // Cross-attention keys (k_norm, RoPE at 0..K-1) and transposed values of block b for the
-// encoded concept c [H, K], copied into the concept state; returns the two copy nodes.
+// encoded concept c [H, K], copied into slot `slot` of the concept state.
 void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow & flow, const flas_concept_state & cs,
-                           int b, ggml_tensor * c, ggml_tensor * pos_c);
+                           int b, int slot, ggml_tensor * c, ggml_tensor * pos_c);
 
-// Worst-case node count of flas_build_euler, for sizing graphs.
-size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps);
+// Worst-case node count of flas_build_euler for n_seg segments, for sizing graphs.
+size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg);

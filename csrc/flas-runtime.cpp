@@ -42,8 +42,19 @@ static void require_file(const std::string & path, const char * what) {
 }
 
 flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params) {
-    if (params.n_ctx < 16 || params.n_batch < 1) {
-        throw std::invalid_argument("n_ctx must be >= 16 and n_batch >= 1");
+    const int max_seq = (int) llama_max_parallel_sequences();
+    if (params.n_seq < 1 || params.n_seq > max_seq) {
+        throw std::invalid_argument("n_seq must be in 1.." + std::to_string(max_seq) + ", got " +
+                                    std::to_string(params.n_seq));
+    }
+    if (params.n_ctx / params.n_seq < 16) {
+        throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " leaves " +
+                                    std::to_string(params.n_ctx / params.n_seq) + " tokens to each of " +
+                                    std::to_string(params.n_seq) + " sequences; each needs at least 16: raise n_ctx to >= " +
+                                    std::to_string(16 * params.n_seq));
+    }
+    if (params.n_batch < 1 || params.concept_cache < 1) {
+        throw std::invalid_argument("n_batch and concept_cache must be >= 1");
     }
     require_file(params.base_path, "base model GGUF");
     require_file(params.flow_path, "flow GGUF");
@@ -83,7 +94,7 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     check_compatible(params.base_path, params.flow_path);
     load_output_norm(params.base_path);
 
-    llama_context_params cparams = context_params(params.n_ctx, params.n_batch);
+    llama_context_params cparams = context_params(params.n_ctx, params.n_batch, params.n_seq);
     cparams.cb_eval           = eval_callback;
     cparams.cb_eval_user_data = this;
     ctx_.reset(llama_init_from_model(model_.get(), cparams));
@@ -91,24 +102,29 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
         throw std::runtime_error("llama.cpp could not create a context (n_ctx " + std::to_string(params.n_ctx) +
                                  "); try a smaller n_ctx");
     }
-    n_ctx_ = (int) llama_n_ctx(ctx_.get());
+    n_ctx_     = (int) llama_n_ctx(ctx_.get());
+    n_ctx_seq_ = n_ctx_ / params.n_seq;
     target_name_ = "l_out-" + std::to_string(flow_.hp.layer);
 
-    flas_concept_state_init(concept_, flow_, backend_.get());
+    concepts_.bound = params.concept_cache;
+    concepts_.slots.resize(std::max(params.concept_cache, params.n_seq));
+    flas_concept_state_init(concept_, flow_, backend_.get(), (int) concepts_.slots.size(), params.n_seq);
+    seqs_.resize(params.n_seq);
     allocr_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
-    set_steering(0.0f, flow_.hp.n_steps);
 }
 
 flas_runtime::~flas_runtime() = default;
 
-// One sequence, n_ubatch = n_batch (so each llama_decode is one ubatch and rows arrive in
-// order), our threads, and with `exact` float32 KV caches without flash attention.
-llama_context_params flas_runtime::context_params(int n_ctx, int n_batch) const {
+// n_ubatch = n_batch and one unified KV cache for all sequences: each llama_decode is one
+// ubatch whose rows arrive in batch order (per-sequence streams regroup rows by sequence);
+// our threads; with `exact` float32 KV caches without flash attention.
+llama_context_params flas_runtime::context_params(int n_ctx, int n_batch, int n_seq) const {
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx           = n_ctx;
     cparams.n_batch         = n_batch;
     cparams.n_ubatch        = n_batch;
-    cparams.n_seq_max       = 1;
+    cparams.n_seq_max       = n_seq;
+    cparams.kv_unified      = true;
     cparams.n_threads       = n_threads_;
     cparams.n_threads_batch = n_threads_;
     cparams.no_perf         = true;
@@ -232,92 +248,171 @@ std::string flas_runtime::apply_chat_template(const std::vector<std::pair<std::s
 }
 
 // ---------------------------------------------------------------------------------------------
-// the sequence
+// sequences
 // ---------------------------------------------------------------------------------------------
 
-void flas_runtime::reset() {
-    llama_memory_clear(llama_get_memory(ctx_.get()), true);
-    n_past_ = 0;
-    trace_in_.clear();
-    trace_out_.clear();
-}
-
-void flas_runtime::rewind(int n_keep) {
-    if (n_keep < 0 || n_keep > n_past_) {
-        throw std::invalid_argument("rewind: n_keep " + std::to_string(n_keep) + " outside 0.." + std::to_string(n_past_));
+int flas_runtime::check_seq(int seq) const {
+    if (seq < 0 || seq >= (int) seqs_.size()) {
+        throw std::invalid_argument("sequence " + std::to_string(seq) + " outside 0.." + std::to_string(seqs_.size() - 1));
     }
-    llama_memory_seq_rm(llama_get_memory(ctx_.get()), 0, n_keep, -1);
-    n_past_ = n_keep;  // the flow caches past n_keep are overwritten before they are read again
+    return seq;
 }
 
-void flas_runtime::decode(const std::vector<llama_token> & tokens) {
-    if (tokens.empty()) {
+void flas_runtime::reset(int seq) {
+    flas_seq & s = seqs_[check_seq(seq)];
+    llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, -1, -1);
+    s.n_past = 0;
+    s.logits_row = -1;
+    s.trace_in.clear();
+    s.trace_out.clear();
+}
+
+void flas_runtime::rewind(int seq, int n_keep) {
+    flas_seq & s = seqs_[check_seq(seq)];
+    if (n_keep < 0 || n_keep > s.n_past) {
+        throw std::invalid_argument("rewind: n_keep " + std::to_string(n_keep) + " outside 0.." + std::to_string(s.n_past));
+    }
+    llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, n_keep, -1);
+    s.n_past = n_keep;  // the flow caches past n_keep are overwritten before they are read again
+    s.logits_row = -1;
+}
+
+void flas_runtime::decode(const std::vector<flas_seq_tokens> & batch) {
+    if (batch.empty()) {
         throw std::invalid_argument("decode: no tokens");
     }
-    if (n_past_ + (int) tokens.size() > n_ctx_) {
-        throw std::invalid_argument("the sequence would hold " + std::to_string(n_past_ + tokens.size()) +
-                                    " tokens but the context holds " + std::to_string(n_ctx_) + "; raise n_ctx");
-    }
+    std::vector<bool> seen(seqs_.size(), false);
+    size_t n_total = 0;
     const int n_vocab_ = n_vocab();
-    for (llama_token t : tokens) {
-        if (t < 0 || t >= n_vocab_) {
-            throw std::invalid_argument("token id " + std::to_string(t) + " outside the vocabulary");
+    for (const flas_seq_tokens & e : batch) {
+        const flas_seq & s = seqs_[check_seq(e.seq)];
+        if (seen[e.seq]) {
+            throw std::invalid_argument("decode: sequence " + std::to_string(e.seq) + " appears twice in one batch");
+        }
+        seen[e.seq] = true;
+        if (e.tokens.empty()) {
+            throw std::invalid_argument("decode: no tokens for sequence " + std::to_string(e.seq));
+        }
+        if (s.n_past + (int) e.tokens.size() > n_ctx_seq_) {
+            throw std::invalid_argument("sequence " + std::to_string(e.seq) + " would hold " +
+                                        std::to_string(s.n_past + e.tokens.size()) + " tokens but a sequence holds " +
+                                        std::to_string(n_ctx_seq_) + "; raise n_ctx");
+        }
+        for (llama_token t : e.tokens) {
+            if (t < 0 || t >= n_vocab_) {
+                throw std::invalid_argument("token id " + std::to_string(t) + " outside the vocabulary");
+            }
+        }
+        n_total += e.tokens.size();
+    }
+    if (batch.size() > 1 && n_total > (size_t) params_.n_batch) {
+        throw std::invalid_argument("decode: " + std::to_string(n_total) + " tokens of several sequences exceed n_batch " +
+                                    std::to_string(params_.n_batch));
+    }
+    for (const flas_seq_tokens & e : batch) {
+        seqs_[e.seq].logits_row = -1;
+    }
+
+    llama_batch lb = llama_batch_init(params_.n_batch, 0, 1);
+    struct batch_owner { llama_batch & b; ~batch_owner() { llama_batch_free(b); } } owner{lb};
+    std::vector<batch_entry> entries;
+    if (batch.size() == 1) {  // one sequence: split into chunks of n_batch
+        const flas_seq_tokens & e = batch[0];
+        for (size_t i = 0; i < e.tokens.size(); i += params_.n_batch) {
+            const int n = (int) std::min<size_t>(params_.n_batch, e.tokens.size() - i);
+            lb.n_tokens = 0;
+            entries = {{e.seq, 0, n, seqs_[e.seq].n_past}};
+            for (int j = 0; j < n; ++j) {
+                lb.token[j] = e.tokens[i + j];
+            }
+            decode_one(entries, lb);
+        }
+        return;
+    }
+    int row = 0;
+    for (const flas_seq_tokens & e : batch) {
+        entries.push_back({e.seq, row, (int) e.tokens.size(), seqs_[e.seq].n_past});
+        for (llama_token t : e.tokens) {
+            lb.token[row++] = t;
         }
     }
-    for (size_t i = 0; i < tokens.size(); i += params_.n_batch) {
-        const int n = (int) std::min<size_t>(params_.n_batch, tokens.size() - i);
-        llama_batch batch = llama_batch_get_one(const_cast<llama_token *>(tokens.data() + i), n);
-        cursor_ = n_past_;
-        error_.clear();
-        const int32_t ret = llama_decode(ctx_.get(), batch);
-        if (ret != 0) {
-            throw std::runtime_error("llama_decode failed with status " + std::to_string(ret) +
-                                     (error_.empty() ? "" : ": " + error_));
+    decode_one(entries, lb);
+}
+
+// One llama_decode of the rows in `batch.token` laid out as `entries`.
+void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_batch & batch) {
+    int n_rows = 0;
+    for (const batch_entry & e : entries) {
+        for (int j = 0; j < e.n; ++j) {
+            const int r = e.row0 + j;
+            batch.pos[r]       = e.p0 + j;
+            batch.n_seq_id[r]  = 1;
+            batch.seq_id[r][0] = e.seq;
+            batch.logits[r]    = j == e.n - 1;
         }
-        if (!error_.empty()) {
-            n_past_ += n;
-            throw std::runtime_error("steering failed: " + error_);
-        }
-        if (steering_active() && cursor_ != n_past_ + n) {
-            n_past_ += n;
-            throw std::runtime_error("the eval callback saw " + std::to_string(cursor_ - (n_past_ - n)) +
-                                     " rows of " + target_name_ + " for " + std::to_string(n) + " tokens");
-        }
-        n_past_ += n;
+        n_rows += e.n;
+    }
+    batch.n_tokens = n_rows;
+    entries_ = entries;
+    cursor_  = 0;
+    error_.clear();
+    const int32_t ret = llama_decode(ctx_.get(), batch);
+    entries_.clear();
+    if (ret != 0) {
+        throw std::runtime_error("llama_decode failed with status " + std::to_string(ret) +
+                                 (error_.empty() ? "" : ": " + error_));
+    }
+    for (const batch_entry & e : entries) {
+        seqs_[e.seq].n_past    += e.n;
+        seqs_[e.seq].logits_row = e.row0 + e.n - 1;
+    }
+    if (!error_.empty()) {
+        throw std::runtime_error("steering failed: " + error_);
+    }
+    if (steering_active() && cursor_ != n_rows) {
+        throw std::runtime_error("the eval callback saw " + std::to_string(cursor_) + " rows of " + target_name_ +
+                                 " for " + std::to_string(n_rows) + " tokens");
     }
 }
 
-std::vector<float> flas_runtime::logits() const {
-    const float * l = llama_get_logits_ith(ctx_.get(), -1);
+std::vector<float> flas_runtime::logits(int seq) const {
+    const flas_seq & s = seqs_.at(check_seq(seq));
+    const float * l = s.logits_row >= 0 ? llama_get_logits_ith(ctx_.get(), s.logits_row) : nullptr;
     if (l == nullptr) {
-        throw std::runtime_error("no logits: decode a token first");
+        throw std::runtime_error("no logits for sequence " + std::to_string(seq) + ": decode a token first");
     }
     return std::vector<float>(l, l + n_vocab());
 }
 
-void flas_runtime::sampler_init(float temperature, int top_k, float top_p, uint32_t seed) {
+void flas_runtime::sampler_init(int seq, float temperature, int top_k, float top_p, uint32_t seed) {
+    flas_seq & s = seqs_[check_seq(seq)];
     llama_sampler_chain_params sp = llama_sampler_chain_default_params();
     sp.no_perf = true;
-    sampler_.reset(llama_sampler_chain_init(sp));
+    s.sampler.reset(llama_sampler_chain_init(sp));
+    llama_sampler * chain = s.sampler.get();
     if (temperature <= 0.0f) {
-        llama_sampler_chain_add(sampler_.get(), llama_sampler_init_greedy());
+        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
         return;
     }
     if (top_k > 0) {
-        llama_sampler_chain_add(sampler_.get(), llama_sampler_init_top_k(top_k));
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
     }
     if (top_p < 1.0f) {
-        llama_sampler_chain_add(sampler_.get(), llama_sampler_init_top_p(top_p, 1));
+        llama_sampler_chain_add(chain, llama_sampler_init_top_p(top_p, 1));
     }
-    llama_sampler_chain_add(sampler_.get(), llama_sampler_init_temp(temperature));
-    llama_sampler_chain_add(sampler_.get(), llama_sampler_init_dist(seed));
+    llama_sampler_chain_add(chain, llama_sampler_init_temp(temperature));
+    llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
 }
 
-llama_token flas_runtime::sample() {
-    if (!sampler_) {
-        throw std::runtime_error("sample: call sampler_init first");
+llama_token flas_runtime::sample(int seq) {
+    flas_seq & s = seqs_[check_seq(seq)];
+    if (!s.sampler) {
+        throw std::runtime_error("sample: call sampler_init for sequence " + std::to_string(seq) + " first");
     }
-    return llama_sampler_sample(sampler_.get(), ctx_.get(), -1);
+    if (s.logits_row < 0) {
+        throw std::runtime_error("sample: no logits for sequence " + std::to_string(seq) + ": decode a token first");
+    }
+    return llama_sampler_sample(s.sampler.get(), ctx_.get(), s.logits_row);
 }
 
 std::string flas_runtime::flow_backend() const { return ggml_backend_name(backend_.get()); }
@@ -327,11 +422,19 @@ std::string flas_runtime::flow_backend() const { return ggml_backend_name(backen
 // ---------------------------------------------------------------------------------------------
 
 bool flas_runtime::steering_active() const {
-    return hook_ || trace_ || (concept_.n_tokens > 0 && flowtime_ > 0.0f);
+    if (hook_) {
+        return true;
+    }
+    for (const flas_seq & s : seqs_) {
+        if (s.trace || s.steered()) {
+            return true;
+        }
+    }
+    return false;
 }
 
 bool flas_runtime::wants(const ggml_tensor * t) const {
-    return steering_active() && strcmp(t->name, target_name_.c_str()) == 0;
+    return !entries_.empty() && strcmp(t->name, target_name_.c_str()) == 0 && steering_active();
 }
 
 void flas_runtime::on_layer_output(ggml_tensor * t) noexcept {
@@ -340,30 +443,10 @@ void flas_runtime::on_layer_output(ggml_tensor * t) noexcept {
         if (t->type != GGML_TYPE_F32 || t->ne[0] != H || !ggml_is_contiguous(t)) {
             throw std::runtime_error(target_name_ + " is not a contiguous f32 [" + std::to_string(H) + ", n] tensor");
         }
-        const int n  = (int) t->ne[1];
-        const int p0 = cursor_;
+        const int n = (int) t->ne[1];
+        const int row0 = cursor_;
         cursor_ += n;
-        if (p0 + n > n_ctx_) {
-            throw std::runtime_error("position " + std::to_string(p0 + n) + " beyond the flow cache");
-        }
-        if (trace_) {
-            const size_t off = trace_in_.size();
-            trace_in_.resize(off + (size_t) n * H);
-            ggml_backend_tensor_get(t, trace_in_.data() + off, 0, ggml_nbytes(t));
-        }
-        if (hook_) {
-            std::vector<float> in((size_t) n * H), out((size_t) n * H);
-            ggml_backend_tensor_get(t, in.data(), 0, ggml_nbytes(t));
-            hook_(in.data(), out.data(), n, p0);
-            ggml_backend_tensor_set(t, out.data(), 0, ggml_nbytes(t));
-        } else if (concept_.n_tokens > 0 && flowtime_ > 0.0f) {
-            run_flow(t, p0, n);
-        }  // T = 0: the rows stay untouched, bit for bit
-        if (trace_) {
-            const size_t off = trace_out_.size();
-            trace_out_.resize(off + (size_t) n * H);
-            ggml_backend_tensor_get(t, trace_out_.data() + off, 0, ggml_nbytes(t));
-        }
+        steer_rows(t, row0, n);
     } catch (const std::exception & e) {
         if (error_.empty()) {
             error_ = e.what();
@@ -375,49 +458,50 @@ void flas_runtime::on_layer_output(ggml_tensor * t) noexcept {
     }
 }
 
-flas_runtime::pass_graph flas_runtime::build_pass(int p0, int n, int n_steps, float dt) {
-    const size_t max_nodes = flas_graph_max_nodes(flow_, n_steps);
-    ggml_init_params ip = { graph_meta_.size(), graph_meta_.data(), /*no_alloc =*/ true };
-    pass_graph g;
-    g.ctx.reset(ggml_init(ip));
-    g.gf   = ggml_new_graph_custom(g.ctx.get(), max_nodes, false);
-    g.h0   = ggml_new_tensor_2d(g.ctx.get(), GGML_TYPE_F32, flow_.hp.n_embd, n);
-    g.pos  = ggml_new_tensor_1d(g.ctx.get(), GGML_TYPE_I32, n);
-    g.mask = ggml_new_tensor_2d(g.ctx.get(), GGML_TYPE_F32, p0 + n, n);
-    for (ggml_tensor * in : {g.h0, g.pos, g.mask}) {
-        ggml_set_input(in);
-    }
-    const flas_pass pass{g.ctx.get(), g.gf, flow_, concept_, cache_, g.pos, g.mask, p0, n};
-    g.out = flas_build_euler(pass, g.h0, n_steps, dt);
-    ggml_set_output(g.out);
-    ggml_build_forward_expand(g.gf, g.out);
-    return g;
-}
-
-void flas_runtime::run_flow(ggml_tensor * t, int p0, int n) {
-    pass_graph g = build_pass(p0, n, n_steps_, flowtime_ / n_steps_);
-    ggml_tensor * h0 = g.h0, * pos = g.pos, * mask = g.mask, * out = g.out;
-    if (!ggml_gallocr_alloc_graph(allocr_.get(), g.gf)) {
-        throw std::runtime_error("cannot allocate the flow's compute buffer");
-    }
-
-    ggml_backend_tensor_copy(t, h0);
-    if (pos->buffer != nullptr) {  // inputs an ablated flow does not read are not allocated
-        std::vector<int32_t> positions(n);
-        for (int i = 0; i < n; ++i) {
-            positions[i] = p0 + i;
+// Rows row0 .. row0+n-1 of the batch are in t: trace, hook or flow for each sequence among them.
+// Rows of unsteered sequences are left untouched, bit for bit.
+void flas_runtime::steer_rows(ggml_tensor * t, int row0, int n) {
+    const int H = flow_.hp.n_embd;
+    const size_t row_bytes = (size_t) H * sizeof(float);
+    std::vector<batch_entry> parts;  // the entries' rows within this tensor (row0 relative to t)
+    for (const batch_entry & e : entries_) {
+        const int a = std::max(e.row0, row0), b = std::min(e.row0 + e.n, row0 + n);
+        if (a < b) {
+            parts.push_back({e.seq, a - row0, b - a, e.p0 + (a - e.row0)});
         }
-        ggml_backend_tensor_set(pos, positions.data(), 0, ggml_nbytes(pos));
     }
-    if (mask->buffer != nullptr) {
-        std::vector<float> m((size_t) (p0 + n) * n, 0.0f);
-        for (int i = 0; i < n; ++i) {
-            std::fill(m.begin() + (size_t) i * (p0 + n) + p0 + i + 1, m.begin() + (size_t) (i + 1) * (p0 + n), -INFINITY);
+    auto record = [&](bool after) {
+        for (const batch_entry & part : parts) {
+            flas_seq & s = seqs_[part.seq];
+            if (s.trace) {
+                std::vector<float> & dst = after ? s.trace_out : s.trace_in;
+                const size_t off = dst.size();
+                dst.resize(off + (size_t) part.n * H);
+                ggml_backend_tensor_get(t, dst.data() + off, part.row0 * row_bytes, part.n * row_bytes);
+            }
         }
-        ggml_backend_tensor_set(mask, m.data(), 0, ggml_nbytes(mask));
+    };
+    record(false);
+    if (hook_) {
+        for (const batch_entry & part : parts) {
+            std::vector<float> in((size_t) part.n * H), out((size_t) part.n * H);
+            ggml_backend_tensor_get(t, in.data(), part.row0 * row_bytes, part.n * row_bytes);
+            hook_(in.data(), out.data(), part.n, part.p0);
+            ggml_backend_tensor_set(t, out.data(), part.row0 * row_bytes, part.n * row_bytes);
+        }
+    } else {
+        std::vector<batch_entry> steered;
+        for (const batch_entry & part : parts) {
+            if (seqs_[part.seq].steered()) {  // T = 0 or no concept: the rows stay untouched
+                if (part.p0 + part.n > n_ctx_seq_) {
+                    throw std::runtime_error("position " + std::to_string(part.p0 + part.n) + " beyond the flow cache");
+                }
+                steered.push_back(part);
+            }
+        }
+        if (!steered.empty()) {
+            run_flow(t, steered);
+        }
     }
-    if (ggml_backend_graph_compute(backend_.get(), g.gf) != GGML_STATUS_SUCCESS) {
-        throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
-    }
-    ggml_backend_tensor_copy(out, t);
+    record(true);
 }

@@ -1,12 +1,15 @@
 // The steering runtime: a llama.cpp model and context whose eval callback replaces the output
-// of decoder layer L by N Euler steps of the FLAS flow (FLAS_SPEC.md section 3).
+// of decoder layer L by N Euler steps of the FLAS flow (FLAS_SPEC.md section 3), for several
+// sequences at once, each with its own concept, strength and caches.
 //
 // Ownership: the runtime creates and owns the llama_model, its llama_context(s), the flow
-// weights, the concept state and the flow KV cache. Not thread-safe: one caller at a time.
-// Positions are 0-based; a sequence is the one llama.cpp sequence 0.
+// weights, the concept state and every sequence's flow KV cache. Not thread-safe: one caller
+// at a time (flas_engine is that caller when it runs). Positions are 0-based per sequence;
+// sequences are llama.cpp's sequence ids 0 .. n_seq-1.
 #pragma once
 
 #include "flas-flow.h"
+#include "flas-seq.h"
 #include "flas-state.h"
 
 #include "ggml-alloc.h"
@@ -23,17 +26,31 @@
 struct flas_runtime_params {
     std::string base_path;      // base model GGUF (llama.cpp gemma2)
     std::string flow_path;      // flow GGUF (flas-convert flow)
-    int  n_ctx        = 4096;
+    int  n_ctx        = 4096;   // llama.cpp's context, shared: each sequence holds n_ctx / n_seq tokens
     int  n_batch      = 512;    // tokens per llama_decode call (= n_ubatch, so rows stay in order)
+    int  n_seq        = 1;      // sequences decoded together
+    int  concept_cache = 16;    // encoded concepts kept (least recently used evicted)
     int  n_gpu_layers = 0;
     int  n_threads    = 0;      // 0: hardware threads
     bool exact        = false;  // f32 KV caches and no flash attention (parity with float32 references)
     bool verbose      = false;  // llama.cpp's informational log
 };
 
+// The tokens one sequence appends in a decode call.
+struct flas_seq_tokens {
+    int seq = 0;
+    std::vector<llama_token> tokens;
+};
+
 // Replaces the flow (tests drive the runtime with an independent reference through it):
-// rows_in/rows_out are [n_rows, H] row-major, for positions pos0 .. pos0+n_rows-1.
+// rows_in/rows_out are [n_rows, H] row-major, for positions pos0 .. pos0+n_rows-1 of one sequence.
 using flas_steer_hook = std::function<void(const float * rows_in, float * rows_out, int n_rows, int pos0)>;
+
+struct flas_stats {
+    int64_t concepts_encoded = 0;  // concept encodings run (cache misses)
+    int64_t concept_hits     = 0;  // steerings that found their concept encoded
+    int     concepts_cached  = 0;
+};
 
 struct flas_runtime {
     explicit flas_runtime(const flas_runtime_params & params);
@@ -41,41 +58,51 @@ struct flas_runtime {
     flas_runtime(const flas_runtime &) = delete;
     flas_runtime & operator=(const flas_runtime &) = delete;
 
-    // ---- vocabulary ----
+    // ---- vocabulary (thread-safe: llama.cpp's vocabulary is read-only) ----
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string token_to_piece(llama_token token) const;  // raw bytes (may split UTF-8 sequences)
     bool is_eog(llama_token token) const;
     // The model's chat template applied to (role, content) messages, plus the generation prompt.
     std::string apply_chat_template(const std::vector<std::pair<std::string, std::string>> & messages) const;
 
-    // ---- steering (each of these empties the sequence: its caches no longer apply) ----
-    // Encodes the concept through the base model (FLAS_SPEC.md 2); returns the token count
-    // before truncation to concept_max_len.
-    int  set_concept(const std::string & text);
-    void set_steering(float flowtime, int n_steps);
-    void set_steer_hook(flas_steer_hook hook);  // empty function: back to the ggml flow
-    void set_trace(bool on);                    // record layer-L rows before/after steering
+    // ---- steering of one sequence (empties it: its caches no longer apply) ----
+    // concept "" or flowtime 0: unsteered. The concept is encoded through the base model
+    // (FLAS_SPEC.md 2) unless the concept table holds it. Returns the concept's token count
+    // before truncation to concept_max_len (0 without a concept).
+    int  set_steering(int seq, const std::string & concept, float flowtime, int n_steps);
+    // The sequence is idle: its concept may be evicted for another (which empties the sequence).
+    void release(int seq);
+    // Whether the sequence is steered as given (and so holds rows computed under it).
+    bool holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const;
+    void set_steer_hook(flas_steer_hook hook);  // every sequence; empty function: back to the ggml flow
+    void set_trace(int seq, bool on);           // record its layer-L rows before/after steering
 
-    // ---- the sequence ----
-    void reset();                                      // empty llama.cpp's memory and the flow caches
-    void decode(const std::vector<llama_token> & tokens);  // appends; computes the last token's logits
-    void rewind(int n_keep);                           // keep positions 0 .. n_keep-1
-    std::vector<float> logits() const;                 // of the last decoded token
-    int n_past() const { return n_past_; }
+    // ---- sequences ----
+    void reset(int seq);                                   // empty its llama.cpp memory and flow caches
+    void rewind(int seq, int n_keep);                      // keep positions 0 .. n_keep-1
+    // Appends tokens to their sequences (distinct) in one llama_decode and computes the logits
+    // of each entry's last token. More than n_batch tokens only for a single entry (split).
+    void decode(const std::vector<flas_seq_tokens> & batch);
+    std::vector<float> logits(int seq) const;              // of its last decoded token
+    int n_past(int seq) const { return seqs_.at(check_seq(seq)).n_past; }
 
-    // ---- sampling: llama.cpp's sampler chain; temperature <= 0 is greedy ----
-    void sampler_init(float temperature, int top_k, float top_p, uint32_t seed);
-    llama_token sample();
+    // ---- sampling: llama.cpp's sampler chain per sequence; temperature <= 0 is greedy ----
+    void sampler_init(int seq, float temperature, int top_k, float top_p, uint32_t seed);
+    llama_token sample(int seq);
 
     // ---- facts ----
     const flas_flow_hparams & flow_hparams() const { return flow_.hp; }
     int n_vocab() const;
     int n_embd() const { return flow_.hp.n_embd; }
-    int n_ctx() const { return n_ctx_; }
-    int concept_tokens() const { return concept_.n_tokens; }
+    int n_ctx() const { return n_ctx_; }             // llama.cpp's whole context
+    int n_ctx_seq() const { return n_ctx_seq_; }     // positions one sequence may hold
+    int n_seq() const { return (int) seqs_.size(); }
+    int n_batch() const { return params_.n_batch; }
+    int concept_tokens(int seq) const;               // K of its concept; 0: none
+    flas_stats stats() const;
     std::string flow_backend() const;
-    const std::vector<float> & trace_unsteered() const { return trace_in_; }
-    const std::vector<float> & trace_steered() const { return trace_out_; }
+    const std::vector<float> & trace_unsteered(int seq) const { return seqs_.at(check_seq(seq)).trace_in; }
+    const std::vector<float> & trace_steered(int seq) const { return seqs_.at(check_seq(seq)).trace_out; }
 
     // called by the eval callbacks
     bool wants(const ggml_tensor * t) const;
@@ -84,49 +111,46 @@ struct flas_runtime {
     bool concept_captured() const { return concept_captured_; }
 
   private:
-    llama_context_params context_params(int n_ctx, int n_batch) const;
+    // The rows of one sequence in the llama_decode under way.
+    struct batch_entry {
+        int seq, row0, n, p0;
+    };
+
+    int  check_seq(int seq) const;
+    llama_context_params context_params(int n_ctx, int n_batch, int n_seq) const;
     void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     void init_concept_context();
-    // the graph of one flow pass over n rows at p0, built in graph_meta_ (shared by the
-    // worst-case reservation and every real pass, so the two cannot drift apart)
-    struct pass_graph {
-        ggml_context_ptr ctx;
-        ggml_cgraph * gf;
-        ggml_tensor * h0, * pos, * mask, * out;
-    };
-    pass_graph build_pass(int p0, int n, int n_steps, float dt);
-    void reserve_compute();
-    void run_flow(ggml_tensor * t, int p0, int n);
+    int  acquire_concept(const std::string & text, int & n_total);  // -> slot
+    void encode_concept(const std::vector<llama_token> & tokens, int slot);
+    void compute_time_embeddings(int seq);
+    void decode_one(const std::vector<batch_entry> & entries, llama_batch & batch);
     bool steering_active() const;
-    void compute_time_embeddings();
+    void steer_rows(ggml_tensor * t, int row0, int n);
+    void run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered);  // row0: rows of t
 
     flas_runtime_params params_;
     int n_ctx_     = 0;
+    int n_ctx_seq_ = 0;
     int n_threads_ = 0;
     llama_model_ptr   model_;
     llama_context_ptr ctx_;
     llama_context_ptr ctx_concept_;     // side context for concept encoding, created on first use
-    llama_sampler_ptr sampler_;
     const llama_vocab * vocab_ = nullptr;
 
     ggml_backend_ptr   backend_;        // the flow's backend (that of layer L)
     flas_flow          flow_;
     flas_concept_state concept_;
-    flas_flow_cache    cache_;
-    ggml_gallocr_ptr   allocr_;         // compute buffer, reserved for the worst case
+    flas_concept_table concepts_;
+    std::vector<flas_seq> seqs_;
+    ggml_gallocr_ptr   allocr_;         // compute buffer; grows to the largest pass seen
     std::vector<uint8_t> graph_meta_;   // no_alloc context memory for graph building
     std::vector<float> output_norm_;    // base model's final norm weight (1 + w), [H]
 
-    float flowtime_ = 0.0f;
-    int   n_steps_  = 0;
     flas_steer_hook hook_;
-    bool  trace_ = false;
-    std::vector<float> trace_in_, trace_out_;
-
     std::string target_name_;           // "l_out-<L>"
-    int n_past_ = 0;
-    int cursor_ = 0;                    // position of the next row the callback will see
+    std::vector<batch_entry> entries_;  // the llama_decode under way
+    int cursor_ = 0;                    // batch row of the next row the callback will see
     std::string error_;                 // first error inside a callback, raised after llama_decode
 
     std::vector<float> concept_rows_;   // captured l_out-1 rows of the concept, [K, H]

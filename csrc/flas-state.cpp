@@ -17,18 +17,22 @@ static ggml_backend_buffer_t alloc_or_throw(ggml_context * ctx, ggml_backend_t b
     return buf;  // not cleared: every row is written before it is read, and untouched pages cost no memory
 }
 
-void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend) {
+void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
+                             int n_slot, int n_seq) {
     const flas_flow_hparams & hp = flow.hp;
     cs.ctx.reset(new_meta_context(2 * hp.n_block + 1));
     cs.k.clear();
     cs.vt.clear();
+    cs.n_slot = n_slot;
+    cs.k_max  = hp.concept_max_len;
+    const int64_t n_keys = (int64_t) hp.concept_max_len * n_slot;
     for (int b = 0; b < hp.n_block; ++b) {
-        cs.k.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, hp.head_dim, hp.concept_max_len, hp.n_head_kv));
-        cs.vt.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, hp.concept_max_len, hp.head_dim, hp.n_head_kv));
+        cs.k.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, hp.head_dim, n_keys, hp.n_head_kv));
+        cs.vt.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, n_keys, hp.head_dim, hp.n_head_kv));
     }
-    cs.time_emb = ggml_new_tensor_2d(cs.ctx.get(), GGML_TYPE_F32, hp.n_embd, FLAS_MAX_STEPS);
+    cs.time_emb = ggml_new_tensor_2d(cs.ctx.get(), GGML_TYPE_F32, hp.n_embd, (int64_t) FLAS_MAX_STEPS * n_seq);
     cs.buf.reset(alloc_or_throw(cs.ctx.get(), backend, "concept state"));
-    cs.n_tokens = 0;
+    ggml_backend_buffer_clear(cs.buf.get(), 0);  // 0 * garbage could be NaN under the cross-attention mask
 }
 
 void flas_flow_cache_init(flas_flow_cache & cache, const flas_flow & flow, ggml_backend_t backend,

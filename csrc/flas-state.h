@@ -1,29 +1,34 @@
-// What the flow keeps between forward passes: the concept state (cross-attention K/V and the
-// time embeddings of every Euler step, fixed for a concept and (T, N)) and the per-step,
-// per-block self-attention KV cache (FLAS_SPEC.md section 3). Both live on the flow's backend.
+// What the flow keeps between forward passes, all on the flow's backend:
+// - the concept state: cross-attention K/V of every cached concept (one slot each) and the
+//   time embeddings of every Euler step of every sequence, fixed for a concept and (T, N);
+// - the per-sequence, per-step, per-block self-attention KV cache (FLAS_SPEC.md section 3).
 #pragma once
 
 #include "flas-flow.h"
 
 #include <vector>
 
-// Sized once for concept_max_len tokens and FLAS_MAX_STEPS steps.
+// Sized once for concept_max_len tokens per slot and FLAS_MAX_STEPS steps per sequence.
 #define FLAS_MAX_STEPS 64
 
+// Slot s holds its concept's keys at key indices s*K_max .. s*K_max+K-1, so the keys of
+// neighbouring slots form one view that a block mask splits between rows.
 struct flas_concept_state {
-    std::vector<ggml_tensor *> k;   // per block: [D, K_max, nKV], after k_norm and RoPE at 0..K-1
-    std::vector<ggml_tensor *> vt;  // per block: [K_max, D, nKV], V transposed
-    ggml_tensor * time_emb = nullptr;  // [H, FLAS_MAX_STEPS]: column k is time_embed(k * dt)
-    int n_tokens = 0;               // K of the current concept; 0: none encoded
+    std::vector<ggml_tensor *> k;   // per block: [D, K_max*n_slot, nKV], after k_norm and RoPE at 0..K-1
+    std::vector<ggml_tensor *> vt;  // per block: [K_max*n_slot, D, nKV], V transposed
+    ggml_tensor * time_emb = nullptr;  // [H, FLAS_MAX_STEPS*n_seq]: column seq*MAX+k is time_embed(k * dt_seq)
+    int n_slot = 0;
+    int k_max  = 0;                 // concept_max_len
 
     ggml_context_ptr        ctx;
-    ggml_backend_buffer_ptr buf;
+    ggml_backend_buffer_ptr buf;    // cleared: masked keys of unused slots must be finite
 };
 
-void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend);
+void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
+                             int n_slot, int n_seq);
 
-// cache[step * n_block + block]; K rows after RoPE, V stored transposed (as llama.cpp does
-// without flash attention) so attention reads both without copies.
+// cache[step * n_block + block] of one sequence; K rows after RoPE, V stored transposed (as
+// llama.cpp does without flash attention) so attention reads both without copies.
 struct flas_flow_cache {
     std::vector<ggml_tensor *> k;   // [nKV*D, n_ctx]
     std::vector<ggml_tensor *> vt;  // [n_ctx, nKV*D]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib import metadata
 
 from ._native import core
-from .model import FlasModel, Generation
+from .generation import Generation, Handle, Request
+from .model import FlasModel
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["FlasModel", "Generation", "build_info", "__version__"]
+__all__ = ["FlasModel", "Generation", "Handle", "Request", "build_info", "__version__"]

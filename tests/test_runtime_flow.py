@@ -133,25 +133,28 @@ def test_second_generation_starts_from_clean_caches(tiny_base_f32, flows, models
 
 
 def test_rewind_keeps_the_flow_caches_in_step_with_llama_cpp(models):
-    rt = models["f32"]._rt  # the C++ runtime itself
+    rt = models["f32"]._rt  # the C++ runtime itself, between two steps of the engine
     m = models["f32"]
     prompt = m.prompt_tokens(PROMPT)
     a, b = m.tokenize("Arr, the sea!", add_bos=False), m.tokenize("Aye, the wind.", add_bos=False)
-    rt.set_concept(CONCEPT)
-    rt.set_steering(2.0, 3)
-    rt.decode(prompt + a)
-    rt.rewind(len(prompt))  # drop A from llama.cpp's cache and, with it, from the flow's
-    rt.set_trace(True)
-    rt.decode(b)
-    rewound_rows, rewound_logits = rt.trace_steered(), rt.logits()
-    rt.reset()
-    rt.set_trace(True)
-    rt.decode(prompt + b)
-    fresh_rows, fresh_logits = rt.trace_steered()[len(prompt):], rt.logits()
-    rt.set_trace(False)
-    m._seq_key = None  # the model's own record of the sequence is stale now
-    assert normalized_error(rewound_rows, fresh_rows) < 1e-5
-    assert normalized_error(rewound_logits, fresh_logits) < 1e-5
+    out = {}
+
+    def direct():
+        rt.set_steering(0, CONCEPT, 2.0, 3)
+        rt.decode([(0, prompt + a)])
+        rt.rewind(0, len(prompt))  # drop A from llama.cpp's cache and, with it, from the flow's
+        rt.set_trace(0, True)
+        rt.decode([(0, b)])
+        out["rewound"] = rt.trace_steered(0), rt.logits(0)
+        rt.reset(0)
+        rt.set_trace(0, True)
+        rt.decode([(0, prompt + b)])
+        out["fresh"] = rt.trace_steered(0)[len(prompt):], rt.logits(0)
+        rt.set_trace(0, False)
+
+    m._engine.exclusive(direct)
+    assert normalized_error(out["rewound"][0], out["fresh"][0]) < 1e-5
+    assert normalized_error(out["rewound"][1], out["fresh"][1]) < 1e-5
 
 
 def test_multi_turn_reuses_the_prefix_and_equals_a_fresh_model(tiny_base_f32, flows, models):

@@ -1,0 +1,427 @@
+#include "flas-engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+
+using flas_clock = std::chrono::steady_clock;
+
+struct flas_engine::job {
+    uint64_t     id = 0;
+    flas_request req;
+    // worker only
+    int    seq      = -1;
+    size_t n_fed    = 0;      // prompt tokens in the sequence
+    int    n_out    = 0;      // tokens generated
+    llama_token pending = -1; // sampled, to be decoded next step
+    bool   sampled_once = false;
+    flas_clock::time_point t_start;
+    // guarded by the engine's mutex
+    flas_update outbox;       // what the next wait() returns
+    bool cancelled = false;
+    bool queued    = true;
+};
+
+static double seconds_since(flas_clock::time_point t) {
+    return std::chrono::duration<double>(flas_clock::now() - t).count();
+}
+
+// Sequences computed under the same key hold reusable rows.
+static std::string steering_key(const flas_request & r) {
+    if (r.concept.empty() || r.flowtime == 0.0f) {
+        return "none";
+    }
+    return "T=" + std::to_string(r.flowtime) + " N=" + std::to_string(r.n_steps) + " " + r.concept;
+}
+
+flas_engine::flas_engine(flas_runtime & rt) : rt_(rt), slots_(rt.n_seq()) {
+    worker_ = std::thread([this] { run(); });
+}
+
+flas_engine::~flas_engine() {
+    {
+        std::lock_guard<std::mutex> lk(mutex_);
+        stop_ = true;
+    }
+    work_cv_.notify_all();
+    worker_.join();
+    std::lock_guard<std::mutex> lk(mutex_);
+    for (auto & kv : jobs_) {
+        kv.second->outbox.done = true;
+        kv.second->outbox.finish = "cancelled";
+    }
+    news_cv_.notify_all();
+}
+
+void flas_engine::check(const flas_request & req) const {
+    if (req.prompt.empty()) {
+        throw std::invalid_argument("prompt: no tokens");
+    }
+    const int n_vocab = rt_.n_vocab();
+    for (llama_token t : req.prompt) {
+        if (t < 0 || t >= n_vocab) {
+            throw std::invalid_argument("prompt: token id " + std::to_string(t) + " outside the vocabulary");
+        }
+    }
+    if (!std::isfinite(req.flowtime) || req.flowtime < 0.0f) {
+        throw std::invalid_argument("flowtime must be a finite number >= 0, got " + std::to_string(req.flowtime));
+    }
+    if (req.n_steps < 1 || req.n_steps > FLAS_MAX_STEPS) {
+        throw std::invalid_argument("n_steps must be in 1.." + std::to_string(FLAS_MAX_STEPS) + ", got " +
+                                    std::to_string(req.n_steps));
+    }
+    if (req.max_tokens < 1) {
+        throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(req.max_tokens));
+    }
+    if (!(req.temperature >= 0.0f) || !(req.top_p > 0.0f && req.top_p <= 1.0f) || req.top_k < 0) {
+        throw std::invalid_argument("temperature must be >= 0, top_p in (0, 1] and top_k >= 0");
+    }
+}
+
+uint64_t flas_engine::submit(flas_request req) {
+    check(req);
+    std::lock_guard<std::mutex> lk(mutex_);
+    const uint64_t id = enqueue(std::move(req));
+    work_cv_.notify_one();
+    return id;
+}
+
+std::vector<uint64_t> flas_engine::submit_many(std::vector<flas_request> reqs) {
+    for (size_t i = 0; i < reqs.size(); ++i) {
+        try {
+            check(reqs[i]);
+        } catch (const std::invalid_argument & e) {
+            throw std::invalid_argument("request " + std::to_string(i) + ": " + e.what());
+        }
+    }
+    std::vector<uint64_t> ids;
+    std::lock_guard<std::mutex> lk(mutex_);
+    for (flas_request & r : reqs) {
+        ids.push_back(enqueue(std::move(r)));
+    }
+    work_cv_.notify_one();
+    return ids;
+}
+
+// A prompt longer than a sequence holds ends here, with an error, without stopping the others.
+uint64_t flas_engine::enqueue(flas_request req) {
+    auto j = std::make_shared<job>();
+    j->req = std::move(req);
+    j->outbox.n_prompt = (int) j->req.prompt.size();
+    j->id = next_id_++;
+    jobs_[j->id] = j;
+    if ((int) j->req.prompt.size() >= rt_.n_ctx_seq()) {
+        j->queued = false;
+        j->outbox.done = true;
+        j->outbox.finish = "error";
+        j->outbox.error = "the prompt is " + std::to_string(j->req.prompt.size()) + " tokens but a sequence holds " +
+                          std::to_string(rt_.n_ctx_seq()) + " (n_ctx / n_seq); shorten it or raise n_ctx";
+        news_cv_.notify_all();
+        return j->id;
+    }
+    queue_.push_back(j);
+    stats_.n_queued = (int) queue_.size();
+    return j->id;
+}
+
+bool flas_engine::has_news(const job & j) const {
+    return j.outbox.done || !j.outbox.tokens.empty();
+}
+
+flas_update flas_engine::wait(uint64_t id, int timeout_ms) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) {
+        throw std::invalid_argument("unknown request handle " + std::to_string(id) + " (finished or never submitted)");
+    }
+    std::shared_ptr<job> j = it->second;
+    news_cv_.wait_for(lk, std::chrono::milliseconds(std::max(0, timeout_ms)), [&] { return has_news(*j); });
+    flas_update out;
+    if (j->outbox.done) {
+        out = std::move(j->outbox);
+        jobs_.erase(id);
+    } else {
+        std::swap(out.tokens, j->outbox.tokens);
+    }
+    return out;
+}
+
+uint64_t flas_engine::wait_any(const std::vector<uint64_t> & ids, int timeout_ms) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    uint64_t found = 0;
+    news_cv_.wait_for(lk, std::chrono::milliseconds(std::max(0, timeout_ms)), [&] {
+        for (uint64_t id : ids) {
+            auto it = jobs_.find(id);
+            if (it != jobs_.end() && has_news(*it->second)) {
+                found = id;
+                return true;
+            }
+        }
+        return false;
+    });
+    return found;
+}
+
+void flas_engine::cancel(uint64_t id) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second->outbox.done) {
+        return;
+    }
+    job & j = *it->second;
+    j.cancelled = true;
+    if (j.queued) {  // never started: end it here
+        queue_.erase(std::find(queue_.begin(), queue_.end(), it->second));
+        stats_.n_queued = (int) queue_.size();
+        j.queued = false;
+        j.outbox.done = true;
+        j.outbox.finish = "cancelled";
+        news_cv_.notify_all();
+    }
+    work_cv_.notify_one();
+}
+
+flas_engine_stats flas_engine::stats() const {
+    std::lock_guard<std::mutex> lk(mutex_);
+    return stats_;
+}
+
+void flas_engine::run_exclusive(const std::function<void()> & fn) {
+    std::lock_guard<std::mutex> step(step_mutex_);
+    for (slot & s : slots_) {
+        s.key.clear();
+    }
+    fn();
+}
+
+// ---------------------------------------------------------------------------------------------
+// the worker
+// ---------------------------------------------------------------------------------------------
+
+void flas_engine::run() {
+    for (;;) {
+        {
+            std::unique_lock<std::mutex> lk(mutex_);
+            work_cv_.wait(lk, [&] { return stop_ || n_active_ > 0 || !queue_.empty(); });
+            if (stop_) {
+                return;
+            }
+        }
+        std::lock_guard<std::mutex> step_lock(step_mutex_);
+        drop_cancelled();  // first: their sequences take waiting requests in this very step
+        std::vector<std::shared_ptr<job>> admitted;
+        {
+            std::lock_guard<std::mutex> lk(mutex_);
+            int n_free = (int) slots_.size() - n_active_;
+            while (n_free-- > 0 && !queue_.empty()) {
+                admitted.push_back(queue_.front());
+                admitted.back()->queued = false;
+                queue_.pop_front();
+            }
+            n_active_ += (int) admitted.size();
+            stats_.n_queued = (int) queue_.size();
+            stats_.n_active = n_active_;
+        }
+        for (const auto & j : admitted) {
+            admit(j);
+        }
+        step();
+    }
+}
+
+void flas_engine::drop_cancelled() {
+    for (slot & s : slots_) {
+        if (s.running) {
+            bool cancelled;
+            {
+                std::lock_guard<std::mutex> lk(mutex_);
+                cancelled = s.running->cancelled;
+            }
+            if (cancelled) {
+                finish(s.running, "cancelled");
+            }
+        }
+    }
+}
+
+// A free sequence that already holds the longest prefix of the prompt under the same steering;
+// otherwise the one unused for longest (keeping recent ones for reuse).
+int flas_engine::choose_slot(const flas_request & req) const {
+    const std::string key = steering_key(req);
+    int best = -1;
+    size_t best_keep = 0;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        const slot & s = slots_[i];
+        if (s.running) {
+            continue;
+        }
+        size_t keep = 0;
+        if (s.key == key && !req.trace && rt_.holds_steering((int) i, req.concept, req.flowtime, req.n_steps)) {
+            const size_t limit = std::min(s.tokens.size(), req.prompt.size() - 1);
+            while (keep < limit && s.tokens[keep] == req.prompt[keep]) {
+                ++keep;
+            }
+        }
+        if (best < 0 || keep > best_keep || (keep == best_keep && s.last_used < slots_[best].last_used)) {
+            best = (int) i;
+            best_keep = keep;
+        }
+    }
+    return best;
+}
+
+void flas_engine::admit(const std::shared_ptr<job> & j) {
+    const flas_request & r = j->req;
+    j->t_start = flas_clock::now();
+    const int seq = choose_slot(r);
+    slot & s = slots_[seq];
+    s.running = j;
+    j->seq = seq;
+    try {
+        const std::string key = steering_key(r);
+        size_t keep = 0;
+        if (s.key != key || !rt_.holds_steering(seq, r.concept, r.flowtime, r.n_steps)) {
+            s.key.clear();  // until the runtime holds the new steering
+            rt_.set_steering(seq, key == "none" ? "" : r.concept, key == "none" ? 0.0f : r.flowtime, r.n_steps);
+            s.tokens.clear();
+            s.key = key;
+        } else if (r.trace) {
+            rt_.reset(seq);
+            s.tokens.clear();
+        } else {
+            const size_t limit = std::min(s.tokens.size(), r.prompt.size() - 1);  // decode at least the last token
+            while (keep < limit && s.tokens[keep] == r.prompt[keep]) {
+                ++keep;
+            }
+            rt_.rewind(seq, (int) keep);
+            s.tokens.resize(keep);
+        }
+        rt_.set_trace(seq, r.trace);
+        rt_.sampler_init(seq, r.temperature, r.top_k, r.top_p, r.seed);
+        j->n_fed = keep;
+        std::lock_guard<std::mutex> lk(mutex_);
+        j->outbox.n_cached = (int) keep;
+    } catch (const std::exception & e) {
+        s.key.clear();
+        finish(j, "error", e.what());
+    }
+}
+
+// One llama_decode: a token for every sequence that is generating, then prompt chunks of
+// the sequences being filled, up to n_batch tokens; then a token sampled for each sequence
+// whose prompt is complete.
+void flas_engine::step() {
+    std::vector<flas_seq_tokens> batch;
+    std::vector<std::shared_ptr<job>> in_batch;
+    int budget = rt_.n_batch();
+    for (slot & s : slots_) {
+        if (s.running && s.running->pending >= 0 && budget > 0) {
+            batch.push_back({s.running->seq, {s.running->pending}});
+            in_batch.push_back(s.running);
+            budget--;
+        }
+    }
+    for (slot & s : slots_) {
+        job * j = s.running.get();
+        if (j && j->pending < 0 && j->n_fed < j->req.prompt.size() && budget > 0) {
+            const size_t take = std::min<size_t>(budget, j->req.prompt.size() - j->n_fed);
+            batch.push_back({j->seq, std::vector<llama_token>(j->req.prompt.begin() + j->n_fed,
+                                                              j->req.prompt.begin() + j->n_fed + take)});
+            in_batch.push_back(s.running);
+            budget -= (int) take;
+        }
+    }
+    if (batch.empty()) {
+        return;
+    }
+    try {
+        rt_.decode(batch);
+    } catch (const std::exception & e) {
+        for (const auto & j : in_batch) {  // their sequences are in an unknown state
+            slots_[j->seq].key.clear();
+            finish(j, "error", e.what());
+        }
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lk(mutex_);
+        stats_.n_steps++;
+        stats_.n_decoded += rt_.n_batch() - budget;
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+        const std::shared_ptr<job> j = in_batch[i];
+        slot & s = slots_[j->seq];
+        s.tokens.insert(s.tokens.end(), batch[i].tokens.begin(), batch[i].tokens.end());
+        if (j->pending >= 0) {
+            j->pending = -1;
+        } else {
+            j->n_fed += batch[i].tokens.size();
+            if (j->n_fed < j->req.prompt.size()) {
+                continue;  // more of the prompt next step
+            }
+        }
+        try {
+            if (j->req.trace && !j->sampled_once) {
+                std::vector<float> logits = rt_.logits(j->seq);
+                std::lock_guard<std::mutex> lk(mutex_);
+                j->outbox.prompt_logits = std::move(logits);
+            }
+            const llama_token tok = rt_.sample(j->seq);
+            j->sampled_once = true;
+            if (!j->req.trace && rt_.is_eog(tok)) {
+                finish(j, "eog");
+                continue;
+            }
+            deliver(*j, tok);
+            if (++j->n_out >= j->req.max_tokens) {
+                finish(j, "max_tokens");
+            } else if (rt_.n_past(j->seq) >= rt_.n_ctx_seq()) {
+                finish(j, "context");
+            } else {
+                j->pending = tok;
+            }
+        } catch (const std::exception & e) {
+            s.key.clear();
+            finish(j, "error", e.what());
+        }
+    }
+}
+
+void flas_engine::deliver(job & j, llama_token token) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    if (j.outbox.tokens.empty() && j.n_out == 0) {
+        j.outbox.prompt_seconds = seconds_since(j.t_start);
+    }
+    j.outbox.tokens.push_back(token);
+    news_cv_.notify_all();
+}
+
+void flas_engine::finish(std::shared_ptr<job> j, const std::string & reason, const std::string & error) {
+    slot & s = slots_[j->seq];
+    std::vector<float> trace_in, trace_out;
+    if (j->req.trace) {
+        try {
+            trace_in  = rt_.trace_unsteered(j->seq);
+            trace_out = rt_.trace_steered(j->seq);
+            rt_.set_trace(j->seq, false);
+        } catch (const std::exception &) {
+        }
+    }
+    s.running.reset();
+    s.last_used = ++tick_;
+    rt_.release(j->seq);
+    std::lock_guard<std::mutex> lk(mutex_);
+    j->outbox.done = true;
+    j->outbox.finish = reason;
+    j->outbox.error = error;
+    j->outbox.seconds = seconds_since(j->t_start);
+    if (j->n_out == 0) {
+        j->outbox.prompt_seconds = j->outbox.seconds;
+    }
+    j->outbox.trace_in = std::move(trace_in);
+    j->outbox.trace_out = std::move(trace_out);
+    n_active_--;
+    stats_.n_active = n_active_;
+    news_cv_.notify_all();
+}

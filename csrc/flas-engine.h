@@ -1,0 +1,120 @@
+// The batch scheduler: requests (prompt, steering, sampling) are queued, given a free
+// sequence of the runtime, and decoded together, one llama_decode per step, on a worker
+// thread of the engine's own. Continuous batching: a finished sequence takes the next
+// request at once; prompts are fed in chunks that share each step's n_batch with the
+// decoding sequences. Any thread may submit, wait, cancel; the worker is the runtime's only
+// caller while the engine lives (other callers go through run_exclusive).
+//
+// Ownership: the engine borrows the runtime, which must outlive it; the destructor cancels
+// what is left and joins the worker.
+#pragma once
+
+#include "flas-runtime.h"
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+struct flas_request {
+    std::vector<llama_token> prompt;  // BOS and chat template included
+    std::string concept;              // empty: unsteered
+    float    flowtime    = 0.0f;      // 0: unsteered
+    int      n_steps     = 1;
+    int      max_tokens  = 128;
+    float    temperature = 0.0f;      // <= 0: greedy
+    int      top_k       = 0;         // 0: off
+    float    top_p       = 1.0f;
+    uint32_t seed        = 0;
+    bool     trace       = false;     // from an empty sequence, record every layer-L row before and
+                                      // after steering and the prompt's logits; end-of-generation ignored
+};
+
+// What a request produced since the caller last asked, and how it ended.
+struct flas_update {
+    std::vector<llama_token> tokens;  // generated, in order; the end-of-generation token is not one of them
+    bool        done   = false;
+    std::string finish;               // once done: "eog", "max_tokens", "context", "cancelled" or "error"
+    std::string error;                // when finish is "error"
+    int    n_prompt = 0;
+    int    n_cached = 0;              // prompt tokens its sequence already held (prefix reuse)
+    double prompt_seconds = 0.0;      // from admission to its first token
+    double seconds        = 0.0;      // from admission to the end
+    std::vector<float> trace_in, trace_out, prompt_logits;  // traced requests, once done
+};
+
+struct flas_engine_stats {
+    int     n_active  = 0;            // sequences decoding
+    int     n_queued  = 0;            // requests waiting for a sequence
+    int64_t n_decoded = 0;            // tokens through llama_decode
+    int64_t n_steps   = 0;            // llama_decode calls
+};
+
+class flas_engine {
+  public:
+    explicit flas_engine(flas_runtime & rt);
+    ~flas_engine();
+    flas_engine(const flas_engine &) = delete;
+    flas_engine & operator=(const flas_engine &) = delete;
+
+    // Queues a request; returns its handle. Bad fields: std::invalid_argument, nothing queued.
+    // A prompt longer than a sequence holds is accepted and ends at once with an error.
+    uint64_t submit(flas_request req);
+    // Queues requests all at once (they start in the same step when sequences are free);
+    // every request is checked before any is queued: std::invalid_argument naming its index.
+    std::vector<uint64_t> submit_many(std::vector<flas_request> reqs);
+    // Waits up to timeout_ms for news of the request; once it returns done, the handle is gone.
+    flas_update wait(uint64_t id, int timeout_ms);
+    // Waits up to timeout_ms until one of the requests has news; returns it, or 0.
+    uint64_t wait_any(const std::vector<uint64_t> & ids, int timeout_ms);
+    // Ends the request; its sequence is free within one decode step. Unknown handles are ignored.
+    void cancel(uint64_t id);
+    flas_engine_stats stats() const;
+    // Runs fn on the runtime between two decode steps (steer hook, direct runtime use in tests);
+    // afterwards no sequence's content is trusted for prefix reuse.
+    void run_exclusive(const std::function<void()> & fn);
+    const flas_runtime & runtime() const { return rt_; }
+
+  private:
+    struct job;
+    struct slot {
+        std::vector<llama_token> tokens;  // what the sequence holds
+        std::string key;                  // the steering they were computed under; "": none valid
+        uint64_t last_used = 0;
+        std::shared_ptr<job> running;     // the request decoding in it
+    };
+
+    void run();
+    void check(const flas_request & req) const;
+    uint64_t enqueue(flas_request req);  // with mutex_ held
+    void drop_cancelled();
+    void admit(const std::shared_ptr<job> & j);
+    void step();
+    void finish(std::shared_ptr<job> j, const std::string & reason, const std::string & error = "");  // j by value: it may be a slot's own pointer
+    void deliver(job & j, llama_token token);
+    int  choose_slot(const flas_request & req) const;
+    bool has_news(const job & j) const;
+
+    flas_runtime & rt_;
+    std::vector<slot> slots_;             // one per runtime sequence; worker only
+    uint64_t tick_ = 0;
+
+    mutable std::mutex mutex_;            // guards jobs_, queue_, stop_, stats_ and each job's outbox
+    std::condition_variable work_cv_;     // the worker: new requests, cancellations, stop
+    std::condition_variable news_cv_;     // the waiters: tokens or ends
+    std::map<uint64_t, std::shared_ptr<job>> jobs_;
+    std::deque<std::shared_ptr<job>> queue_;
+    uint64_t next_id_ = 1;
+    bool stop_ = false;
+    int  n_active_ = 0;
+    flas_engine_stats stats_;
+
+    std::mutex step_mutex_;               // held by the worker during a step
+    std::thread worker_;
+};

@@ -1,0 +1,141 @@
+// One flow pass in the eval callback: the steered rows of every sequence in the batch go
+// through N Euler steps in one graph on the flow's backend (FLAS_SPEC.md 3). Projections and
+// MLPs read the weights once for all rows; each row is conditioned on its own sequence's
+// time embeddings, step size and concept; each sequence attends only to its own caches.
+#include "flas-graph.h"
+#include "flas-runtime.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered) {
+    const flas_flow_hparams & hp = flow_.hp;
+    const int n_all = (int) t->ne[1];
+
+    // segments sorted by N, descending: the rows still integrating at step k are a prefix
+    std::vector<batch_entry> order = steered;
+    std::stable_sort(order.begin(), order.end(), [&](const batch_entry & a, const batch_entry & b) {
+        return seqs_[a.seq].n_steps > seqs_[b.seq].n_steps;
+    });
+    int R = 0;
+    for (const batch_entry & e : order) {
+        R += e.n;
+    }
+    const int n_steps_max = seqs_[order.front().seq].n_steps;
+
+    const size_t max_nodes = flas_graph_max_nodes(flow_, n_steps_max, (int) order.size()) + 4 * order.size() + 32;
+    const size_t meta = max_nodes * ggml_tensor_overhead() + ggml_graph_overhead_custom(max_nodes, false);
+    if (graph_meta_.size() < meta) {
+        graph_meta_.resize(meta);
+    }
+    ggml_init_params ip = { graph_meta_.size(), graph_meta_.data(), /*no_alloc =*/ true };
+    ggml_context_ptr ctx_owner(ggml_init(ip));
+    ggml_context * ctx = ctx_owner.get();
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes, false);
+
+    auto input = [&](ggml_tensor * x) { ggml_set_input(x); return x; };
+    flas_pass p{ctx, gf, flow_, concept_, {}, R};
+    p.pos      = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, R));
+    p.time_idx = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) R * n_steps_max));
+    p.dt       = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, R));
+
+    // the concept keys the pass reads: one slot, or the range spanning every slot in use
+    int slot_lo = concepts_.slots.size(), slot_hi = -1;
+    for (const batch_entry & e : order) {
+        slot_lo = std::min(slot_lo, seqs_[e.seq].slot);
+        slot_hi = std::max(slot_hi, seqs_[e.seq].slot);
+    }
+    p.key0   = slot_lo * concept_.k_max;
+    p.n_keys = slot_hi * concept_.k_max + concepts_.slots[slot_hi].n_tokens - p.key0;
+    if (slot_lo != slot_hi && hp.has_cross_attn) {
+        p.cross_mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, p.n_keys, R));
+    }
+    int r0 = 0;
+    for (const batch_entry & e : order) {
+        flas_segment s;
+        s.r0 = r0;
+        s.n  = e.n;
+        s.p0 = e.p0;
+        s.n_steps = seqs_[e.seq].n_steps;
+        s.cache = &seqs_[e.seq].cache;
+        if (e.n > 1 && hp.has_self_attn) {  // a single row sees every cached position: no mask
+            s.mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, e.p0 + e.n, e.n));
+        }
+        p.segs.push_back(s);
+        r0 += e.n;
+    }
+
+    // gather the steered rows, integrate, and scatter them back among the untouched ones
+    ggml_tensor * rows    = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_embd, n_all));
+    ggml_tensor * gather  = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, R));
+    ggml_tensor * scatter = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_all));
+    ggml_tensor * h = flas_build_euler(p, ggml_get_rows(ctx, rows, gather));
+    ggml_tensor * out = ggml_get_rows(ctx, ggml_concat(ctx, h, rows, 1), scatter);
+    ggml_set_output(out);
+    ggml_build_forward_expand(gf, out);
+    if (!ggml_gallocr_alloc_graph(allocr_.get(), gf)) {
+        throw std::runtime_error("cannot allocate the flow's compute buffer on " + flow_backend());
+    }
+
+    // inputs (an ablated flow may not read some of them: those are not allocated)
+    auto set = [](ggml_tensor * x, const void * data) {
+        if (x != nullptr && x->buffer != nullptr) {
+            ggml_backend_tensor_set(x, data, 0, ggml_nbytes(x));
+        }
+    };
+    std::vector<int32_t> pos(R), time_idx((size_t) R * n_steps_max), gather_idx(R), scatter_idx(n_all);
+    std::vector<float> dt(R);
+    for (int i = 0; i < n_all; ++i) {
+        scatter_idx[i] = R + i;  // untouched: the row itself, after the R steered rows
+    }
+    r0 = 0;
+    for (const batch_entry & e : order) {
+        const flas_seq & s = seqs_[e.seq];
+        for (int j = 0; j < e.n; ++j) {
+            const int r = r0 + j;
+            pos[r] = e.p0 + j;
+            dt[r]  = s.flowtime / s.n_steps;
+            gather_idx[r] = e.row0 + j;
+            scatter_idx[e.row0 + j] = r;
+            for (int k = 0; k < n_steps_max; ++k) {  // steps past its N are never read
+                time_idx[(size_t) k * R + r] = e.seq * FLAS_MAX_STEPS + std::min(k, s.n_steps - 1);
+            }
+        }
+        r0 += e.n;
+    }
+    set(p.pos, pos.data());
+    set(p.time_idx, time_idx.data());
+    set(p.dt, dt.data());
+    set(gather, gather_idx.data());
+    set(scatter, scatter_idx.data());
+    if (p.cross_mask != nullptr && p.cross_mask->buffer != nullptr) {
+        std::vector<float> m((size_t) p.n_keys * R, -INFINITY);
+        r0 = 0;
+        for (const batch_entry & e : order) {
+            const int slot = seqs_[e.seq].slot;
+            const int k0 = slot * concept_.k_max - p.key0, K = concepts_.slots[slot].n_tokens;
+            for (int j = 0; j < e.n; ++j) {
+                std::fill_n(m.begin() + (size_t) (r0 + j) * p.n_keys + k0, K, 0.0f);
+            }
+            r0 += e.n;
+        }
+        set(p.cross_mask, m.data());
+    }
+    for (const flas_segment & s : p.segs) {
+        if (s.mask != nullptr && s.mask->buffer != nullptr) {
+            const int n_kv = s.p0 + s.n;
+            std::vector<float> m((size_t) n_kv * s.n, 0.0f);
+            for (int i = 0; i < s.n; ++i) {
+                std::fill(m.begin() + (size_t) i * n_kv + s.p0 + i + 1, m.begin() + (size_t) (i + 1) * n_kv, -INFINITY);
+            }
+            set(s.mask, m.data());
+        }
+    }
+
+    ggml_backend_tensor_copy(t, rows);
+    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
+    }
+    ggml_backend_tensor_copy(out, t);
+}
