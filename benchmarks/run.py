@@ -24,8 +24,12 @@ import numpy as np
 
 import flas_cpp
 from flas_cpp import FlasModel
+from flas_cpp._native import core
 from flas_cpp.convert import convert_base, convert_flow
 from flas_cpp.testing.make_models import make_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from multi_seq import markdown_multi, measure_multi, measure_rss_multi, rss_multi_child, targets_multi  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "concepts_prompts.json"
@@ -94,22 +98,22 @@ class Plain:
 
 
 class Steered:
+    """The steering runtime itself (no engine thread), one sequence, timed like plain llama.cpp."""
+
     def __init__(self, base: Path, flow: Path, n_ctx: int, n_batch: int, n_threads: int, n_steps: int, flowtime: float):
         t0 = time.perf_counter()
-        self.m = FlasModel(base, flow, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+        self.rt = core().Runtime(str(base), str(flow), n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
         self.load_seconds = time.perf_counter() - t0
-        self.rt = self.m._rt  # time the decode calls alone, as for plain llama.cpp
         self.n_vocab = self.rt.n_vocab
-        self.n_steps, self.flowtime = n_steps, flowtime
         t0 = time.perf_counter()
-        self.rt.set_concept(CONCEPT)
+        self.rt.set_steering(0, CONCEPT, flowtime, n_steps)  # encodes the concept
         self.concept_seconds = time.perf_counter() - t0
 
     def reset(self) -> None:
-        self.rt.set_steering(self.flowtime, self.n_steps)  # also empties the sequence
+        self.rt.reset(0)
 
     def decode(self, tokens: list[int]) -> None:
-        self.rt.decode(tokens)
+        self.rt.decode([(0, tokens)])
 
 
 def token_stream(n: int, n_vocab: int, seed: int = 0) -> list[int]:
@@ -209,12 +213,16 @@ def concept_switch(a: Args, paths: dict, base: str, flow: str) -> dict:
     m = FlasModel(paths[f"base-{base}"], paths[f"flow-{flow}"], n_ctx=a.n_ctx, n_batch=a.n_batch, n_threads=a.threads)
     m.generate("Warm up.", concept=CONCEPT, max_tokens=4, temperature=0.0)
     times = []
-    for concept in ["Respond as a noir detective", "Use mathematical notation", "Speak in programming terms"]:
-        t0 = time.perf_counter()
-        m._rt.set_concept(concept)
-        times.append(time.perf_counter() - t0)
-        m._concept = concept
-    g = m.generate("Tell me about your day.", concept=concept, flowtime=FLOWTIME, n_steps=3,
+    concepts = ["Respond as a noir detective", "Use mathematical notation", "Speak in programming terms"]
+
+    def switch():
+        for concept in concepts:  # each a new text: encoded, not found in the concept cache
+            t0 = time.perf_counter()
+            m._rt.set_steering(0, concept, FLOWTIME, 3)
+            times.append(time.perf_counter() - t0)
+
+    m._engine.exclusive(switch)
+    g = m.generate("Tell me about your day.", concept=concepts[-1], flowtime=FLOWTIME, n_steps=3,
                    max_tokens=a.gen_tokens, temperature=0.0)
     gen_seconds = g.seconds / max(len(g.tokens), 1) * a.gen_tokens  # scaled to exactly gen_tokens if it stopped early
     return {"base": base, "flow": flow, "concept_s": float(np.median(times)), "generation_s": gen_seconds,
@@ -325,6 +333,7 @@ def markdown(result: dict) -> str:
                          f"{q['rel_err_max']:.4f} | {q['n_prompts']} |")
         lines += ["", "With random weights the displacement is dominated by the time-embedding term, which is the "
                       "same for every row, so the per-prompt figures barely vary; re-measure with the released flow."]
+    lines += markdown_multi(result)
     lines += targets(result)
     return "\n".join(lines) + "\n"
 
@@ -354,6 +363,7 @@ def targets(result: dict) -> list[str]:
     if "q8_0" in quality:
         got = quality["q8_0"]["cosine_min"]
         checks.append(("q8_0 flow: cosine of the steered displacement vs f32 (min)", ">= 0.999", f"{got:.6f}", got >= 0.999))
+    checks += targets_multi(result)
     if not checks:
         return []
     out = ["", f"## Targets (Q4_K_M base, {result['size']} models; the targets are set for the full size on 2 cores)",
@@ -366,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--rss-child":
         return rss_child(argv[1:])
+    if argv and argv[0] == "--rss-multi-child":
+        return rss_multi_child(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=["full", "tiny"], default="full")
     ap.add_argument("--models", type=Path, help="model cache (default ~/.cache/flas-cpp/bench-SIZE)")
@@ -378,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: speed,concept,rss,quality")
+    ap.add_argument("--counts", default="1,2,4,8", help="sequence counts decoded together (part multi)")
+    ap.add_argument("--multi-steps", type=int, default=2, help="N of every sequence in part multi")
+    ap.add_argument("--multi-ctx", type=int, default=4096, help="tokens per sequence in part rss_multi")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: speed,concept,rss,quality,multi,rss_multi")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "PERFORMANCE.md")
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -396,6 +411,15 @@ def main(argv: list[str] | None = None) -> int:
         result["concept"] = concept_switch(args, paths, bases[0], flows[0])
     if "rss" not in skip:
         result["rss"] = measure_rss(args, paths, bases[0], flows)
+    if "multi" not in skip:
+        counts = [int(c) for c in a.counts.split(",")]
+        result["multi_args"] = {"base": bases[0], "flow": flows[0], "flowtime": FLOWTIME, "n_steps": a.multi_steps,
+                                "n_prompt": 128, "n_gen": a.gen_tokens // 2, "rounds": a.rounds}
+        result["multi"] = measure_multi(paths[f"base-{bases[0]}"], paths[f"flow-{flows[0]}"], counts, 1024, a.n_batch,
+                                        a.threads, 128, a.gen_tokens // 2, a.rounds, FLOWTIME, a.multi_steps)
+    if "rss_multi" not in skip:
+        result["rss_multi"] = measure_rss_multi(__file__, paths[f"base-{bases[0]}"], paths[f"flow-{flows[0]}"], 4,
+                                                a.multi_ctx, a.n_batch, a.threads, 16, FLOWTIME, a.multi_steps)
     if "quality" not in skip:
         prompts = data.get("prompts", ["Tell me about your day.", "Why is the sky blue?"])
         concepts = data.get("concepts", [CONCEPT])[:2]
@@ -403,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = a.out.with_suffix(".json")
     if skip and json_path.is_file():  # a partial re-run keeps the parts it did not measure
         previous = json.loads(json_path.read_text())
-        result.update({k: previous[k] for k in ("speed", "concept", "rss", "quality") if k in previous and k not in result})
+        parts = ("speed", "concept", "rss", "quality", "multi", "multi_args", "rss_multi")
+        result.update({k: previous[k] for k in parts if k in previous and k not in result})
         result["command"] += f" (parts skipped here: from {previous['date']}, `{previous['command']}`)"
     md = markdown(result)
     print(md)
