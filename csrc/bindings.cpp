@@ -209,6 +209,9 @@ PYBIND11_MODULE(_core, m) {
                  d["queued"] = st.n_queued;
                  d["tokens_decoded"] = st.n_decoded;
                  d["decode_calls"] = st.n_steps;
+                 d["concepts_encoded"] = st.concepts.concepts_encoded;
+                 d["concept_hits"] = st.concepts.concept_hits;
+                 d["concepts_cached"] = st.concepts.concepts_cached;
                  return d;
              })
         .def("exclusive", [](E & e, py::function fn) {

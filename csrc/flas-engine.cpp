@@ -27,13 +27,18 @@ static double seconds_since(flas_clock::time_point t) {
     return std::chrono::duration<double>(flas_clock::now() - t).count();
 }
 
-// Sequences computed under the same key hold reusable rows.
-static std::string steering_key(const flas_request & r) {
-    if (r.concept.empty() || r.flowtime == 0.0f) {
-        return "none";
+// How many leading prompt tokens a sequence already holds; the last prompt token is always
+// decoded again, for its logits.
+static size_t common_prefix(const std::vector<llama_token> & held, const std::vector<llama_token> & prompt) {
+    const size_t limit = std::min(held.size(), prompt.size() - 1);
+    size_t keep = 0;
+    while (keep < limit && held[keep] == prompt[keep]) {
+        ++keep;
     }
-    return "T=" + std::to_string(r.flowtime) + " N=" + std::to_string(r.n_steps) + " " + r.concept;
+    return keep;
 }
+
+static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime == 0.0f; }
 
 flas_engine::flas_engine(flas_runtime & rt) : rt_(rt), slots_(rt.n_seq()) {
     worker_ = std::thread([this] { run(); });
@@ -190,7 +195,7 @@ flas_engine_stats flas_engine::stats() const {
 void flas_engine::run_exclusive(const std::function<void()> & fn) {
     std::lock_guard<std::mutex> step(step_mutex_);
     for (slot & s : slots_) {
-        s.key.clear();
+        s.trusted = false;
     }
     fn();
 }
@@ -226,6 +231,11 @@ void flas_engine::run() {
         for (const auto & j : admitted) {
             admit(j);
         }
+        if (!admitted.empty()) {  // the runtime is the worker's: others read its figures here
+            const flas_stats concepts = rt_.stats();
+            std::lock_guard<std::mutex> lk(mutex_);
+            stats_.concepts = concepts;
+        }
         step();
     }
 }
@@ -245,26 +255,24 @@ void flas_engine::drop_cancelled() {
     }
 }
 
+// Whether sequence seq holds rows computed under the request's steering.
+bool flas_engine::reusable(int seq, const flas_request & req) const {
+    return slots_[seq].trusted && rt_.holds_steering(seq, req.concept, req.flowtime, req.n_steps);
+}
+
 // A free sequence that already holds the longest prefix of the prompt under the same steering;
 // otherwise the one unused for longest (keeping recent ones for reuse).
 int flas_engine::choose_slot(const flas_request & req) const {
-    const std::string key = steering_key(req);
     int best = -1;
     size_t best_keep = 0;
-    for (size_t i = 0; i < slots_.size(); ++i) {
+    for (int i = 0; i < (int) slots_.size(); ++i) {
         const slot & s = slots_[i];
         if (s.running) {
             continue;
         }
-        size_t keep = 0;
-        if (s.key == key && !req.trace && rt_.holds_steering((int) i, req.concept, req.flowtime, req.n_steps)) {
-            const size_t limit = std::min(s.tokens.size(), req.prompt.size() - 1);
-            while (keep < limit && s.tokens[keep] == req.prompt[keep]) {
-                ++keep;
-            }
-        }
+        const size_t keep = !req.trace && reusable(i, req) ? common_prefix(s.tokens, req.prompt) : 0;
         if (best < 0 || keep > best_keep || (keep == best_keep && s.last_used < slots_[best].last_used)) {
-            best = (int) i;
+            best = i;
             best_keep = keep;
         }
     }
@@ -279,21 +287,17 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
     s.running = j;
     j->seq = seq;
     try {
-        const std::string key = steering_key(r);
         size_t keep = 0;
-        if (s.key != key || !rt_.holds_steering(seq, r.concept, r.flowtime, r.n_steps)) {
-            s.key.clear();  // until the runtime holds the new steering
-            rt_.set_steering(seq, key == "none" ? "" : r.concept, key == "none" ? 0.0f : r.flowtime, r.n_steps);
+        if (!reusable(seq, r)) {
+            s.trusted = false;  // until the runtime holds the new steering
+            rt_.set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime, r.n_steps);
             s.tokens.clear();
-            s.key = key;
-        } else if (r.trace) {
+            s.trusted = true;
+        } else if (r.trace) {  // every row is recorded: from an empty sequence
             rt_.reset(seq);
             s.tokens.clear();
         } else {
-            const size_t limit = std::min(s.tokens.size(), r.prompt.size() - 1);  // decode at least the last token
-            while (keep < limit && s.tokens[keep] == r.prompt[keep]) {
-                ++keep;
-            }
+            keep = common_prefix(s.tokens, r.prompt);
             rt_.rewind(seq, (int) keep);
             s.tokens.resize(keep);
         }
@@ -303,7 +307,7 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
         std::lock_guard<std::mutex> lk(mutex_);
         j->outbox.n_cached = (int) keep;
     } catch (const std::exception & e) {
-        s.key.clear();
+        s.trusted = false;
         finish(j, "error", e.what());
     }
 }
@@ -339,7 +343,7 @@ void flas_engine::step() {
         rt_.decode(batch);
     } catch (const std::exception & e) {
         for (const auto & j : in_batch) {  // their sequences are in an unknown state
-            slots_[j->seq].key.clear();
+            slots_[j->seq].trusted = false;
             finish(j, "error", e.what());
         }
         return;
@@ -382,7 +386,7 @@ void flas_engine::step() {
                 j->pending = tok;
             }
         } catch (const std::exception & e) {
-            s.key.clear();
+            s.trusted = false;
             finish(j, "error", e.what());
         }
     }

@@ -54,6 +54,7 @@ struct flas_engine_stats {
     int     n_queued  = 0;            // requests waiting for a sequence
     int64_t n_decoded = 0;            // tokens through llama_decode
     int64_t n_steps   = 0;            // llama_decode calls
+    flas_stats concepts;              // the runtime's concept table, as of the last admission
 };
 
 class flas_engine {
@@ -85,7 +86,7 @@ class flas_engine {
     struct job;
     struct slot {
         std::vector<llama_token> tokens;  // what the sequence holds
-        std::string key;                  // the steering they were computed under; "": none valid
+        bool trusted = false;             // tokens and runtime agree (false after errors, run_exclusive)
         uint64_t last_used = 0;
         std::shared_ptr<job> running;     // the request decoding in it
     };
@@ -98,6 +99,7 @@ class flas_engine {
     void step();
     void finish(std::shared_ptr<job> j, const std::string & reason, const std::string & error = "");  // j by value: it may be a slot's own pointer
     void deliver(job & j, llama_token token);
+    bool reusable(int seq, const flas_request & req) const;
     int  choose_slot(const flas_request & req) const;
     bool has_news(const job & j) const;
 

@@ -180,7 +180,7 @@ class FlasModel:
 
     def stats(self) -> dict:
         """Concept encodings run and reused, sequences active, requests queued, tokens decoded."""
-        return {**self._rt.stats(), **self._engine.stats()}
+        return self._engine.stats()
 
     # ---- internals -----------------------------------------------------------------------------
 
