@@ -246,3 +246,41 @@ def test_a_prompt_too_long_for_a_sequence_fails_alone(four):
         list(four.stream_many(requests))
     with pytest.raises(ValueError, match="the prompt is .* tokens but a sequence holds 256"):
         four.generate(too_long, concept=PIRATE)
+
+
+def test_random_submits_and_cancels_from_several_threads(tiny_base_f32, flow, solo):
+    import random
+
+    m = FlasModel(tiny_base_f32, flow, n_ctx=3 * 256, n_seq=3, exact=True, n_batch=8)
+    outcomes: list[tuple[dict, object]] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(8):
+            r = dict(prompt=rng.choice(PROMPTS), concept=rng.choice([PIRATE, NOIR, None]), max_tokens=rng.randint(1, 10),
+                     temperature=0.0)
+            r["flowtime"] = rng.choice([0.5, 2.0]) if r["concept"] else 0.0
+            h = m.submit(**r)
+            if rng.random() < 0.3:
+                for _ in range(rng.randint(0, 3)):
+                    h.poll(rng.randint(0, 20))
+                h.cancel()
+            with lock:
+                outcomes.append((r, h))
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(outcomes) == 24
+    for r, h in outcomes:
+        g = h.result()
+        assert g.stop_reason in ("eog", "max_tokens", "cancelled"), (r, g.stop_reason, g.error)
+        alone = solo.generate(**r).tokens
+        if g.stop_reason == "cancelled":
+            assert g.tokens == alone[:len(g.tokens)]  # what it gave before the cancel was right
+        else:
+            assert g.tokens == alone, r
+    assert m.stats()["active"] == 0 and m.stats()["queued"] == 0
