@@ -84,6 +84,28 @@ static flas_steer_hook python_hook(py::object fn, int n_embd) {
     };
 }
 
+static flas_runtime_params runtime_params(const std::string & base, const std::string & flow, int n_ctx, int n_batch,
+                                          int n_seq, int concept_cache, int n_gpu_layers, int n_threads, bool exact,
+                                          bool verbose) {
+    flas_runtime_params p;
+    p.base_path = base;
+    p.flow_path = flow;
+    p.n_ctx = n_ctx;
+    p.n_batch = n_batch;
+    p.n_seq = n_seq;
+    p.concept_cache = concept_cache;
+    p.n_gpu_layers = n_gpu_layers;
+    p.n_threads = n_threads;
+    p.exact = exact;
+    p.verbose = verbose;
+    return p;
+}
+
+#define RUNTIME_ARGS                                                                                              \
+    py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_seq") = 1,   \
+        py::arg("concept_cache") = 16, py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0,                    \
+        py::arg("exact") = false, py::arg("verbose") = false
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "flas-cpp native core (llama.cpp + ggml)";
     llama_backend_init();  // idempotent; llama-cpp-python does the same on import
@@ -98,23 +120,12 @@ PYBIND11_MODULE(_core, m) {
     py::class_<R>(m, "Runtime")
         .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
                          int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose) {
-                 flas_runtime_params p;
-                 p.base_path = base;
-                 p.flow_path = flow;
-                 p.n_ctx = n_ctx;
-                 p.n_batch = n_batch;
-                 p.n_seq = n_seq;
-                 p.concept_cache = concept_cache;
-                 p.n_gpu_layers = n_gpu_layers;
-                 p.n_threads = n_threads;
-                 p.exact = exact;
-                 p.verbose = verbose;
+                 const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
+                                                              n_gpu_layers, n_threads, exact, verbose);
                  py::gil_scoped_release release;
                  return new flas_runtime(p);
              }),
-             py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_seq") = 1,
-             py::arg("concept_cache") = 16, py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0,
-             py::arg("exact") = false, py::arg("verbose") = false)
+             RUNTIME_ARGS)
         .def("tokenize", &R::tokenize, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
         .def("token_to_piece", [](const R & r, llama_token t) { return py::bytes(r.token_to_piece(t)); })
         .def("is_eog", &R::is_eog)
@@ -175,6 +186,15 @@ PYBIND11_MODULE(_core, m) {
     using E = flas_engine;
     py::class_<E>(m, "Engine")
         .def(py::init<R &>(), py::arg("runtime"), py::keep_alive<1, 2>())
+        .def_static("load", [](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
+                               int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose) {
+                 const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
+                                                              n_gpu_layers, n_threads, exact, verbose);
+                 py::gil_scoped_release release;
+                 return std::make_unique<E>(p);
+             }, RUNTIME_ARGS, "An engine that loads its own runtime on its worker thread (as FlasModel does).")
+        .def_property_readonly("runtime", [](E & e) -> R & { return e.runtime(); },
+                               py::return_value_policy::reference_internal)
         .def("submit", &E::submit, py::arg("request"))
         .def("submit_many", &E::submit_many, py::arg("requests"))
         .def("wait", [](E & e, uint64_t id, int timeout_ms) {
@@ -202,6 +222,7 @@ PYBIND11_MODULE(_core, m) {
              }, py::arg("id"), py::arg("timeout_ms"))
         .def("wait_any", &E::wait_any, py::arg("ids"), py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
         .def("cancel", &E::cancel, py::arg("id"))
+        .def("release", &E::release, py::arg("id"))
         .def("stats", [](const E & e) {
                  const flas_engine_stats st = e.stats();
                  py::dict d;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <future>
 #include <stdexcept>
 
 using flas_clock = std::chrono::steady_clock;
@@ -40,8 +41,34 @@ static size_t common_prefix(const std::vector<llama_token> & held, const std::ve
 
 static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime == 0.0f; }
 
-flas_engine::flas_engine(flas_runtime & rt) : rt_(rt), slots_(rt.n_seq()) {
+flas_engine::flas_engine(flas_runtime & rt) : rt_(&rt), slots_(rt.n_seq()) {
     worker_ = std::thread([this] { run(); });
+}
+
+// The worker loads the model itself, so that every ggml compute of the model, loading included,
+// starts from this one thread: with OpenMP each thread that starts parallel regions gets a team
+// of its own, and only one team then competes for the cores.
+flas_engine::flas_engine(const flas_runtime_params & params) {
+    std::promise<void> loaded;
+    std::future<void> ready = loaded.get_future();
+    worker_ = std::thread([this, &params, &loaded] {
+        try {
+            owned_ = std::make_unique<flas_runtime>(params);
+            rt_ = owned_.get();
+            slots_.resize(rt_->n_seq());
+            loaded.set_value();
+        } catch (...) {
+            loaded.set_exception(std::current_exception());
+            return;
+        }
+        run();
+    });
+    try {
+        ready.get();
+    } catch (...) {
+        worker_.join();
+        throw;
+    }
 }
 
 flas_engine::~flas_engine() {
@@ -63,7 +90,7 @@ void flas_engine::check(const flas_request & req) const {
     if (req.prompt.empty()) {
         throw std::invalid_argument("prompt: no tokens");
     }
-    const int n_vocab = rt_.n_vocab();
+    const int n_vocab = rt_->n_vocab();
     for (llama_token t : req.prompt) {
         if (t < 0 || t >= n_vocab) {
             throw std::invalid_argument("prompt: token id " + std::to_string(t) + " outside the vocabulary");
@@ -116,12 +143,12 @@ uint64_t flas_engine::enqueue(flas_request req) {
     j->outbox.n_prompt = (int) j->req.prompt.size();
     j->id = next_id_++;
     jobs_[j->id] = j;
-    if ((int) j->req.prompt.size() >= rt_.n_ctx_seq()) {
+    if ((int) j->req.prompt.size() >= rt_->n_ctx_seq()) {
         j->queued = false;
         j->outbox.done = true;
         j->outbox.finish = "error";
         j->outbox.error = "the prompt is " + std::to_string(j->req.prompt.size()) + " tokens but a sequence holds " +
-                          std::to_string(rt_.n_ctx_seq()) + " (n_ctx / n_seq); shorten it or raise n_ctx";
+                          std::to_string(rt_->n_ctx_seq()) + " (n_ctx / n_seq); shorten it or raise n_ctx";
         news_cv_.notify_all();
         return j->id;
     }
@@ -187,6 +214,12 @@ void flas_engine::cancel(uint64_t id) {
     work_cv_.notify_one();
 }
 
+void flas_engine::release(uint64_t id) {
+    cancel(id);
+    std::lock_guard<std::mutex> lk(mutex_);
+    jobs_.erase(id);  // the worker keeps its own reference until the request ends
+}
+
 flas_engine_stats flas_engine::stats() const {
     std::lock_guard<std::mutex> lk(mutex_);
     return stats_;
@@ -232,7 +265,7 @@ void flas_engine::run() {
             admit(j);
         }
         if (!admitted.empty()) {  // the runtime is the worker's: others read its figures here
-            const flas_stats concepts = rt_.stats();
+            const flas_stats concepts = rt_->stats();
             std::lock_guard<std::mutex> lk(mutex_);
             stats_.concepts = concepts;
         }
@@ -257,7 +290,7 @@ void flas_engine::drop_cancelled() {
 
 // Whether sequence seq holds rows computed under the request's steering.
 bool flas_engine::reusable(int seq, const flas_request & req) const {
-    return slots_[seq].trusted && rt_.holds_steering(seq, req.concept, req.flowtime, req.n_steps);
+    return slots_[seq].trusted && rt_->holds_steering(seq, req.concept, req.flowtime, req.n_steps);
 }
 
 // A free sequence that already holds the longest prefix of the prompt under the same steering;
@@ -290,19 +323,19 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
         size_t keep = 0;
         if (!reusable(seq, r)) {
             s.trusted = false;  // until the runtime holds the new steering
-            rt_.set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime, r.n_steps);
+            rt_->set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime, r.n_steps);
             s.tokens.clear();
             s.trusted = true;
         } else if (r.trace) {  // every row is recorded: from an empty sequence
-            rt_.reset(seq);
+            rt_->reset(seq);
             s.tokens.clear();
         } else {
             keep = common_prefix(s.tokens, r.prompt);
-            rt_.rewind(seq, (int) keep);
+            rt_->rewind(seq, (int) keep);
             s.tokens.resize(keep);
         }
-        rt_.set_trace(seq, r.trace);
-        rt_.sampler_init(seq, r.temperature, r.top_k, r.top_p, r.seed);
+        rt_->set_trace(seq, r.trace);
+        rt_->sampler_init(seq, r.temperature, r.top_k, r.top_p, r.seed);
         j->n_fed = keep;
         std::lock_guard<std::mutex> lk(mutex_);
         j->outbox.n_cached = (int) keep;
@@ -318,7 +351,7 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
 void flas_engine::step() {
     std::vector<flas_seq_tokens> batch;
     std::vector<std::shared_ptr<job>> in_batch;
-    int budget = rt_.n_batch();
+    int budget = rt_->n_batch();
     for (slot & s : slots_) {
         if (s.running && s.running->pending >= 0 && budget > 0) {
             batch.push_back({s.running->seq, {s.running->pending}});
@@ -340,7 +373,7 @@ void flas_engine::step() {
         return;
     }
     try {
-        rt_.decode(batch);
+        rt_->decode(batch);
     } catch (const std::exception & e) {
         for (const auto & j : in_batch) {  // their sequences are in an unknown state
             slots_[j->seq].trusted = false;
@@ -351,7 +384,7 @@ void flas_engine::step() {
     {
         std::lock_guard<std::mutex> lk(mutex_);
         stats_.n_steps++;
-        stats_.n_decoded += rt_.n_batch() - budget;
+        stats_.n_decoded += rt_->n_batch() - budget;
     }
     for (size_t i = 0; i < batch.size(); ++i) {
         const std::shared_ptr<job> j = in_batch[i];
@@ -367,20 +400,20 @@ void flas_engine::step() {
         }
         try {
             if (j->req.trace && !j->sampled_once) {
-                std::vector<float> logits = rt_.logits(j->seq);
+                std::vector<float> logits = rt_->logits(j->seq);
                 std::lock_guard<std::mutex> lk(mutex_);
                 j->outbox.prompt_logits = std::move(logits);
             }
-            const llama_token tok = rt_.sample(j->seq);
+            const llama_token tok = rt_->sample(j->seq);
             j->sampled_once = true;
-            if (!j->req.trace && rt_.is_eog(tok)) {
+            if (!j->req.trace && rt_->is_eog(tok)) {
                 finish(j, "eog");
                 continue;
             }
             deliver(*j, tok);
             if (++j->n_out >= j->req.max_tokens) {
                 finish(j, "max_tokens");
-            } else if (rt_.n_past(j->seq) >= rt_.n_ctx_seq()) {
+            } else if (rt_->n_past(j->seq) >= rt_->n_ctx_seq()) {
                 finish(j, "context");
             } else {
                 j->pending = tok;
@@ -406,15 +439,15 @@ void flas_engine::finish(std::shared_ptr<job> j, const std::string & reason, con
     std::vector<float> trace_in, trace_out;
     if (j->req.trace) {
         try {
-            trace_in  = rt_.trace_unsteered(j->seq);
-            trace_out = rt_.trace_steered(j->seq);
-            rt_.set_trace(j->seq, false);
+            trace_in  = rt_->trace_unsteered(j->seq);
+            trace_out = rt_->trace_steered(j->seq);
+            rt_->set_trace(j->seq, false);
         } catch (const std::exception &) {
         }
     }
     s.running.reset();
     s.last_used = ++tick_;
-    rt_.release(j->seq);
+    rt_->release(j->seq);
     std::lock_guard<std::mutex> lk(mutex_);
     j->outbox.done = true;
     j->outbox.finish = reason;

@@ -5,8 +5,8 @@
 // decoding sequences. Any thread may submit, wait, cancel; the worker is the runtime's only
 // caller while the engine lives (other callers go through run_exclusive).
 //
-// Ownership: the engine borrows the runtime, which must outlive it; the destructor cancels
-// what is left and joins the worker.
+// Ownership: the engine either borrows a runtime, which must outlive it, or creates and owns
+// one (loaded on its worker thread); the destructor cancels what is left and joins the worker.
 #pragma once
 
 #include "flas-runtime.h"
@@ -60,6 +60,8 @@ struct flas_engine_stats {
 class flas_engine {
   public:
     explicit flas_engine(flas_runtime & rt);
+    // Loads the runtime on the worker thread and owns it; load errors are rethrown here.
+    explicit flas_engine(const flas_runtime_params & params);
     ~flas_engine();
     flas_engine(const flas_engine &) = delete;
     flas_engine & operator=(const flas_engine &) = delete;
@@ -76,11 +78,14 @@ class flas_engine {
     uint64_t wait_any(const std::vector<uint64_t> & ids, int timeout_ms);
     // Ends the request; its sequence is free within one decode step. Unknown handles are ignored.
     void cancel(uint64_t id);
+    // Cancels the request and forgets its handle (its owner will not wait for it).
+    void release(uint64_t id);
     flas_engine_stats stats() const;
     // Runs fn on the runtime between two decode steps (steer hook, direct runtime use in tests);
     // afterwards no sequence's content is trusted for prefix reuse.
     void run_exclusive(const std::function<void()> & fn);
-    const flas_runtime & runtime() const { return rt_; }
+    const flas_runtime & runtime() const { return *rt_; }
+    flas_runtime & runtime() { return *rt_; }
 
   private:
     struct job;
@@ -103,7 +108,8 @@ class flas_engine {
     int  choose_slot(const flas_request & req) const;
     bool has_news(const job & j) const;
 
-    flas_runtime & rt_;
+    std::unique_ptr<flas_runtime> owned_;  // when the engine loaded it
+    flas_runtime * rt_ = nullptr;
     std::vector<slot> slots_;             // one per runtime sequence; worker only
     uint64_t tick_ = 0;
 

@@ -17,6 +17,10 @@ from .prompting import Message
 _WAIT_MS = 100
 
 
+class ContextLengthError(ValueError):
+    """A prompt longer than one sequence of the model holds."""
+
+
 @dataclass
 class Request:
     """One generation: the keyword arguments of FlasModel.generate() as an object."""
@@ -30,6 +34,7 @@ class Request:
     top_p: float = 0.95
     seed: int = 0
     messages: Sequence[Message] | None = None
+    raw: bool = False                 # the prompt as it is (BOS added), without the chat template
 
     @classmethod
     def of(cls, request: "Request | dict", index: int | None = None) -> "Request":
@@ -102,6 +107,12 @@ class Handle:
         self._final: dict | None = None
         self._lock = threading.Lock()
         self.id = id
+
+    def __del__(self) -> None:
+        try:  # an abandoned request stops decoding, and the engine forgets it
+            self._engine.release(self.id)
+        except Exception:
+            pass
 
     @property
     def done(self) -> bool:

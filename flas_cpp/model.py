@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ._native import core
-from .generation import Generation, Handle, Request, _Settings
+from .generation import ContextLengthError, Generation, Handle, Request, _Settings
 from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
 
 
@@ -56,10 +56,11 @@ class FlasModel:
                              f"each needs at least 16: raise n_ctx to >= {16 * n_seq}")
         if isinstance(concept_cache, bool) or not isinstance(concept_cache, int) or concept_cache < 1:
             raise ValueError(f"concept_cache must be an integer >= 1, got {concept_cache!r}")
-        self._rt = core().Runtime(str(base), str(flow), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq,
-                                  concept_cache=concept_cache, n_gpu_layers=n_gpu_layers,
-                                  n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose)
-        self._engine = core().Engine(self._rt)
+        # the engine loads the model on its own thread, the one every decode then runs on
+        self._engine = core().Engine.load(str(base), str(flow), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq,
+                                          concept_cache=concept_cache, n_gpu_layers=n_gpu_layers,
+                                          n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose)
+        self._rt = self._engine.runtime
         self.flow_info: dict = dict(self._rt.flow_hparams)
         self.n_ctx: int = self._rt.n_ctx
         self.n_seq: int = n_seq
@@ -86,9 +87,10 @@ class FlasModel:
 
     def submit(self, request: Request | dict | None = None, **kwargs) -> Handle:
         """Queue one request (a Request, a dict, or generate()'s keyword arguments) on the engine;
-        returns its Handle at once. Safe to call from any thread."""
+        returns its Handle at once. Safe to call from any thread. Bad fields, and a prompt longer
+        than a sequence holds (ContextLengthError), raise ValueError here."""
         req = Request.of(request) if request is not None else Request(**kwargs)
-        return self._start([self._settings(req)])[0]
+        return self._submit_one(req)
 
     def generate(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
                  n_steps: int | None = None, max_tokens: int = 128, temperature: float = 0.7, top_k: int = 64,
@@ -191,7 +193,12 @@ class FlasModel:
         if isinstance(r.seed, bool) or not isinstance(r.seed, int):
             raise ValueError(f"seed must be an integer, got {r.seed!r}")
         concept = None if r.flowtime == 0 else r.concept
-        tokens = self.prompt_tokens(r.prompt, r.messages)
+        if r.raw:
+            if not isinstance(r.prompt, str) or r.messages is not None:
+                raise ValueError("a raw request takes a prompt string and no messages")
+            tokens = self._rt.tokenize(r.prompt, True, True)
+        else:
+            tokens = self.prompt_tokens(r.prompt, r.messages)
         if concept is not None:
             n_concept, limit = len(self._rt.tokenize(concept, True, True)), self.flow_info["concept_max_len"]
             if n_concept > limit:
@@ -202,7 +209,7 @@ class FlasModel:
 
     def _checked(self, s: _Settings) -> _Settings:
         if len(s.tokens) >= self.n_ctx_seq:
-            raise ValueError(f"the prompt is {len(s.tokens)} tokens but a sequence holds {self.n_ctx_seq} "
+            raise ContextLengthError(f"the prompt is {len(s.tokens)} tokens but a sequence holds {self.n_ctx_seq} "
                              f"(n_ctx {self.n_ctx} / n_seq {self.n_seq}); shorten it or load the model with a larger n_ctx")
         return s
 
