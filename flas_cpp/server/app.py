@@ -1,0 +1,256 @@
+"""The HTTP application: OpenAI-compatible endpoints over FlasModel's engine, the web page,
+/health and /metrics. Blocking waits on the engine run in worker threads, so the event loop
+serves every stream while the engine decodes them together."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import AsyncIterator
+
+import anyio
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from ..generation import ContextLengthError, Generation, Handle
+from ..model import FlasModel
+from .openai_api import (ApiError, Completion, Steering, StopMatcher, chunk, finish_reason, new_id,
+                         parse_completion, response, usage_chunk)
+
+WAIT_MS = 100  # one blocking wait on the engine; the loop checks for disconnects between them
+
+
+@dataclass
+class ServerConfig:
+    model_alias: str = "flas"
+    default_steering: Steering = field(default_factory=lambda: Steering(None, 0.0, None))
+    presets: dict[str, Steering] = field(default_factory=dict)
+    api_key: str | None = None
+    queue: int = 64                 # requests waiting for a sequence
+    max_body: int = 1 << 20         # bytes
+    cors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Metrics:
+    requests: dict[str, int] = field(default_factory=dict)   # by endpoint and status
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    rejected_full: int = 0
+
+    def count(self, endpoint: str, status: int) -> None:
+        key = f'endpoint="{endpoint}",status="{status}"'
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+class State:
+    """What the routes share: the model (None while loading), the configuration, counters."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.model: FlasModel | None = None
+        self.load_error: str | None = None
+        self.metrics = Metrics()
+
+    @property
+    def models(self) -> dict[str, Steering]:
+        return {self.config.model_alias: self.config.default_steering, **self.config.presets}
+
+    def ready(self) -> FlasModel:
+        if self.model is None:
+            msg = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
+            raise ApiError(503, msg, type="server_error", code="model_loading", headers={"Retry-After": "1"})
+        return self.model
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    app = FastAPI(title="flas-server", docs_url=None, redoc_url=None, openapi_url=None)
+    state = State(config)
+    app.state.flas = state
+    if config.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors, allow_methods=["*"], allow_headers=["*"])
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: HttpRequest, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(404)
+    async def not_found(request: HttpRequest, e: Exception) -> JSONResponse:
+        return JSONResponse(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found").body(),
+                            status_code=404)
+
+    @app.exception_handler(405)
+    async def bad_method(request: HttpRequest, e: Exception) -> JSONResponse:
+        return JSONResponse(ApiError(405, f"{request.method} is not allowed on {request.url.path}").body(),
+                            status_code=405)
+
+    @app.exception_handler(Exception)
+    async def internal(request: HttpRequest, e: Exception) -> JSONResponse:
+        return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body(),
+                            status_code=500)
+
+    def authorize(request: HttpRequest) -> None:
+        key = config.api_key
+        if key and request.headers.get("authorization", "") != f"Bearer {key}":
+            raise ApiError(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
+                           type="authentication_error", code="invalid_api_key")
+
+    async def read_json(request: HttpRequest) -> object:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_body:
+            raise ApiError(413, f"the body is {length} bytes; the limit is {config.max_body} (--max-body)")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > config.max_body:
+                raise ApiError(413, f"the body is over the limit of {config.max_body} bytes (--max-body)")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+
+    # ---- pages and facts --------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.model is None:
+            return JSONResponse({"status": "error" if state.load_error else "loading", "error": state.load_error},
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def models(request: HttpRequest) -> JSONResponse:
+        authorize(request)
+        m = state.ready()
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "flas-cpp",
+                 "steering": s.as_dict(m.flow_info["n_steps"])} for name, s in state.models.items()]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/v1/props")
+    async def props(request: HttpRequest) -> JSONResponse:
+        """What the page needs: sequences, context, the flow's defaults, whether a key is required."""
+        m = state.model
+        return JSONResponse({"ready": m is not None, "api_key_required": bool(config.api_key),
+                             "parallel": m.n_seq if m else None, "n_ctx_seq": m.n_ctx_seq if m else None,
+                             "n_steps": m.flow_info["n_steps"] if m else None, "model": config.model_alias})
+
+    @app.get("/metrics")
+    async def metrics(request: HttpRequest) -> PlainTextResponse:
+        authorize(request)
+        st = state.model.stats() if state.model else {}
+        lines = ["# HELP flas_requests_total Completion requests answered, by endpoint and status.",
+                 "# TYPE flas_requests_total counter"]
+        lines += [f"flas_requests_total{{{k}}} {v}" for k, v in sorted(state.metrics.requests.items())]
+        for name, kind, help_, value in [
+            ("flas_prompt_tokens_total", "counter", "Prompt tokens of answered requests.", state.metrics.prompt_tokens),
+            ("flas_generated_tokens_total", "counter", "Tokens generated.", state.metrics.generated_tokens),
+            ("flas_rejected_full_total", "counter", "Requests answered 503 because the queue was full.",
+             state.metrics.rejected_full),
+            ("flas_queue_length", "gauge", "Requests waiting for a sequence.", st.get("queued", 0)),
+            ("flas_busy_slots", "gauge", "Sequences decoding.", st.get("active", 0)),
+            ("flas_slots", "gauge", "Sequences (--parallel).", state.model.n_seq if state.model else 0),
+            ("flas_concepts_encoded_total", "counter", "Concept encodings run.", st.get("concepts_encoded", 0)),
+            ("flas_tokens_decoded_total", "counter", "Tokens through llama_decode.", st.get("tokens_decoded", 0))]:
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    # ---- completions ------------------------------------------------------------------------
+
+    async def complete(request: HttpRequest, chat: bool) -> Response:
+        endpoint = "chat" if chat else "completions"
+        try:
+            authorize(request)
+            m = state.ready()
+            c = parse_completion(await read_json(request), chat, state.models, config.model_alias, m.n_ctx_seq)
+            if m.stats()["queued"] >= config.queue:
+                state.metrics.rejected_full += 1
+                raise ApiError(503, f"the server is full ({m.n_seq} decoding, {config.queue} waiting); retry shortly",
+                               type="server_error", code="server_busy", headers={"Retry-After": "1"})
+            try:
+                handle = m.submit(c.request)
+            except ContextLengthError as e:
+                raise ApiError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
+            except ValueError as e:
+                raise ApiError(400, str(e)) from None
+        except ApiError as e:
+            state.metrics.count(endpoint, e.status)
+            raise
+        steering = c.steering.as_dict(m.flow_info["n_steps"])
+        if c.stream:
+            return StreamingResponse(stream(handle, c, chat, steering, endpoint), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            stop = StopMatcher(c.stop)
+            text = []
+            while not handle.done and not stop.stopped:
+                text.append(stop.feed(await anyio.to_thread.run_sync(handle.poll, WAIT_MS)))
+                if await request.is_disconnected():
+                    handle.cancel()
+                    break
+            handle.cancel()  # a stop string ended it early (no-op when done)
+            text.append(stop.flush())
+            g = await anyio.to_thread.run_sync(handle.result)
+            fail(g)
+            account(g, endpoint)
+            return JSONResponse(response(c, chat, new_id(chat), "".join(text), g, stop.stopped, steering))
+        finally:
+            handle.cancel()
+
+    async def stream(handle: Handle, c: Completion, chat: bool, steering: dict | None,
+                     endpoint: str) -> AsyncIterator[str]:
+        rid, created = new_id(chat), int(time.time())
+        stop = StopMatcher(c.stop)
+
+        def event(obj: dict) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        try:
+            if chat:
+                yield event(chunk(c, chat, rid, created, steering, text="", role=True))
+            while not handle.done and not stop.stopped:
+                piece = stop.feed(await anyio.to_thread.run_sync(handle.poll, WAIT_MS))
+                if piece:
+                    yield event(chunk(c, chat, rid, created, steering, text=piece))
+            handle.cancel()
+            tail = stop.flush()
+            if tail:
+                yield event(chunk(c, chat, rid, created, steering, text=tail))
+            g = await anyio.to_thread.run_sync(handle.result)
+            if g.stop_reason == "error":
+                account(g, endpoint, 500)
+                yield event(ApiError(500, f"generation failed: {g.error}", type="server_error").body())
+            else:
+                account(g, endpoint)
+                yield event(chunk(c, chat, rid, created, steering, text=None if chat else "",
+                                  finish=finish_reason(g, stop.stopped)))
+                if c.include_usage:
+                    yield event(usage_chunk(c, chat, rid, created, g))
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away: its sequence is freed within one decode step
+            handle.cancel()  # (a stream never started is cancelled when its Handle is collected)
+
+    def fail(g: Generation) -> None:
+        if g.stop_reason == "error":
+            raise ApiError(500, f"generation failed: {g.error}", type="server_error")
+
+    def account(g: Generation, endpoint: str, status: int = 200) -> None:
+        state.metrics.count(endpoint, status)
+        state.metrics.prompt_tokens += g.n_prompt_tokens
+        state.metrics.generated_tokens += len(g.tokens)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HttpRequest) -> Response:
+        return await complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest) -> Response:
+        return await complete(request, chat=False)
+
+    return app

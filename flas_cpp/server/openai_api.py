@@ -1,0 +1,259 @@
+"""OpenAI's request and response shapes: a body checked field by field into a flas_cpp.Request,
+errors in OpenAI's form, and the response and stream-chunk objects."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..generation import Generation, Request
+
+ROLES = ("system", "user", "assistant")
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Steering:
+    """What a request is steered by; concept None (or flowtime 0) is the unsteered model."""
+    concept: str | None = None
+    flowtime: float = 2.0
+    n_steps: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.concept is not None and self.flowtime > 0
+
+    def as_dict(self, default_steps: int) -> dict | None:
+        if not self.active:
+            return None
+        return {"concept": self.concept, "flowtime": self.flowtime, "n_steps": self.n_steps or default_steps}
+
+    @classmethod
+    def parse_preset(cls, text: str) -> tuple[str, "Steering"]:
+        """NAME=CONCEPT[@T[:N]] -> (NAME, Steering); ValueError when malformed."""
+        name, sep, rest = text.partition("=")
+        if not sep or not name.strip() or not rest.strip():
+            raise ValueError(f"--preset {text!r}: expected NAME=CONCEPT[@T[:N]], e.g. pirate=\"Talk like a pirate\"@2:3")
+        concept, at, strength = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        flowtime, n_steps = 2.0, None
+        if at:
+            t, colon, n = strength.partition(":")
+            try:
+                flowtime = float(t)
+                n_steps = int(n) if colon else None
+            except ValueError:
+                raise ValueError(f"--preset {text!r}: T must be a number and N an integer (NAME=CONCEPT@T:N)") from None
+        if not concept.strip() or not math.isfinite(flowtime) or flowtime < 0 or (n_steps is not None and not 1 <= n_steps <= 64):
+            raise ValueError(f"--preset {text!r}: needs a concept, T >= 0 and N in 1..64")
+        return name.strip(), cls(concept.strip(), flowtime, n_steps)
+
+
+@dataclass
+class Completion:
+    """A checked request body."""
+    request: Request
+    model: str
+    steering: Steering
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+
+
+# ---- field checks ------------------------------------------------------------------------------
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param)
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _bad(name, f"must be a finite number, got {v!r}")
+    if v < lo or (lo_open and v == lo) or v > hi:
+        raise _bad(name, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
+    return float(v)
+
+
+def _integer(body: dict, name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(name, f"must be an integer, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        raise _bad(name, f"must be in {lo}..{hi if hi is not None else ''}, got {v}")
+    return v
+
+
+def _text(content: Any, param: str) -> str:
+    """A message content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
+        return "".join(p["text"] for p in content)
+    raise _bad(param, "must be a string or a list of text parts")
+
+
+def _messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise _bad("messages", "must be a non-empty list of {\"role\", \"content\"} objects")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise _bad(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.get('role') if isinstance(m, dict) else m!r}")
+        out.append({"role": m["role"], "content": _text(m.get("content"), f"messages[{i}].content")})
+    if out[-1]["role"] != "user":
+        raise _bad("messages", "must end with a user message (the model answers it)")
+    return out
+
+
+def _steering(body: dict, base: Steering) -> Steering:
+    s = body.get("steering")
+    if s is None:
+        return base
+    if not isinstance(s, dict):
+        raise _bad("steering", "must be an object {\"concept\", \"flowtime\", \"n_steps\"}")
+    concept = s.get("concept", base.concept)
+    if concept is not None and (not isinstance(concept, str) or not concept.strip()):
+        raise _bad("steering.concept", "must be a non-empty string (or null for no steering)")
+    flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, 0.0)
+    n_steps = _integer(s, "n_steps", base.n_steps, 1, 64)
+    if flowtime > 0 and concept is None:
+        raise _bad("steering.concept", "steering with flowtime > 0 needs a concept")
+    return Steering(concept, flowtime, n_steps)
+
+
+def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default_model: str,
+                     default_max_tokens: int) -> Completion:
+    """The body of /v1/chat/completions (chat) or /v1/completions as a Completion; ApiError otherwise.
+    Without max_tokens a reply may fill its sequence's context (default_max_tokens)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model") or default_model
+    if not isinstance(model, str) or model not in models:
+        raise ApiError(404, f"model {model!r} does not exist; GET /v1/models lists them ({', '.join(models)})",
+                       param="model", code="model_not_found")
+    if _integer(body, "n", 1, 1) != 1:
+        raise _bad("n", "only n = 1 is supported")
+    steering = _steering(body, models[model])
+    max_tokens = _integer(body, "max_completion_tokens", None, 1)
+    max_tokens = _integer(body, "max_tokens", max_tokens, 1)
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    top_k = _integer(body, "top_k", 0, 0)
+    seed = _integer(body, "seed", None, -2**63)
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 4):
+        raise _bad("stop", "must be a string or a list of at most 4 non-empty strings")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("stream", f"must be true or false, got {stream!r}")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise _bad("stream_options", "must be an object")
+    if chat:
+        prompt_fields = dict(messages=_messages(body))
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise _bad("prompt", "must be a non-empty string")
+        prompt_fields = dict(prompt=prompt, raw=True)
+    request = Request(concept=steering.concept if steering.active else None,
+                      flowtime=steering.flowtime if steering.active else 0.0, n_steps=steering.n_steps,
+                      max_tokens=max_tokens or default_max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), **prompt_fields)
+    return Completion(request, model, steering, stop or [], stream, bool(options.get("include_usage")))
+
+
+# ---- stop strings ------------------------------------------------------------------------------
+
+class StopMatcher:
+    """Cuts the text at the first stop string, holding back what could be the start of one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held, self.stopped = stops, "", False
+
+    def feed(self, piece: str) -> str:
+        """The text that is safe to send now."""
+        if self.stopped or not self.stops:
+            return "" if self.stopped else piece
+        text = self.held + piece
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self.held = True, ""
+            return text[:cut]
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.stopped else self.held), ""
+        return out
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+def finish_reason(g: Generation, stopped: bool) -> str:
+    return "stop" if stopped or g.stop_reason == "eog" else "length"
+
+
+def usage(n_prompt: int, n_completion: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+
+def new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, stopped: bool, steering: dict | None) -> dict:
+    choice: dict = {"index": 0, "finish_reason": finish_reason(g, stopped), "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": c.model, "choices": [choice], "usage": usage(g.n_prompt_tokens, len(g.tokens)),
+            "steering": steering}
+
+
+def chunk(c: Completion, chat: bool, rid: str, created: int, steering: dict | None, text: str | None = None,
+          role: bool = False, finish: str | None = None) -> dict:
+    if chat:
+        delta: dict = {}
+        if role:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        choice: dict = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+            "model": c.model, "choices": [choice], "steering": steering}
+
+
+def usage_chunk(c: Completion, chat: bool, rid: str, created: int, g: Generation) -> dict:
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+            "model": c.model, "choices": [], "usage": usage(g.n_prompt_tokens, len(g.tokens))}
