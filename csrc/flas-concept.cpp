@@ -37,8 +37,9 @@ static ggml_context_ptr graph_context(size_t n_nodes) {
 }
 
 void flas_runtime::init_concept_context() {
+    // a concept is at most concept_max_len tokens: one small ubatch (its compute buffer is sized by it)
     const int n_ctx = std::max(256, flow_.hp.concept_max_len);
-    llama_context_params cparams = context_params(n_ctx, n_ctx, 1);
+    llama_context_params cparams = context_params(n_ctx, flow_.hp.concept_max_len, 1);
     cparams.cb_eval = concept_callback;
     cparams.cb_eval_user_data = this;
     cparams.abort_callback = concept_abort;

@@ -9,7 +9,7 @@ ggml_tensor * norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float e
     return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), w);
 }
 
-// In place: the scores are the largest tensors of a pass ([n_kv, n, nH]).
+// In place, as is the softmax: the scores are the largest tensors of a pass ([n_kv, n, nH]).
 ggml_tensor * softcap(ggml_context * ctx, ggml_tensor * scores, float scale, float cap) {
     return ggml_scale_inplace(ctx, ggml_tanh_inplace(ctx, ggml_scale_inplace(ctx, scores, scale / cap)), cap);
 }
@@ -39,7 +39,7 @@ ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tens
                      ggml_tensor * vt, ggml_tensor * mask, float scale) {
     ggml_tensor * kq = ggml_mul_mat(ctx, k, q);                       // [n_kv, n, nH]
     kq = softcap(ctx, kq, scale, hp.softcap);
-    kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);
+    kq = ggml_soft_max_ext_inplace(ctx, kq, mask, 1.0f, 0.0f);
     ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                    // [D, n, nH]
     kqv = ggml_cont(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3));         // [D, nH, n]
     return ggml_reshape_2d(ctx, kqv, (int64_t) hp.head_dim * hp.n_head, kqv->ne[2]);

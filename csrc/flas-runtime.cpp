@@ -499,8 +499,25 @@ void flas_runtime::steer_rows(ggml_tensor * t, int row0, int n) {
                 steered.push_back(part);
             }
         }
-        if (!steered.empty()) {
-            run_flow(t, steered);
+        // passes of at most FLAS_MAX_PASS_ROWS rows, in order: a sequence's later rows see the
+        // cache entries of its earlier ones, as across ubatches
+        std::vector<batch_entry> pass;
+        int n_pass = 0;
+        for (const batch_entry & part : steered) {
+            for (int off = 0; off < part.n;) {
+                const int take = std::min(part.n - off, FLAS_MAX_PASS_ROWS - n_pass);
+                pass.push_back({part.seq, part.row0 + off, take, part.p0 + off});
+                n_pass += take;
+                off += take;
+                if (n_pass == FLAS_MAX_PASS_ROWS) {
+                    run_flow(t, pass);
+                    pass.clear();
+                    n_pass = 0;
+                }
+            }
+        }
+        if (!pass.empty()) {
+            run_flow(t, pass);
         }
     }
     record(true);

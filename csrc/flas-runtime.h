@@ -23,6 +23,11 @@
 #include <utility>
 #include <vector>
 
+// Rows of one flow pass at most: a prompt chunk of n_batch rows is steered in passes of this
+// many, which bounds the compute buffer (attention scores grow with rows x positions) at a
+// negligible cost in prefill speed.
+#define FLAS_MAX_PASS_ROWS 64
+
 struct flas_runtime_params {
     std::string base_path;      // base model GGUF (llama.cpp gemma2)
     std::string flow_path;      // flow GGUF (flas-convert flow)

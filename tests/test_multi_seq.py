@@ -284,3 +284,14 @@ def test_random_submits_and_cancels_from_several_threads(tiny_base_f32, flow, so
         else:
             assert g.tokens == alone, r
     assert m.stats()["active"] == 0 and m.stats()["queued"] == 0
+
+
+def test_a_long_prefill_is_steered_in_several_passes_like_the_reference(four, reference, encode):
+    long_prompt = " ".join(["The sea was calm and the wind was low, and the sailors sang."] * 9)
+    requests = [dict(prompt=long_prompt, concept=PIRATE, flowtime=2.0, n_steps=3),
+                dict(prompt=PROMPTS[1], concept=NOIR, flowtime=1.0, n_steps=2)]
+    traces = traced_together(four, requests, n_decode=2)
+    assert len(four.prompt_tokens(long_prompt)) > 2 * 64  # more rows than one flow pass takes
+    for r, t in zip(requests, traces):
+        ref = reference.steer(t["unsteered"], encode(r["concept"]), r["flowtime"], r["n_steps"])
+        assert normalized_error(t["steered"], ref) <= 1e-4, r
