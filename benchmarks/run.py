@@ -302,7 +302,15 @@ def machine() -> str:
 def markdown(result: dict) -> str:
     a = result["args"]
     lines = [f"Measured {result['date']} on {result['machine']}.", "",
-             f"Command: `{result['command']}`", "",
+             f"Command: `{result['command']}`", ""]
+    earlier = {}
+    for part, where in result.get("measured", {}).items():
+        if where != f"{result['date']} `{result['command']}`":
+            earlier.setdefault(where, []).append(part)
+    if earlier:
+        lines += ["Parts from earlier runs (kept when a run skips them): " +
+                  "; ".join(f"{', '.join(parts)}: {where}" for where, parts in earlier.items()) + ".", ""]
+    lines += [
              f"Models: {result['size']} test models (random weights, exact shapes); n_ctx {a['n_ctx']}, "
              f"n_batch {a['n_batch']}, {a['threads']} threads, prompt {a['prompt_tokens']} tokens, "
              f"{a['gen_tokens']} decoded tokens, {a['rounds']} rounds (prefills alternating, decode steps interleaved token by token); speeds are medians over rounds, ratios the median of the per-round ratios; "
@@ -424,17 +432,26 @@ def main(argv: list[str] | None = None) -> int:
         prompts = data.get("prompts", ["Tell me about your day.", "Why is the sky blue?"])
         concepts = data.get("concepts", [CONCEPT])[:2]
         result["quality"] = measure_quality(args, paths, bases[0], [f for f in flows if f != "f32"], prompts, concepts)
+    parts = ("speed", "concept", "rss", "quality", "multi", "rss_multi")
+    here = f"{result['date']} `{result['command']}`"
+    result["measured"] = {k: here for k in parts if k in result}
     json_path = a.out.with_suffix(".json")
-    if skip and json_path.is_file():  # a partial re-run keeps the parts it did not measure
+    if skip and json_path.is_file():  # a partial re-run keeps the parts it did not measure, with their origin
         previous = json.loads(json_path.read_text())
-        parts = ("speed", "concept", "rss", "quality", "multi", "multi_args", "rss_multi")
-        result.update({k: previous[k] for k in parts if k in previous and k not in result})
-        result["command"] += f" (parts skipped here: from {previous['date']}, `{previous['command']}`)"
+        for k in parts:
+            if k in previous and k not in result:
+                result[k] = previous[k]
+                result["measured"][k] = previous.get("measured", {}).get(k, f"{previous['date']} `{previous['command']}`")
+        if "multi" in previous and "multi_args" not in result:
+            result["multi_args"] = previous["multi_args"]
     md = markdown(result)
     print(md)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    a.out.write_text("# Performance\n\n" + md)
+    server_part = ""  # benchmarks/server_bench.py's section, kept
+    if a.out.is_file() and "\n## flas-server over HTTP" in a.out.read_text():
+        server_part = "\n## flas-server over HTTP" + a.out.read_text().split("\n## flas-server over HTTP", 1)[1]
+    a.out.write_text("# Performance\n\n" + md + server_part)
     print(f"wrote {a.out} and {a.out.with_suffix('.json')}", file=sys.stderr)
     return 0
 

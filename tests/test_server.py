@@ -65,7 +65,8 @@ def server(base: Path, flow: Path, *args: str, env: dict | None = None):
 @pytest.fixture(scope="module")
 def url(tiny_base_f32, flow):
     with server(tiny_base_f32, flow, "--parallel", "4", "--n-ctx", "1024", "--exact", "--queue", "64",
-                "--preset", f"pirate={PIRATE}@2:3", "--preset", f"noir={NOIR}@1.0", "--max-body", "20000") as u:
+                "--preset", f"pirate={PIRATE}@2:3", "--preset", f"noir={NOIR}@1.0", "--max-body", "20000",
+                "--cors", "http://app.example") as u:
         yield u
 
 
@@ -259,6 +260,14 @@ def test_malformed_bodies_and_unknown_routes(url):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     unknown = httpx.post(url + "/v1/chat/completions", json={**GOOD, "frequency_penalty": 0.5, "user": "me"})
     assert unknown.status_code == 200  # unknown fields are ignored, as OpenAI's clients expect
+
+
+def test_cors_allows_the_given_origin_only(url):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    ok = httpx.options(url + "/v1/chat/completions", headers={"Origin": "http://app.example", **pre})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://app.example"
+    other = httpx.options(url + "/v1/chat/completions", headers={"Origin": "http://evil.example", **pre})
+    assert "access-control-allow-origin" not in other.headers
 
 
 def test_an_api_key_guards_the_api_but_not_health(tiny_base_f32, flow):
