@@ -169,7 +169,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             authorize(request)
             m = state.ready()
             c = parse_completion(await read_json(request), chat, state.models, config.model_alias, m.n_ctx_seq)
-            if m.stats()["queued"] >= config.queue:
+            st = m.stats()
+            if st["active"] + st["queued"] >= m.n_seq + config.queue:
                 state.metrics.rejected_full += 1
                 raise ApiError(503, f"the server is full ({m.n_seq} decoding, {config.queue} waiting); retry shortly",
                                type="server_error", code="server_busy", headers={"Retry-After": "1"})
