@@ -36,18 +36,21 @@ static ggml_context_ptr graph_context(size_t n_nodes) {
     return ggml_context_ptr(ggml_init(ip));
 }
 
-void flas_runtime::init_concept_context() {
-    // a concept is at most concept_max_len tokens: one small ubatch (its compute buffer is sized by it)
-    const int n_ctx = std::max(256, flow_.hp.concept_max_len);
-    llama_context_params cparams = context_params(n_ctx, flow_.hp.concept_max_len, 1);
+// A side context on the same model, for one concept: it lives only while the concept is
+// encoded (a few ms to create), so its KV cache and compute buffer do not stay resident.
+llama_context_ptr flas_runtime::concept_context() {
+    // a concept is at most concept_max_len tokens: that many cells and one ubatch of that size
+    const int n_ctx = flow_.hp.concept_max_len;
+    llama_context_params cparams = context_params(n_ctx, n_ctx, 1);
     cparams.cb_eval = concept_callback;
     cparams.cb_eval_user_data = this;
     cparams.abort_callback = concept_abort;
     cparams.abort_callback_data = this;
-    ctx_concept_.reset(llama_init_from_model(model_.get(), cparams));
-    if (!ctx_concept_) {
+    llama_context_ptr ctx(llama_init_from_model(model_.get(), cparams));
+    if (!ctx) {
         throw std::runtime_error("llama.cpp could not create the concept-encoding context");
     }
+    return ctx;
 }
 
 bool flas_runtime::on_concept_node(ggml_tensor * t, bool ask) noexcept {
@@ -141,14 +144,11 @@ int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
 void flas_runtime::encode_concept(const std::vector<llama_token> & tokens, int slot) {
     const flas_flow_hparams & hp = flow_.hp;
     const int K = (int) tokens.size();
-    if (!ctx_concept_) {
-        init_concept_context();
-    }
-    llama_memory_clear(llama_get_memory(ctx_concept_.get()), true);
+    llama_context_ptr ctx = concept_context();
     concept_captured_ = false;
     flas_log_quiet = true;  // the abort after layer 1 is logged as a failed compute
     std::vector<llama_token> ids = tokens;
-    const int32_t ret = llama_decode(ctx_concept_.get(), llama_batch_get_one(ids.data(), K));
+    const int32_t ret = llama_decode(ctx.get(), llama_batch_get_one(ids.data(), K));
     flas_log_quiet = false;
     if (!concept_captured_ || (ret != 0 && ret != 2) || (int) concept_rows_.size() != K * hp.n_embd) {
         throw std::runtime_error("concept encoding failed (llama_decode status " + std::to_string(ret) + ")");
@@ -217,6 +217,7 @@ int flas_runtime::set_steering(int seq, const std::string & concept, float flowt
         if (s.cache.n_steps < n_steps) {
             flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
                                  params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
+            reserve_flow(seq);
         }
         compute_time_embeddings(seq);
     }

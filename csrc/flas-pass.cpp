@@ -9,9 +9,19 @@
 #include <cmath>
 #include <stdexcept>
 
-void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered) {
+// The graph of one pass and the inputs it reads.
+struct flas_runtime::flow_pass {
+    ggml_context_ptr ctx;
+    ggml_cgraph * gf = nullptr;
+    flas_pass p;
+    std::vector<batch_entry> order;   // the steered rows, sorted by N, descending
+    ggml_tensor * rows = nullptr, * gather = nullptr, * scatter = nullptr, * out = nullptr;
+};
+
+// One builder for the worst-case reservation and every real pass, so the two cannot drift
+// apart. all_keys: the cross-attention reads every concept slot under a mask (the worst case).
+flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_entry> & steered, int n_all, bool all_keys) {
     const flas_flow_hparams & hp = flow_.hp;
-    const int n_all = (int) t->ne[1];
 
     // segments sorted by N, descending: the rows still integrating at step k are a prefix
     std::vector<batch_entry> order = steered;
@@ -35,7 +45,8 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, max_nodes, false);
 
     auto input = [&](ggml_tensor * x) { ggml_set_input(x); return x; };
-    flas_pass p{ctx, gf, flow_, concept_, {}, R};
+    flow_pass fp{std::move(ctx_owner), gf, flas_pass{ctx, gf, flow_, concept_, {}, R}, order};
+    flas_pass & p = fp.p;
     p.pos      = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, R));
     p.time_idx = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) R * n_steps_max));
     p.dt       = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, R));
@@ -46,35 +57,61 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
         slot_lo = std::min(slot_lo, seqs_[e.seq].slot);
         slot_hi = std::max(slot_hi, seqs_[e.seq].slot);
     }
+    if (all_keys) {
+        slot_lo = 0;
+        slot_hi = (int) concepts_.slots.size() - 1;
+    }
     p.key0   = slot_lo * concept_.k_max;
-    p.n_keys = slot_hi * concept_.k_max + concepts_.slots[slot_hi].n_tokens - p.key0;
+    p.n_keys = all_keys ? concept_.n_slot * concept_.k_max - p.key0
+                        : slot_hi * concept_.k_max + concepts_.slots[slot_hi].n_tokens - p.key0;
     if (slot_lo != slot_hi && hp.has_cross_attn) {
         p.cross_mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, p.n_keys, R));
     }
     int r0 = 0;
     for (const batch_entry & e : order) {
-        flas_segment s;
-        s.r0 = r0;
-        s.n  = e.n;
-        s.p0 = e.p0;
-        s.n_steps = seqs_[e.seq].n_steps;
-        s.cache = &seqs_[e.seq].cache;
+        flas_segment sg;
+        sg.r0 = r0;
+        sg.n  = e.n;
+        sg.p0 = e.p0;
+        sg.n_steps = seqs_[e.seq].n_steps;
+        sg.cache = &seqs_[e.seq].cache;
         if (e.n > 1 && hp.has_self_attn) {  // a single row sees every cached position: no mask
-            s.mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, e.p0 + e.n, e.n));
+            sg.mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, e.p0 + e.n, e.n));
         }
-        p.segs.push_back(s);
+        p.segs.push_back(sg);
         r0 += e.n;
     }
 
     // gather the steered rows, integrate, and scatter them back among the untouched ones
-    ggml_tensor * rows    = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_embd, n_all));
-    ggml_tensor * gather  = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, R));
-    ggml_tensor * scatter = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_all));
-    ggml_tensor * h = flas_build_euler(p, ggml_get_rows(ctx, rows, gather));
-    ggml_tensor * out = ggml_get_rows(ctx, ggml_concat(ctx, h, rows, 1), scatter);
-    ggml_set_output(out);
-    ggml_build_forward_expand(gf, out);
-    if (!ggml_gallocr_alloc_graph(allocr_.get(), gf)) {
+    fp.rows    = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_embd, n_all));
+    fp.gather  = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, R));
+    fp.scatter = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_all));
+    ggml_tensor * h = flas_build_euler(p, ggml_get_rows(ctx, fp.rows, fp.gather));
+    fp.out = ggml_get_rows(ctx, ggml_concat(ctx, h, fp.rows, 1), fp.scatter);
+    ggml_set_output(fp.out);
+    ggml_build_forward_expand(gf, fp.out);
+    return fp;
+}
+
+// The compute buffer, reserved for the largest pass a sequence steered like `seq` can make
+// (a full pass at the end of its context, every concept slot): reserved once, it is not
+// reallocated (and the freed buffers left resident) as positions grow.
+void flas_runtime::reserve_flow(int seq) {
+    const int rows = std::min(FLAS_MAX_PASS_ROWS, n_ctx_seq_);
+    flow_pass fp = build_flow_pass({{seq, 0, rows, n_ctx_seq_ - rows}}, params_.n_batch, /*all_keys =*/ true);
+    if (!ggml_gallocr_reserve(allocr_.get(), fp.gf)) {
+        throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
+    }
+}
+
+void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered) {
+    const int n_all = (int) t->ne[1];
+    flow_pass fp = build_flow_pass(steered, n_all, /*all_keys =*/ false);
+    const flas_pass & p = fp.p;
+    const std::vector<batch_entry> & order = fp.order;
+    const int R = p.n_rows;
+    const int n_steps_max = p.n_steps_max();
+    if (!ggml_gallocr_alloc_graph(allocr_.get(), fp.gf)) {
         throw std::runtime_error("cannot allocate the flow's compute buffer on " + flow_backend());
     }
 
@@ -89,7 +126,7 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     for (int i = 0; i < n_all; ++i) {
         scatter_idx[i] = R + i;  // untouched: the row itself, after the R steered rows
     }
-    r0 = 0;
+    int r0 = 0;
     for (const batch_entry & e : order) {
         const flas_seq & s = seqs_[e.seq];
         for (int j = 0; j < e.n; ++j) {
@@ -107,8 +144,8 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     set(p.pos, pos.data());
     set(p.time_idx, time_idx.data());
     set(p.dt, dt.data());
-    set(gather, gather_idx.data());
-    set(scatter, scatter_idx.data());
+    set(fp.gather, gather_idx.data());
+    set(fp.scatter, scatter_idx.data());
     if (p.cross_mask != nullptr && p.cross_mask->buffer != nullptr) {
         std::vector<float> m((size_t) p.n_keys * R, -INFINITY);
         r0 = 0;
@@ -133,9 +170,9 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
         }
     }
 
-    ggml_backend_tensor_copy(t, rows);
-    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) {
+    ggml_backend_tensor_copy(t, fp.rows);
+    if (ggml_backend_graph_compute(backend_.get(), fp.gf) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
     }
-    ggml_backend_tensor_copy(out, t);
+    ggml_backend_tensor_copy(fp.out, t);
 }

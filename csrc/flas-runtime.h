@@ -2,8 +2,9 @@
 // of decoder layer L by N Euler steps of the FLAS flow (FLAS_SPEC.md section 3), for several
 // sequences at once, each with its own concept, strength and caches.
 //
-// Ownership: the runtime creates and owns the llama_model, its llama_context(s), the flow
-// weights, the concept state and every sequence's flow KV cache. Not thread-safe: one caller
+// Ownership: the runtime creates and owns the llama_model, its llama_context (and, while a
+// concept is encoded, a second one on the same model), the flow weights, the concept state
+// and every sequence's flow KV cache. Not thread-safe: one caller
 // at a time (flas_engine is that caller when it runs). Positions are 0-based per sequence;
 // sequences are llama.cpp's sequence ids 0 .. n_seq-1.
 #pragma once
@@ -125,13 +126,16 @@ struct flas_runtime {
     llama_context_params context_params(int n_ctx, int n_batch, int n_seq) const;
     void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
-    void init_concept_context();
+    llama_context_ptr concept_context();
     int  acquire_concept(const std::string & text, int & n_total);  // -> slot
     void encode_concept(const std::vector<llama_token> & tokens, int slot);
     void compute_time_embeddings(int seq);
     void decode_one(const std::vector<batch_entry> & entries, llama_batch & batch);
     bool steering_active() const;
     void steer_rows(ggml_tensor * t, int row0, int n);
+    struct flow_pass;
+    flow_pass build_flow_pass(const std::vector<batch_entry> & steered, int n_all, bool all_keys);
+    void reserve_flow(int seq);
     void run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered);  // row0: rows of t
 
     flas_runtime_params params_;
@@ -140,7 +144,6 @@ struct flas_runtime {
     int n_threads_ = 0;
     llama_model_ptr   model_;
     llama_context_ptr ctx_;
-    llama_context_ptr ctx_concept_;     // side context for concept encoding, created on first use
     const llama_vocab * vocab_ = nullptr;
 
     ggml_backend_ptr   backend_;        // the flow's backend (that of layer L)
@@ -148,7 +151,7 @@ struct flas_runtime {
     flas_concept_state concept_;
     flas_concept_table concepts_;
     std::vector<flas_seq> seqs_;
-    ggml_gallocr_ptr   allocr_;         // compute buffer; grows to the largest pass seen
+    ggml_gallocr_ptr   allocr_;         // compute buffer, reserved for the largest pass
     std::vector<uint8_t> graph_meta_;   // no_alloc context memory for graph building
     std::vector<float> output_norm_;    // base model's final norm weight (1 + w), [H]
 
