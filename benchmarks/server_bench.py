@@ -99,7 +99,25 @@ def concurrent(fn, n: int) -> tuple[float, list[dict]]:
     return sum(r["tokens"] for r in out) / (time.perf_counter() - t0), out
 
 
+def model_rss_child(args: list[str]) -> int:
+    """The server's workload (warm-up, then per round 1, 4 and 8 requests) on FlasModel alone; prints its RSS."""
+    base, flow, n_ctx, n_seq, threads, max_tokens, rounds = args[0], args[1], *map(int, args[2:])
+    m = FlasModel(base, flow, n_ctx=n_ctx, n_seq=n_seq, n_threads=threads)
+    for i in range(4):
+        stream_model(m, i, 4)
+    for r in range(rounds):
+        stream_model(m, r, max_tokens)
+        generate_many(m, 4, max_tokens)
+        generate_many(m, 8, max_tokens)
+    time.sleep(1.0)
+    print(rss_mb(os.getpid()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--model-rss-child":
+        return model_rss_child(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=Path, default=Path.home() / ".cache" / "flas-cpp" / "bench-full")
     ap.add_argument("--base", default="Q4_K_M")
@@ -147,12 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         # idle RSS: the server after its requests, against a process holding the same model after one request
         time.sleep(1.0)
         server_rss = rss_mb(server.pid)
-        child = subprocess.run([sys.executable, "-c", (
-            "import sys; from flas_cpp import FlasModel\n"
-            f"m = FlasModel({str(base)!r}, {str(flow)!r}, n_ctx={a.n_ctx}, n_seq={a.parallel}, n_threads={a.threads})\n"
-            f"m.generate('Hi', concept='Talk like a pirate', max_tokens={a.max_tokens}, temperature=0.0)\n"
-            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) / 1024.0)")],
-            capture_output=True, text=True, check=True)
+        child = subprocess.run([sys.executable, __file__, "--model-rss-child", str(base), str(flow), str(a.n_ctx),
+                                str(a.parallel), str(a.threads), str(a.max_tokens), str(a.rounds)],
+                               capture_output=True, text=True, check=True)
         model_rss = float(child.stdout.split()[-1])
     finally:
         server.terminate()
@@ -195,7 +210,8 @@ def report(r: dict) -> str:
         f"| 4 concurrent clients, aggregate tok/s | {np.median(r['rounds']['http4']):.2f} | "
         f"{np.median(r['rounds']['model4']):.2f} (generate_many, 4 requests) | {r['four_clients_ratio']:.3f} | >= 0.9 | "
         f"{'yes' if ok4 else 'NO'} |",
-        f"| idle server RSS vs a process holding the model, MB | {r['server_rss_mb']:.0f} | {r['model_rss_mb']:.0f} | "
+        f"| idle server RSS vs a process holding the model after the same requests, MB | {r['server_rss_mb']:.0f} | "
+        f"{r['model_rss_mb']:.0f} | "
         f"{rss_over:+.0f} MB | <= +100 MB | {'yes' if rss_over <= 100 else 'NO'} |", "",
         f"Time to first token (prompt ~16 tokens, steered): 1 client p50 {r['ttft1_p50'] * 1000:.0f} ms, p95 "
         f"{r['ttft1_p95'] * 1000:.0f} ms; 8 concurrent clients p50 {r['ttft8_p50'] * 1000:.0f} ms, p95 "
