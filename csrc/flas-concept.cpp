@@ -130,10 +130,11 @@ int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
             }
         }
         entry.text.clear();  // until it holds the new concept
-        tokens.resize(std::min(n_total, flow_.hp.concept_max_len));  // as trained: the first concept_max_len tokens
-        encode_concept(tokens, slot);
+        const int K = std::min(n_total, flow_.hp.concept_max_len);  // as trained: the first concept_max_len tokens
+        tokens.resize(K);
+        encode_concept(std::move(tokens), slot);
         entry.text = text;
-        entry.n_tokens = (int) tokens.size();
+        entry.n_tokens = K;
         concepts_.n_encoded++;
     }
     concepts_.slots[slot].n_users++;
@@ -141,14 +142,13 @@ int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
     return slot;
 }
 
-void flas_runtime::encode_concept(const std::vector<llama_token> & tokens, int slot) {
+void flas_runtime::encode_concept(std::vector<llama_token> tokens, int slot) {
     const flas_flow_hparams & hp = flow_.hp;
     const int K = (int) tokens.size();
     llama_context_ptr ctx = concept_context();
     concept_captured_ = false;
     flas_log_quiet = true;  // the abort after layer 1 is logged as a failed compute
-    std::vector<llama_token> ids = tokens;
-    const int32_t ret = llama_decode(ctx.get(), llama_batch_get_one(ids.data(), K));
+    const int32_t ret = llama_decode(ctx.get(), llama_batch_get_one(tokens.data(), K));
     flas_log_quiet = false;
     if (!concept_captured_ || (ret != 0 && ret != 2) || (int) concept_rows_.size() != K * hp.n_embd) {
         throw std::runtime_error("concept encoding failed (llama_decode status " + std::to_string(ret) + ")");
@@ -205,7 +205,7 @@ int flas_runtime::set_steering(int seq, const std::string & concept, float flowt
     release(seq);  // first: with n_seq slots, every other one may be in use
     s.slot = -1;
     s.flowtime = 0.0f;
-    reset(seq);
+    reset(seq);  // its rows were computed under the old steering
     int n_total = 0;
     if (!concept.empty() && flowtime > 0.0f) {  // T = 0 is the unsteered model: no concept needed
         s.slot = acquire_concept(concept, n_total);
@@ -221,7 +221,6 @@ int flas_runtime::set_steering(int seq, const std::string & concept, float flowt
         }
         compute_time_embeddings(seq);
     }
-    reset(seq);
     return n_total;
 }
 

@@ -128,7 +128,7 @@ struct flas_runtime {
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     llama_context_ptr concept_context();
     int  acquire_concept(const std::string & text, int & n_total);  // -> slot
-    void encode_concept(const std::vector<llama_token> & tokens, int slot);
+    void encode_concept(std::vector<llama_token> tokens, int slot);  // tokens: llama_batch takes them non-const
     void compute_time_embeddings(int seq);
     void decode_one(const std::vector<batch_entry> & entries, llama_batch & batch);
     bool steering_active() const;
