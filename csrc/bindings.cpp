@@ -84,9 +84,29 @@ static flas_steer_hook python_hook(py::object fn, int n_embd) {
     };
 }
 
+static py::list memory_list(const std::vector<flas_device_memory> & rows) {
+    py::list out;
+    for (const flas_device_memory & r : rows) {
+        py::dict d;
+        d["device"] = r.device;
+        d["type"] = r.type;
+        d["description"] = r.description;
+        d["base_weights"] = r.base_weights;
+        d["kv_cache"] = r.kv_cache;
+        d["base_compute"] = r.base_compute;
+        d["flow_weights"] = r.flow_weights;
+        d["flow_caches"] = r.flow_caches;
+        d["flow_compute"] = r.flow_compute;
+        d["total"] = r.total();
+        out.append(d);
+    }
+    return out;
+}
+
 static flas_runtime_params runtime_params(const std::string & base, const std::string & flow, int n_ctx, int n_batch,
                                           int n_seq, int concept_cache, int n_gpu_layers, int n_threads, bool exact,
-                                          bool verbose) {
+                                          bool verbose, const std::vector<std::string> & rpc_servers, int main_gpu,
+                                          const std::vector<float> & tensor_split) {
     flas_runtime_params p;
     p.base_path = base;
     p.flow_path = flow;
@@ -98,13 +118,17 @@ static flas_runtime_params runtime_params(const std::string & base, const std::s
     p.n_threads = n_threads;
     p.exact = exact;
     p.verbose = verbose;
+    p.rpc_servers = rpc_servers;
+    p.main_gpu = main_gpu;
+    p.tensor_split = tensor_split;
     return p;
 }
 
 #define RUNTIME_ARGS                                                                                              \
     py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_seq") = 1,   \
         py::arg("concept_cache") = 16, py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0,                    \
-        py::arg("exact") = false, py::arg("verbose") = false
+        py::arg("exact") = false, py::arg("verbose") = false, py::arg("rpc_servers") = std::vector<std::string>(),  \
+        py::arg("main_gpu") = 0, py::arg("tensor_split") = std::vector<float>()
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "flas-cpp native core (llama.cpp + ggml)";
@@ -116,12 +140,20 @@ PYBIND11_MODULE(_core, m) {
           py::arg("nthread") = 0, py::call_guard<py::gil_scoped_release>(),
           "Quantize a GGUF file with llama.cpp's quantizer (llama_model_quantize); ftype is a llama_ftype.");
 
+    m.def("rpc_serve", &flas_rpc_serve, py::arg("endpoint"), py::arg("n_threads"), py::arg("cache_dir") = "",
+          py::call_guard<py::gil_scoped_release>(),
+          "Serve this machine's backend to ggml RPC clients at endpoint (host:port); returns only on error.");
+    m.def("endpoint_reachable", &flas_endpoint_reachable, py::arg("endpoint"), py::arg("timeout_ms") = 1000,
+          py::call_guard<py::gil_scoped_release>());
+
     using R = flas_runtime;
     py::class_<R>(m, "Runtime")
         .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
-                         int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose) {
+                         int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose,
+                         const std::vector<std::string> & rpc_servers, int main_gpu, const std::vector<float> & tensor_split) {
                  const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
-                                                              n_gpu_layers, n_threads, exact, verbose);
+                                                              n_gpu_layers, n_threads, exact, verbose, rpc_servers,
+                                                              main_gpu, tensor_split);
                  py::gil_scoped_release release;
                  return new flas_runtime(p);
              }),
@@ -168,6 +200,9 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx_seq", &R::n_ctx_seq)
         .def_property_readonly("n_seq", &R::n_seq)
         .def_property_readonly("flow_backend", &R::flow_backend)
+        .def_property_readonly("flow_device", &R::flow_device)
+        .def("memory", [](const R & r) { return memory_list(r.memory()); },
+             "Bytes per device: base_weights, kv_cache, base_compute, flow_weights, flow_caches, flow_compute.")
         .def_property_readonly("flow_hparams", [](const R & r) { return flow_hparams_dict(r.flow_hparams()); });
 
     py::class_<flas_request>(m, "EngineRequest")
@@ -187,12 +222,15 @@ PYBIND11_MODULE(_core, m) {
     py::class_<E>(m, "Engine")
         .def(py::init<R &>(), py::arg("runtime"), py::keep_alive<1, 2>())
         .def_static("load", [](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
-                               int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose) {
+                               int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose,
+                         const std::vector<std::string> & rpc_servers, int main_gpu, const std::vector<float> & tensor_split) {
                  const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
-                                                              n_gpu_layers, n_threads, exact, verbose);
+                                                              n_gpu_layers, n_threads, exact, verbose, rpc_servers,
+                                                              main_gpu, tensor_split);
                  py::gil_scoped_release release;
                  return std::make_unique<E>(p);
              }, RUNTIME_ARGS, "An engine that loads its own runtime on its worker thread (as FlasModel does).")
+        .def_property_readonly("lost", &E::lost, "Empty, or why the engine stopped for good (an RPC server lost).")
         .def_property_readonly("runtime", [](E & e) -> R & { return e.runtime(); },
                                py::return_value_policy::reference_internal)
         .def("submit", &E::submit, py::arg("request"))

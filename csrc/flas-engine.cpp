@@ -42,6 +42,7 @@ static size_t common_prefix(const std::vector<llama_token> & held, const std::ve
 static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime == 0.0f; }
 
 flas_engine::flas_engine(flas_runtime & rt) : rt_(&rt), slots_(rt.n_seq()) {
+    watch_devices();
     worker_ = std::thread([this] { run(); });
 }
 
@@ -69,14 +70,62 @@ flas_engine::flas_engine(const flas_runtime_params & params) {
         worker_.join();
         throw;
     }
+    watch_devices();
+}
+
+void flas_engine::watch_devices() {
+    if (!rt_->rpc_servers().empty()) {
+        watch_ = std::make_unique<flas_device_watch>(rt_->rpc_servers(), [this](const std::string & why) { on_device_lost(why); });
+    }
+}
+
+// Called on the RPC client's thread: the worker may be blocked for good on a reply that will
+// never come, so everything a waiter needs is settled here.
+void flas_engine::on_device_lost(const std::string & why) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    if (!lost_.empty()) {
+        return;
+    }
+    lost_ = why;
+    for (auto & kv : jobs_) {
+        flas_update & u = kv.second->outbox;
+        if (!u.done) {
+            u.done = true;
+            u.finish = "error";
+            u.error = why;
+        }
+    }
+    queue_.clear();
+    news_cv_.notify_all();
+    work_cv_.notify_all();
+}
+
+std::string flas_engine::lost() const {
+    std::lock_guard<std::mutex> lk(mutex_);
+    return lost_;
+}
+
+void flas_engine::throw_if_lost() const {
+    if (!lost_.empty()) {
+        throw flas_device_lost(lost_);
+    }
 }
 
 flas_engine::~flas_engine() {
     {
-        std::lock_guard<std::mutex> lk(mutex_);
+        std::unique_lock<std::mutex> lk(mutex_);
         stop_ = true;
+        work_cv_.notify_all();
+        news_cv_.wait(lk, [&] { return worker_done_ || !lost_.empty(); });
+        if (!worker_done_) {  // blocked on a lost RPC server: abandon it with what it uses
+            lk.unlock();
+            watch_.reset();
+            worker_.detach();
+            (void) owned_.release();
+            return;
+        }
     }
-    work_cv_.notify_all();
+    watch_.reset();
     worker_.join();
     std::lock_guard<std::mutex> lk(mutex_);
     for (auto & kv : jobs_) {
@@ -114,6 +163,7 @@ void flas_engine::check(const flas_request & req) const {
 uint64_t flas_engine::submit(flas_request req) {
     check(req);
     std::lock_guard<std::mutex> lk(mutex_);
+    throw_if_lost();
     const uint64_t id = enqueue(std::move(req));
     work_cv_.notify_one();
     return id;
@@ -129,6 +179,7 @@ std::vector<uint64_t> flas_engine::submit_many(std::vector<flas_request> reqs) {
     }
     std::vector<uint64_t> ids;
     std::lock_guard<std::mutex> lk(mutex_);
+    throw_if_lost();
     for (flas_request & r : reqs) {
         ids.push_back(enqueue(std::move(r)));
     }
@@ -226,7 +277,16 @@ flas_engine_stats flas_engine::stats() const {
 }
 
 void flas_engine::run_exclusive(const std::function<void()> & fn) {
-    std::lock_guard<std::mutex> step(step_mutex_);
+    std::unique_lock<std::timed_mutex> step(step_mutex_, std::defer_lock);
+    while (!step.try_lock_for(std::chrono::milliseconds(20))) {  // the worker may never let go of it
+        std::lock_guard<std::mutex> lk(mutex_);
+        throw_if_lost();
+    }
+    {
+        std::lock_guard<std::mutex> lk(mutex_);
+        throw_if_lost();
+    }
+    flas_device_guard guard;
     for (slot & s : slots_) {
         s.trusted = false;
     }
@@ -238,15 +298,24 @@ void flas_engine::run_exclusive(const std::function<void()> & fn) {
 // ---------------------------------------------------------------------------------------------
 
 void flas_engine::run() {
+    struct done_flag {
+        flas_engine & e;
+        ~done_flag() {
+            std::lock_guard<std::mutex> lk(e.mutex_);
+            e.worker_done_ = true;
+            e.news_cv_.notify_all();
+        }
+    } done{*this};
+    flas_device_guard guard;  // a failed RPC connection on this thread: an error, not an abort
     for (;;) {
         {
             std::unique_lock<std::mutex> lk(mutex_);
             work_cv_.wait(lk, [&] { return stop_ || n_active_ > 0 || !queue_.empty(); });
-            if (stop_) {
+            if (stop_ || !lost_.empty()) {
                 return;
             }
         }
-        std::lock_guard<std::mutex> step_lock(step_mutex_);
+        std::lock_guard<std::timed_mutex> step_lock(step_mutex_);
         drop_cancelled();  // first: their sequences take waiting requests in this very step
         std::vector<std::shared_ptr<job>> admitted;
         {
@@ -427,6 +496,9 @@ void flas_engine::step() {
 
 void flas_engine::deliver(job & j, llama_token token) {
     std::lock_guard<std::mutex> lk(mutex_);
+    if (!lost_.empty()) {
+        return;
+    }
     if (j.outbox.tokens.empty() && j.n_out == 0) {
         j.outbox.prompt_seconds = seconds_since(j.t_start);
     }
@@ -449,6 +521,11 @@ void flas_engine::finish(std::shared_ptr<job> j, const std::string & reason, con
     s.last_used = ++tick_;
     rt_->release(j->seq);
     std::lock_guard<std::mutex> lk(mutex_);
+    n_active_--;
+    stats_.n_active = n_active_;
+    if (!lost_.empty()) {
+        return;  // its outbox already holds the loss
+    }
     j->outbox.done = true;
     j->outbox.finish = reason;
     j->outbox.error = error;
@@ -458,7 +535,5 @@ void flas_engine::finish(std::shared_ptr<job> j, const std::string & reason, con
     }
     j->outbox.trace_in = std::move(trace_in);
     j->outbox.trace_out = std::move(trace_out);
-    n_active_--;
-    stats_.n_active = n_active_;
     news_cv_.notify_all();
 }

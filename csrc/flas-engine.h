@@ -84,6 +84,10 @@ class flas_engine {
     // Runs fn on the runtime between two decode steps (steer hook, direct runtime use in tests);
     // afterwards no sequence's content is trusted for prefix reuse.
     void run_exclusive(const std::function<void()> & fn);
+    // Empty, or why the engine stopped for good: an RPC server it uses stopped answering. Its
+    // requests end with that error, new ones are refused, and the destructor abandons the
+    // worker (blocked on the lost server) and the runtime instead of waiting for them.
+    std::string lost() const;
     const flas_runtime & runtime() const { return *rt_; }
     flas_runtime & runtime() { return *rt_; }
 
@@ -97,6 +101,9 @@ class flas_engine {
     };
 
     void run();
+    void watch_devices();
+    void on_device_lost(const std::string & why);
+    void throw_if_lost() const;  // with mutex_ held
     void check(const flas_request & req) const;
     uint64_t enqueue(flas_request req);  // with mutex_ held
     void drop_cancelled();
@@ -123,6 +130,10 @@ class flas_engine {
     int  n_active_ = 0;
     flas_engine_stats stats_;
 
-    std::mutex step_mutex_;               // held by the worker during a step
+    std::string lost_;                    // guarded by mutex_
+    bool worker_done_ = false;            // guarded by mutex_: run() returned
+    std::unique_ptr<flas_device_watch> watch_;
+
+    std::timed_mutex step_mutex_;         // held by the worker during a step
     std::thread worker_;
 };

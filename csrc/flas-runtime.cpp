@@ -61,25 +61,33 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     g_verbose = params.verbose;
     llama_log_set(log_callback, nullptr);
     llama_backend_init();
+    flas_device_guard guard;  // an RPC server lost while loading: an exception, not an abort
 
     n_threads_ = params.n_threads > 0 ? params.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
 
-    llama_model_params mparams = llama_model_default_params();
-    mparams.n_gpu_layers = params.n_gpu_layers;
+    llama_model_params mparams = model_params();
     model_.reset(llama_model_load_from_file(params.base_path.c_str(), mparams));
     if (!model_) {
         throw std::invalid_argument("llama.cpp could not load the base model " + params.base_path +
                                     " (run with verbose=True for llama.cpp's log)");
     }
     vocab_ = llama_model_get_vocab(model_.get());
-
-    // The flow runs where layer L runs: llama.cpp offloads layers >= n_layer + 1 - n_gpu_layers.
     const flas_flow_hparams hp = flas_flow_read_hparams(params.flow_path);
-    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    ggml_backend_dev_t gpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
-    if (gpu != nullptr && hp.layer >= llama_model_n_layer(model_.get()) + 1 - params.n_gpu_layers) {
-        dev = gpu;
+    target_name_ = "l_out-" + std::to_string(hp.layer);
+
+    llama_context_params cparams = context_params(params.n_ctx, params.n_batch, params.n_seq);
+    cparams.cb_eval           = eval_callback;
+    cparams.cb_eval_user_data = this;
+    ctx_.reset(llama_init_from_model(model_.get(), cparams));
+    if (!ctx_) {
+        throw std::runtime_error("llama.cpp could not create a context (n_ctx " + std::to_string(params.n_ctx) +
+                                 "); try a smaller n_ctx");
     }
+    n_ctx_     = (int) llama_n_ctx(ctx_.get());
+    n_ctx_seq_ = n_ctx_ / params.n_seq;
+
+    // The flow runs on the device that computes layer L, so that its rows never leave it.
+    ggml_backend_dev_t dev = probe_layer_device();
     backend_.reset(ggml_backend_dev_init(dev, nullptr));
     if (!backend_) {
         throw std::runtime_error(std::string("cannot initialize the ggml backend ") + ggml_backend_dev_name(dev));
@@ -93,18 +101,6 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     }
     check_compatible(params.base_path, params.flow_path);
     load_output_norm(params.base_path);
-
-    llama_context_params cparams = context_params(params.n_ctx, params.n_batch, params.n_seq);
-    cparams.cb_eval           = eval_callback;
-    cparams.cb_eval_user_data = this;
-    ctx_.reset(llama_init_from_model(model_.get(), cparams));
-    if (!ctx_) {
-        throw std::runtime_error("llama.cpp could not create a context (n_ctx " + std::to_string(params.n_ctx) +
-                                 "); try a smaller n_ctx");
-    }
-    n_ctx_     = (int) llama_n_ctx(ctx_.get());
-    n_ctx_seq_ = n_ctx_ / params.n_seq;
-    target_name_ = "l_out-" + std::to_string(flow_.hp.layer);
 
     concepts_.bound = params.concept_cache;
     concepts_.slots.resize(std::max(params.concept_cache, params.n_seq));
@@ -434,6 +430,12 @@ bool flas_runtime::steering_active() const {
 }
 
 bool flas_runtime::wants(const ggml_tensor * t) const {
+    if (probing_) {
+        if (strcmp(t->name, target_name_.c_str()) == 0 && t->buffer != nullptr) {
+            const_cast<flas_runtime *>(this)->layer_dev_ = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
+        }
+        return false;
+    }
     return !entries_.empty() && strcmp(t->name, target_name_.c_str()) == 0 && steering_active();
 }
 

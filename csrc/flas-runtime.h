@@ -9,6 +9,7 @@
 // sequences are llama.cpp's sequence ids 0 .. n_seq-1.
 #pragma once
 
+#include "flas-device.h"
 #include "flas-flow.h"
 #include "flas-seq.h"
 #include "flas-state.h"
@@ -36,7 +37,10 @@ struct flas_runtime_params {
     int  n_batch      = 512;    // tokens per llama_decode call (= n_ubatch, so rows stay in order)
     int  n_seq        = 1;      // sequences decoded together
     int  concept_cache = 16;    // encoded concepts kept (least recently used evicted)
-    int  n_gpu_layers = 0;
+    int  n_gpu_layers = 0;      // layers on the offload devices (llama.cpp's meaning; < 0: all)
+    int  main_gpu     = 0;      // llama.cpp's main_gpu
+    std::vector<float> tensor_split;        // llama.cpp's tensor_split (empty: by free memory)
+    std::vector<std::string> rpc_servers;   // "host:port" of ggml RPC servers, offload devices first
     int  n_threads    = 0;      // 0: hardware threads
     bool exact        = false;  // f32 KV caches and no flash attention (parity with float32 references)
     bool verbose      = false;  // llama.cpp's informational log
@@ -107,6 +111,10 @@ struct flas_runtime {
     int concept_tokens(int seq) const;               // K of its concept; 0: none
     flas_stats stats() const;
     std::string flow_backend() const;
+    std::string flow_device() const;                 // the ggml device computing layer L and the flow
+    const std::vector<std::string> & rpc_servers() const { return params_.rpc_servers; }
+    // Bytes per device: the base model's buffers (llama.cpp's accounting) and the flow's.
+    std::vector<flas_device_memory> memory() const;
     const std::vector<float> & trace_unsteered(int seq) const { return seqs_.at(check_seq(seq)).trace_in; }
     const std::vector<float> & trace_steered(int seq) const { return seqs_.at(check_seq(seq)).trace_out; }
 
@@ -124,6 +132,8 @@ struct flas_runtime {
 
     int  check_seq(int seq) const;
     llama_context_params context_params(int n_ctx, int n_batch, int n_seq) const;
+    llama_model_params model_params();           // fills devices_ and tensor_split_
+    ggml_backend_dev_t probe_layer_device();
     void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     llama_context_ptr concept_context();
@@ -160,6 +170,10 @@ struct flas_runtime {
     std::vector<batch_entry> entries_;  // the llama_decode under way
     int cursor_ = 0;                    // batch row of the next row the callback will see
     std::string error_;                 // first error inside a callback, raised after llama_decode
+    bool probing_ = false;              // the callback looks for layer L's device
+    ggml_backend_dev_t layer_dev_ = nullptr;
+    std::vector<ggml_backend_dev_t> devices_;  // the offload devices given to llama.cpp, null-terminated
+    std::vector<float> tensor_split_;          // llama_max_devices() entries
 
     std::vector<float> concept_rows_;   // captured l_out-1 rows of the concept, [K, H]
     bool concept_captured_ = false;

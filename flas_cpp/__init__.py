@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from ._native import core
-from .generation import ContextLengthError, Generation, Handle, Request
+from .generation import ContextLengthError, DeviceLostError, Generation, Handle, Request
 from .model import FlasModel
 
 __version__ = "0.1.0"
@@ -28,4 +28,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["ContextLengthError", "FlasModel", "Generation", "Handle", "Request", "build_info", "__version__"]
+__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "build_info", "__version__"]

@@ -21,6 +21,11 @@ class ContextLengthError(ValueError):
     """A prompt longer than one sequence of the model holds."""
 
 
+class DeviceLostError(RuntimeError):
+    """An RPC server the model uses stopped answering: the model cannot be used any more (close
+    it and load a new one; the process is fine)."""
+
+
 @dataclass
 class Request:
     """One generation: the keyword arguments of FlasModel.generate() as an object."""

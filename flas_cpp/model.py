@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ._native import core
-from .generation import ContextLengthError, Generation, Handle, Request, _Settings
+from .generation import ContextLengthError, DeviceLostError, Generation, Handle, Request, _Settings
 from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
 
 
@@ -30,6 +30,21 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
+    """["host:port", ...] from a list or llama.cpp's comma-separated form; checked."""
+    if rpc_servers is None:
+        return []
+    items = rpc_servers.split(",") if isinstance(rpc_servers, str) else list(rpc_servers)
+    out = []
+    for item in items:
+        e = str(item).strip()
+        host, _, port = e.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"rpc server {e!r} is not host:port (e.g. 127.0.0.1:50052)")
+        out.append(e)
+    return out
+
+
 class FlasModel:
     """A Gemma-2 base model (GGUF) steered by a FLAS flow (GGUF) inside llama.cpp's forward pass.
 
@@ -41,11 +56,18 @@ class FlasModel:
     `exact=True` selects a float32 KV cache and no flash attention, for parity with a float32
     reference; the default uses llama.cpp's fast settings. `n_threads=None` uses one thread per
     physical core, as llama.cpp does. `concept_cache` encoded concepts are kept, shared by text.
+
+    Devices, with llama-cpp-python's names and meanings: `n_gpu_layers` layers (the last ones;
+    -1: all) go to the offload devices: this machine's GPUs and the ggml RPC servers in
+    `rpc_servers` ("host:port", a list or a comma-separated string; RPC devices come first),
+    split by `tensor_split` (proportions per device) with `main_gpu`. The flow, its caches and
+    its compute live on the device that computes layer L. `memory()` says what each device holds.
     """
 
     def __init__(self, base: str | os.PathLike, flow: str | os.PathLike, n_ctx: int = 4096, n_gpu_layers: int = 0,
                  n_threads: int | None = None, exact: bool = False, n_batch: int = 512, verbose: bool = False,
-                 n_seq: int = 1, concept_cache: int = 16):
+                 n_seq: int = 1, concept_cache: int = 16, rpc_servers: str | Sequence[str] | None = None,
+                 main_gpu: int = 0, tensor_split: Sequence[float] | None = None):
         for path, what in ((base, "base model GGUF"), (flow, "flow GGUF")):
             if not Path(path).is_file():
                 raise ValueError(f"{what} not found: {path}")
@@ -56,15 +78,27 @@ class FlasModel:
                              f"each needs at least 16: raise n_ctx to >= {16 * n_seq}")
         if isinstance(concept_cache, bool) or not isinstance(concept_cache, int) or concept_cache < 1:
             raise ValueError(f"concept_cache must be an integer >= 1, got {concept_cache!r}")
+        self.rpc_servers: list[str] = parse_rpc_servers(rpc_servers)
         # the engine loads the model on its own thread, the one every decode then runs on
         self._engine = core().Engine.load(str(base), str(flow), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq,
                                           concept_cache=concept_cache, n_gpu_layers=n_gpu_layers,
-                                          n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose)
+                                          n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose,
+                                          rpc_servers=self.rpc_servers, main_gpu=main_gpu,
+                                          tensor_split=list(tensor_split or []))
         self._rt = self._engine.runtime
         self.flow_info: dict = dict(self._rt.flow_hparams)
         self.n_ctx: int = self._rt.n_ctx
         self.n_seq: int = n_seq
         self.n_ctx_seq: int = self._rt.n_ctx_seq  # tokens one sequence holds
+        self.n_gpu_layers: int = n_gpu_layers
+        self.flow_device: str = self._rt.flow_device  # the ggml device computing layer L and the flow
+
+    def memory(self) -> list[dict]:
+        """Bytes each device holds, one dict per device: device, type, description, base_weights,
+        kv_cache, base_compute (llama.cpp's own accounting), flow_weights, flow_caches (concepts,
+        time embeddings, every steered sequence's flow KV cache), flow_compute, total. Flow caches
+        and compute grow when a sequence is first steered with more Euler steps."""
+        return self._rt.memory()
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
@@ -241,5 +275,5 @@ class FlasModel:
     @staticmethod
     def _raise_failed(g: Generation) -> Generation:
         if g.stop_reason == "error":
-            raise RuntimeError(g.error)
+            raise (DeviceLostError if g.error.startswith("device lost:") else RuntimeError)(g.error)
         return g
