@@ -134,6 +134,17 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "flas-cpp native core (llama.cpp + ggml)";
     llama_backend_init();  // idempotent; llama-cpp-python does the same on import
 
+    // flas_device_lost -> flas_cpp.DeviceLostError (a RuntimeError)
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) {
+                std::rethrow_exception(p);
+            }
+        } catch (const flas_device_lost & e) {
+            py::object cls = py::module_::import("flas_cpp.generation").attr("DeviceLostError");
+            PyErr_SetString(cls.ptr(), e.what());
+        }
+    });
     m.def("build_info", &build_info_dict,
           "ggml/llama.cpp version, registered backends and devices, and the paths of the loaded libraries.");
     m.def("model_quantize", &flas_model_quantize, py::arg("path_in"), py::arg("path_out"), py::arg("ftype"),

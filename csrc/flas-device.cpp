@@ -29,10 +29,22 @@ static std::set<std::string> g_lost_endpoints;  // their RPC client is dead for 
 static ggml_abort_callback_t g_prev_abort = nullptr;
 static std::once_flag g_abort_once;
 
+// "…/ggml-rpc.cpp:566: Remote RPC server crashed…" -> "Remote RPC server crashed…"
+static std::string without_source_location(const char * message) {
+    std::string m = message;
+    const size_t at = m.find("ggml-rpc.cpp:");
+    const size_t text = at == std::string::npos ? std::string::npos : m.find(": ", at);
+    m = text == std::string::npos ? m : m.substr(text + 2);
+    while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) {
+        m.pop_back();
+    }
+    return m;
+}
+
 static void on_ggml_abort(const char * message) {
     const bool from_rpc = strstr(message, "ggml-rpc") != nullptr;
     if (from_rpc && t_guard_depth > 0) {
-        throw flas_device_lost(message);
+        throw flas_device_lost(without_source_location(message));
     }
     if (from_rpc) {
         // The RPC client's dispatcher thread: ggml would abort() once we return. Find who lost
@@ -40,17 +52,47 @@ static void on_ggml_abort(const char * message) {
         std::vector<const flas_device_watch *> hit;
         {
             std::lock_guard<std::mutex> lk(g_watch_mutex);
+            // A dead server refuses connections, though its listening socket may outlive the
+            // connection that just broke by a few milliseconds: probe a few times. A live one
+            // may be busy serving this very process (one client at a time, a backlog of one)
+            // and time out: such endpoints count as lost only when none refuses (a host that
+            // went away entirely). If nothing can be told apart, every watch hears of it: an
+            // error on a healthy model beats a caller blocked for good.
+            std::set<std::string> slow;
+            for (int attempt = 0; attempt < 10; ++attempt) {
+                bool any_refused = false;
+                for (const flas_device_watch * w : g_watches) {
+                    for (const std::string & e : w->endpoints()) {
+                        if (g_lost_endpoints.count(e) != 0) {
+                            continue;  // lost before: its models already know
+                        }
+                        const flas_probe p = flas_endpoint_probe(e, 1000);
+                        if (p == flas_probe::refused) {
+                            g_lost_endpoints.insert(e);
+                            any_refused = true;
+                        } else if (p == flas_probe::timeout) {
+                            slow.insert(e);
+                        }
+                    }
+                }
+                if (any_refused) {
+                    slow.clear();
+                    break;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            }
+            g_lost_endpoints.insert(slow.begin(), slow.end());
             for (const flas_device_watch * w : g_watches) {
                 bool any = false;
                 for (const std::string & e : w->endpoints()) {
-                    if (g_lost_endpoints.count(e) == 0 && !flas_endpoint_reachable(e, 1000)) {
-                        g_lost_endpoints.insert(e);
-                    }
                     any = any || g_lost_endpoints.count(e) != 0;
                 }
                 if (any) {
                     hit.push_back(w);
                 }
+            }
+            if (hit.empty()) {  // (a model on an endpoint lost before is dead already)
+                hit = g_watches;
             }
             for (const flas_device_watch * w : hit) {
                 std::string lost;
@@ -59,8 +101,9 @@ static void on_ggml_abort(const char * message) {
                         lost += (lost.empty() ? "" : ", ") + e;
                     }
                 }
-                w->notify("device lost: the RPC server at " + lost + " stopped answering (" + message +
-                          "); this model cannot be used any more: close it and load it again");
+                w->notify("device lost: the RPC server at " + (lost.empty() ? std::string("one of the servers") : lost) +
+                          " stopped answering (ggml: " +
+                          without_source_location(message) + "); this model cannot be used any more: close it and load it again");
             }
         }
         for (;;) {
@@ -117,37 +160,46 @@ static bool split_endpoint(const std::string & endpoint, std::string & host, std
     return port.size() <= 5 && p >= 1 && p <= 65535;
 }
 
-bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms) {
+flas_probe flas_endpoint_probe(const std::string & endpoint, int timeout_ms) {
     std::string host, port;
     if (!split_endpoint(endpoint, host, port)) {
-        return false;
+        return flas_probe::refused;
     }
     addrinfo hints{};
     hints.ai_family   = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     addrinfo * res = nullptr;
     if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) {
-        return false;
+        return flas_probe::refused;
     }
-    bool ok = false;
-    for (addrinfo * a = res; a != nullptr && !ok; a = a->ai_next) {
+    flas_probe result = flas_probe::refused;
+    for (addrinfo * a = res; a != nullptr && result != flas_probe::open; a = a->ai_next) {
         const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
         if (fd < 0) {
             continue;
         }
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
         if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-            ok = true;
+            result = flas_probe::open;
         } else if (errno == EINPROGRESS) {
             pollfd pfd{fd, POLLOUT, 0};
             int err = 0;
             socklen_t len = sizeof(err);
-            ok = poll(&pfd, 1, timeout_ms) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+            const int ready = poll(&pfd, 1, timeout_ms);
+            if (ready == 0) {
+                result = flas_probe::timeout;
+            } else if (ready == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0) {
+                result = flas_probe::open;
+            }
         }
         close(fd);
     }
     freeaddrinfo(res);
-    return ok;
+    return result;
+}
+
+bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms) {
+    return flas_endpoint_probe(endpoint, timeout_ms) == flas_probe::open;
 }
 
 static ggml_backend_reg_t rpc_reg_or_throw() {
@@ -184,15 +236,17 @@ std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> 
                                             " again, or serve on another port");
             }
         }
-        if (!flas_endpoint_reachable(e, 3000)) {
-            throw std::invalid_argument("cannot reach the RPC server at " + e + "; start one there with: "
-                                        "python -m flas_cpp.rpc_server --host " + host + " --port " + port);
-        }
+        // no probe connection of our own: ggml's server listens with a backlog of one and
+        // serves one client at a time, so extra connections could crowd out real ones
         ggml_backend_reg_t reg = nullptr;
         try {
             flas_device_guard guard;
             reg = add_server(e.c_str());
         } catch (const flas_device_lost & err) {
+            if (strstr(err.what(), "Failed to connect") != nullptr) {
+                throw std::invalid_argument("cannot reach the RPC server at " + e + "; start one there with: "
+                                            "python -m flas_cpp.rpc_server --host " + host + " --port " + port);
+            }
             throw std::invalid_argument("the RPC server at " + e + " did not answer as a ggml RPC server of this "
                                         "version (" + err.what() + ")");
         }

@@ -27,6 +27,8 @@ struct flas_device_lost : std::runtime_error {
 // endpoint: unreachable, not a ggml RPC server, lost earlier in this process, RPC not built.
 std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> & endpoints);
 // Whether a TCP connection to endpoint opens within timeout_ms.
+enum class flas_probe { open, refused, timeout };
+flas_probe flas_endpoint_probe(const std::string & endpoint, int timeout_ms);
 bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms);
 // Serves this machine's CPU backend to RPC clients; returns only on error (never on success).
 void flas_rpc_serve(const std::string & endpoint, int n_threads, const std::string & cache_dir);

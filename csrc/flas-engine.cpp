@@ -1,6 +1,7 @@
 #include "flas-engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -125,8 +126,28 @@ flas_engine::~flas_engine() {
             return;
         }
     }
-    watch_.reset();
     worker_.join();
+    // Freeing device buffers talks to the RPC servers: if one is gone, the frees never return.
+    // Free on a thread of its own and abandon it (and the memory) when the loss is reported.
+    if (owned_ && watch_) {
+        auto freed = std::make_shared<std::atomic<bool>>(false);
+        std::thread deleter([rt = std::move(owned_), freed]() mutable {
+            rt.reset();
+            freed->store(true);
+        });
+        for (;;) {
+            if (freed->load()) {
+                deleter.join();
+                break;
+            }
+            if (!lost().empty()) {
+                deleter.detach();
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    }
+    watch_.reset();
     std::lock_guard<std::mutex> lk(mutex_);
     for (auto & kv : jobs_) {
         kv.second->outbox.done = true;

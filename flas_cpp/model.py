@@ -45,6 +45,13 @@ def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+class _Closed:
+    """Stands in for the engine and runtime of a closed model."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError("this FlasModel is closed; load a new one")
+
+
 class FlasModel:
     """A Gemma-2 base model (GGUF) steered by a FLAS flow (GGUF) inside llama.cpp's forward pass.
 
@@ -92,6 +99,19 @@ class FlasModel:
         self.n_ctx_seq: int = self._rt.n_ctx_seq  # tokens one sequence holds
         self.n_gpu_layers: int = n_gpu_layers
         self.flow_device: str = self._rt.flow_device  # the ggml device computing layer L and the flow
+
+    def close(self) -> None:
+        """Free the model, its context, the flow and every device buffer now (not when garbage
+        collected). Requests still running end as cancelled; using the model afterwards raises."""
+        engine = self._engine
+        self._rt = self._engine = _Closed()
+        del engine
+
+    def __enter__(self) -> "FlasModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def memory(self) -> list[dict]:
         """Bytes each device holds, one dict per device: device, type, description, base_weights,
