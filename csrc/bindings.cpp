@@ -157,6 +157,22 @@ PYBIND11_MODULE(_core, m) {
     m.def("endpoint_reachable", &flas_endpoint_reachable, py::arg("endpoint"), py::arg("timeout_ms") = 1000,
           py::call_guard<py::gil_scoped_release>());
 
+    m.def("estimate_memory", [](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
+                                int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose,
+                                const std::vector<std::string> & rpc_servers, int main_gpu,
+                                const std::vector<float> & tensor_split, int n_steps) {
+              const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache, n_gpu_layers,
+                                                           n_threads, exact, verbose, rpc_servers, main_gpu, tensor_split);
+              std::vector<flas_device_memory> rows;
+              {
+                  py::gil_scoped_release release;
+                  rows = flas_estimate_memory(p, n_steps);
+              }
+              return memory_list(rows);
+          }, RUNTIME_ARGS, py::arg("n_steps") = 1,
+          "Bytes per device a model of these parameters would hold, from simulated buffers (nothing is allocated; "
+          "flow_compute is not estimated).");
+
     using R = flas_runtime;
     py::class_<R>(m, "Runtime")
         .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
@@ -212,6 +228,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_seq", &R::n_seq)
         .def_property_readonly("flow_backend", &R::flow_backend)
         .def_property_readonly("flow_device", &R::flow_device)
+        .def("reserve_steering", &R::reserve_steering, py::arg("n_steps"), py::call_guard<py::gil_scoped_release>())
         .def("memory", [](const R & r) { return memory_list(r.memory()); },
              "Bytes per device: base_weights, kv_cache, base_compute, flow_weights, flow_caches, flow_compute.")
         .def_property_readonly("flow_hparams", [](const R & r) { return flow_hparams_dict(r.flow_hparams()); });

@@ -22,6 +22,11 @@ static void log_callback(enum ggml_log_level level, const char * text, void *) {
     }
 }
 
+void flas_log_init(bool verbose) {
+    g_verbose = verbose;
+    llama_log_set(log_callback, nullptr);
+}
+
 static bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * rt = static_cast<flas_runtime *>(user_data);
     if (ask) {
@@ -58,8 +63,7 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     }
     require_file(params.base_path, "base model GGUF");
     require_file(params.flow_path, "flow GGUF");
-    g_verbose = params.verbose;
-    llama_log_set(log_callback, nullptr);
+    flas_log_init(params.verbose);
     llama_backend_init();
     flas_device_guard guard;  // an RPC server lost while loading: an exception, not an abort
 

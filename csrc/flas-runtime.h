@@ -52,6 +52,14 @@ struct flas_seq_tokens {
     std::vector<llama_token> tokens;
 };
 
+// llama.cpp's log through flas-cpp: errors only, or everything when verbose.
+void flas_log_init(bool verbose);
+
+// What a runtime of `params` would hold per device, from llama.cpp's simulated buffers (no_alloc)
+// and the flow's tensor sizes on the device of layer L, with every sequence steered with
+// n_steps; nothing is allocated. The flow's compute buffer is not included (flow_compute 0).
+std::vector<flas_device_memory> flas_estimate_memory(const flas_runtime_params & params, int n_steps);
+
 // Replaces the flow (tests drive the runtime with an independent reference through it):
 // rows_in/rows_out are [n_rows, H] row-major, for positions pos0 .. pos0+n_rows-1 of one sequence.
 using flas_steer_hook = std::function<void(const float * rows_in, float * rows_out, int n_rows, int pos0)>;
@@ -115,6 +123,9 @@ struct flas_runtime {
     const std::vector<std::string> & rpc_servers() const { return params_.rpc_servers; }
     // Bytes per device: the base model's buffers (llama.cpp's accounting) and the flow's.
     std::vector<flas_device_memory> memory() const;
+    // Allocates what steering every sequence with n_steps holds (flow caches, compute buffer);
+    // sequences whose cache grows are emptied.
+    void reserve_steering(int n_steps);
     const std::vector<float> & trace_unsteered(int seq) const { return seqs_.at(check_seq(seq)).trace_in; }
     const std::vector<float> & trace_steered(int seq) const { return seqs_.at(check_seq(seq)).trace_out; }
 

@@ -17,9 +17,8 @@ static ggml_backend_buffer_t alloc_or_throw(ggml_context * ctx, ggml_backend_t b
     return buf;  // not cleared: every row is written before it is read, and untouched pages cost no memory
 }
 
-void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
-                             int n_slot, int n_seq) {
-    const flas_flow_hparams & hp = flow.hp;
+// The tensors, without memory: shared by allocation and by sizing, so the two cannot differ.
+static void describe_concept_state(flas_concept_state & cs, const flas_flow_hparams & hp, int n_slot, int n_seq) {
     cs.ctx.reset(new_meta_context(2 * hp.n_block + 1));
     cs.k.clear();
     cs.vt.clear();
@@ -31,14 +30,24 @@ void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, gg
         cs.vt.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, n_keys, hp.head_dim, hp.n_head_kv));
     }
     cs.time_emb = ggml_new_tensor_2d(cs.ctx.get(), GGML_TYPE_F32, hp.n_embd, (int64_t) FLAS_MAX_STEPS * n_seq);
+}
+
+void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
+                             int n_slot, int n_seq) {
+    describe_concept_state(cs, flow.hp, n_slot, n_seq);
     cs.buf.reset(alloc_or_throw(cs.ctx.get(), backend, "concept state"));
     ggml_backend_buffer_clear(cs.buf.get(), 0);  // 0 * garbage could be NaN under the cross-attention mask
 }
 
-void flas_flow_cache_init(flas_flow_cache & cache, const flas_flow & flow, ggml_backend_t backend,
-                          int n_ctx, int n_steps, ggml_type type) {
-    const flas_flow_hparams & hp = flow.hp;
-    cache.buf.reset();  // free the old buffer before allocating the new one
+size_t flas_concept_state_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_slot, int n_seq) {
+    flas_concept_state cs;
+    describe_concept_state(cs, hp, n_slot, n_seq);
+    return ggml_backend_alloc_ctx_tensors_from_buft_size(cs.ctx.get(), buft);
+}
+
+// false: an ablated self-attention has nothing to cache
+static bool describe_flow_cache(flas_flow_cache & cache, const flas_flow_hparams & hp, int n_ctx, int n_steps,
+                                ggml_type type) {
     cache.ctx.reset(new_meta_context(2 * (size_t) n_steps * hp.n_block));
     cache.k.clear();
     cache.vt.clear();
@@ -46,12 +55,27 @@ void flas_flow_cache_init(flas_flow_cache & cache, const flas_flow & flow, ggml_
     cache.n_steps = n_steps;
     cache.type    = type;
     if (!hp.has_self_attn) {
-        return;  // an ablated self-attention has nothing to cache
+        return false;
     }
     const int64_t kv_dim = (int64_t) hp.n_head_kv * hp.head_dim;
     for (int i = 0; i < n_steps * hp.n_block; ++i) {
         cache.k.push_back(ggml_new_tensor_2d(cache.ctx.get(), type, kv_dim, n_ctx));
         cache.vt.push_back(ggml_new_tensor_2d(cache.ctx.get(), type, n_ctx, kv_dim));
+    }
+    return true;
+}
+
+size_t flas_flow_cache_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_ctx, int n_steps,
+                             ggml_type type) {
+    flas_flow_cache cache;
+    return describe_flow_cache(cache, hp, n_ctx, n_steps, type) ? ggml_backend_alloc_ctx_tensors_from_buft_size(cache.ctx.get(), buft) : 0;
+}
+
+void flas_flow_cache_init(flas_flow_cache & cache, const flas_flow & flow, ggml_backend_t backend,
+                          int n_ctx, int n_steps, ggml_type type) {
+    cache.buf.reset();  // free the old buffer before allocating the new one
+    if (!describe_flow_cache(cache, flow.hp, n_ctx, n_steps, type)) {
+        return;
     }
     cache.buf.reset(alloc_or_throw(cache.ctx.get(), backend, "KV cache"));
 }

@@ -26,6 +26,8 @@ struct flas_concept_state {
 
 void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
                              int n_slot, int n_seq);
+// What init would allocate in a buffer of type buft (no memory is allocated).
+size_t flas_concept_state_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_slot, int n_seq);
 
 // cache[step * n_block + block] of one sequence; K rows after RoPE, V stored transposed (as
 // llama.cpp does without flash attention) so attention reads both without copies.
@@ -43,3 +45,5 @@ struct flas_flow_cache {
 // (Re)allocates the cache for n_steps Euler steps; its contents are undefined afterwards.
 void flas_flow_cache_init(flas_flow_cache & cache, const flas_flow & flow, ggml_backend_t backend,
                           int n_ctx, int n_steps, ggml_type type);
+size_t flas_flow_cache_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_ctx, int n_steps,
+                             ggml_type type);

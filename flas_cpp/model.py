@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from gguf import GGUFReader
+
 from ._native import core
+from .placement import base_layer_count, device_total, fit_gpu_layers, gib, parse_size
 from .generation import ContextLengthError, DeviceLostError, Generation, Handle, Request, _Settings
 from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
 
@@ -69,12 +73,14 @@ class FlasModel:
     `rpc_servers` ("host:port", a list or a comma-separated string; RPC devices come first),
     split by `tensor_split` (proportions per device) with `main_gpu`. The flow, its caches and
     its compute live on the device that computes layer L. `memory()` says what each device holds.
+    `gpu_memory="6GiB"` instead of n_gpu_layers offloads the most layers whose device total,
+    with every sequence steered at the flow's N, fits; `placement` says what it chose.
     """
 
     def __init__(self, base: str | os.PathLike, flow: str | os.PathLike, n_ctx: int = 4096, n_gpu_layers: int = 0,
                  n_threads: int | None = None, exact: bool = False, n_batch: int = 512, verbose: bool = False,
                  n_seq: int = 1, concept_cache: int = 16, rpc_servers: str | Sequence[str] | None = None,
-                 main_gpu: int = 0, tensor_split: Sequence[float] | None = None):
+                 main_gpu: int = 0, tensor_split: Sequence[float] | None = None, gpu_memory: str | int | None = None):
         for path, what in ((base, "base model GGUF"), (flow, "flow GGUF")):
             if not Path(path).is_file():
                 raise ValueError(f"{what} not found: {path}")
@@ -86,12 +92,17 @@ class FlasModel:
         if isinstance(concept_cache, bool) or not isinstance(concept_cache, int) or concept_cache < 1:
             raise ValueError(f"concept_cache must be an integer >= 1, got {concept_cache!r}")
         self.rpc_servers: list[str] = parse_rpc_servers(rpc_servers)
-        # the engine loads the model on its own thread, the one every decode then runs on
-        self._engine = core().Engine.load(str(base), str(flow), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq,
-                                          concept_cache=concept_cache, n_gpu_layers=n_gpu_layers,
-                                          n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose,
-                                          rpc_servers=self.rpc_servers, main_gpu=main_gpu,
-                                          tensor_split=list(tensor_split or []))
+        params = dict(n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq, concept_cache=concept_cache,
+                      n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose,
+                      rpc_servers=self.rpc_servers, main_gpu=main_gpu, tensor_split=list(tensor_split or []))
+        self.placement: str = ""
+        if gpu_memory is None:
+            # the engine loads the model on its own thread, the one every decode then runs on
+            self._engine = core().Engine.load(str(base), str(flow), n_gpu_layers=n_gpu_layers, **params)
+        else:
+            if n_gpu_layers:
+                raise ValueError("give n_gpu_layers or gpu_memory, not both")
+            n_gpu_layers = self._load_within(str(base), str(flow), parse_size(gpu_memory), params)
         self._rt = self._engine.runtime
         self.flow_info: dict = dict(self._rt.flow_hparams)
         self.n_ctx: int = self._rt.n_ctx
@@ -99,6 +110,28 @@ class FlasModel:
         self.n_ctx_seq: int = self._rt.n_ctx_seq  # tokens one sequence holds
         self.n_gpu_layers: int = n_gpu_layers
         self.flow_device: str = self._rt.flow_device  # the ggml device computing layer L and the flow
+
+    def _load_within(self, base: str, flow: str, budget: int, params: dict) -> int:
+        """Loads with the most layers whose offload device holds at most budget bytes once every
+        sequence is steered at the flow's N (estimated, then checked on the real buffers)."""
+        n_steps = int(GGUFReader(flow).get_field("flas.n_steps").contents())
+        ngl, _ = fit_gpu_layers(base, flow, budget, n_steps, **params)
+        while True:
+            self._engine = core().Engine.load(base, flow, n_gpu_layers=ngl, **params)
+            rt = self._engine.runtime
+            self._engine.exclusive(lambda: rt.reserve_steering(n_steps))
+            used = device_total(rt.memory())
+            if used <= budget or ngl == 0:
+                break
+            del rt
+            self._engine = None  # the estimate leaves out the flow's compute buffer: one layer fewer
+            ngl -= 1
+        n_layer = base_layer_count(flow)
+        dev = rt.flow_device
+        self.placement = (f"gpu_memory {gib(budget)}: n_gpu_layers {min(ngl, n_layer + 1)} of {n_layer + 1} "
+                          f"(layers and output), the flow on {dev}; the offload device holds {gib(used)}")
+        print(f"flas-cpp: {self.placement}", file=sys.stderr)
+        return ngl
 
     def close(self) -> None:
         """Free the model, its context, the flow and every device buffer now (not when garbage

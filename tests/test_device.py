@@ -242,6 +242,49 @@ def test_memory_report_flow_figures_are_the_flow_buffers(tiny_base_f32, flow, se
                                                 "flow_caches", "flow_compute"))
 
 
+@pytest.mark.parametrize("budget_mib", [6, 10])
+def test_gpu_memory_chooses_the_most_layers_that_fit(tiny_base_f32, flow, servers, budget_mib):
+    budget = budget_mib * 1024**2
+    kw = dict(n_ctx=512, n_seq=2, rpc_servers=servers[:1])
+    with load(tiny_base_f32, flow, gpu_memory=f"{budget_mib}MiB", **kw) as m:
+        ngl = m.n_gpu_layers
+        assert 0 < ngl < 7 and f"n_gpu_layers {ngl} of 7" in m.placement
+        # every sequence steered at the flow's N: the real device total fits
+        n_steps = m.flow_info["n_steps"]
+        for seq in range(2):
+            m.generate(prompt=PROMPT, concept=[PIRATE, NOIR][seq], flowtime=2.0, n_steps=n_steps, max_tokens=2)
+        rows = m.memory()
+        dev = next(r for r in rows if r["device"].startswith("RPC"))
+        assert 0 < dev["total"] <= budget
+        assert (m.flow_device == dev["device"]) == (ngl >= 2)  # layer 4 of 6 is offloaded from 2 layers on
+        flow_compute = sum(r["flow_compute"] for r in rows)
+    # one more layer would not fit: the estimate (exact for every other part) and the flow's
+    # compute buffer, which is the same wherever the flow is
+    more = core().estimate_memory(str(tiny_base_f32), str(flow), n_gpu_layers=ngl + 1, n_steps=n_steps,
+                                  n_batch=32, exact=True, **kw)
+    assert max(r["total"] for r in more if r["device"].startswith("RPC")) + flow_compute > budget
+
+
+def test_gpu_memory_estimate_equals_the_real_buffers(tiny_base_f32, flow, servers):
+    kw = dict(n_ctx=512, n_seq=2, rpc_servers=servers[:1])
+    est = {r["device"]: r for r in core().estimate_memory(str(tiny_base_f32), str(flow), n_gpu_layers=3, n_steps=3,
+                                                          n_batch=32, exact=True, **kw)}
+    with load(tiny_base_f32, flow, n_gpu_layers=3, **kw) as m:
+        m._engine.exclusive(lambda: m._rt.reserve_steering(3))
+        real = {r["device"]: r for r in m.memory()}
+    dev = next(d for d in real if d.startswith("RPC"))
+    for part in ("base_weights", "kv_cache", "base_compute", "flow_weights", "flow_caches"):
+        assert est[dev][part] == real[dev][part], part
+    assert est[dev]["flow_compute"] == 0 < real[dev]["flow_compute"]
+
+
+def test_gpu_memory_bad_values(tiny_base_f32, flow, servers):
+    with pytest.raises(ValueError, match="not a size"):
+        load(tiny_base_f32, flow, gpu_memory="six gigs", rpc_servers=servers[:1])
+    with pytest.raises(ValueError, match="n_gpu_layers or gpu_memory, not both"):
+        load(tiny_base_f32, flow, gpu_memory="6GiB", n_gpu_layers=3, rpc_servers=servers[:1])
+
+
 # ---- faults ----------------------------------------------------------------------------------
 
 def test_unreachable_and_malformed_endpoints_are_clear_errors(tiny_base_f32, flow):
