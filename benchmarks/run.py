@@ -30,6 +30,7 @@ from flas_cpp.testing.make_models import make_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from multi_seq import markdown_multi, measure_multi, measure_rss_multi, rss_multi_child, targets_multi  # noqa: E402
+from sections import kept_sections  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "concepts_prompts.json"
@@ -448,10 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    server_part = ""  # benchmarks/server_bench.py's section, kept
-    if a.out.is_file() and "\n## flas-server over HTTP" in a.out.read_text():
-        server_part = "\n## flas-server over HTTP" + a.out.read_text().split("\n## flas-server over HTTP", 1)[1]
-    a.out.write_text("# Performance\n\n" + md + server_part)
+    kept = kept_sections(a.out.read_text()) if a.out.is_file() else ""  # server_bench's, device_bench's
+    a.out.write_text("# Performance\n\n" + md + kept)
     print(f"wrote {a.out} and {a.out.with_suffix('.json')}", file=sys.stderr)
     return 0
 

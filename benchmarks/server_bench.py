@@ -26,6 +26,9 @@ import numpy as np
 
 from flas_cpp import FlasModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sections import replace_section  # noqa: E402
+
 PROMPTS = ["Tell me about your day.", "Why is the sky blue?", "Write a limerick about a cat.", "What is a flow?",
            "Plan a dinner for four.", "Explain rain to a child.", "Describe a ship.", "Name three colours."]
 CONCEPTS = ["Talk like a pirate", "Respond as a noir detective", "Use legal terminology", "Speak like Shakespeare"]
@@ -186,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = a.out.with_name("PERFORMANCE-server.json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     text = a.out.read_text() if a.out.is_file() else "# Performance\n"
-    marker = "\n## flas-server over HTTP"
-    text = text.split(marker)[0].rstrip("\n") + "\n" + md
+    text = replace_section(text, "## flas-server over HTTP", md)
     a.out.write_text(text)
     print(f"wrote {a.out} and {json_path}", file=sys.stderr)
     return 0

@@ -154,6 +154,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("rpc_serve", &flas_rpc_serve, py::arg("endpoint"), py::arg("n_threads"), py::arg("cache_dir") = "",
           py::call_guard<py::gil_scoped_release>(),
           "Serve this machine's backend to ggml RPC clients at endpoint (host:port); returns only on error.");
+    m.def("rpc_device_handles", [](const std::vector<std::string> & endpoints) {
+              std::vector<uintptr_t> out;
+              for (ggml_backend_dev_t d : flas_rpc_devices(endpoints)) {
+                  out.push_back(reinterpret_cast<uintptr_t>(d));
+              }
+              return out;
+          }, py::arg("endpoints"),
+          "ggml_backend_dev_t pointers of the RPC servers' devices (for llama_model_params.devices in benchmarks).");
     m.def("endpoint_reachable", &flas_endpoint_reachable, py::arg("endpoint"), py::arg("timeout_ms") = 1000,
           py::call_guard<py::gil_scoped_release>());
 

@@ -357,6 +357,7 @@ void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_ba
     cursor_  = 0;
     error_.clear();
     const int32_t ret = llama_decode(ctx_.get(), batch);
+    llama_synchronize(ctx_.get());  // a device computes asynchronously: the step ends when its results are in
     entries_.clear();
     if (ret != 0) {
         throw std::runtime_error("llama_decode failed with status " + std::to_string(ret) +

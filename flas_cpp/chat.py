@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Callable, TextIO
 
+from .devices import add_device_args, device_kwargs
 from .model import FlasModel
 
 HELP = """commands:
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=256, help="longest reply (default 256)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-ctx", type=int, default=4096)
-    ap.add_argument("--n-gpu-layers", type=int, default=0)
     ap.add_argument("--threads", type=int, help="CPU threads (default: one per physical core)")
+    add_device_args(ap)
     a = ap.parse_args(argv)
 
     def write(text: str) -> None:
@@ -173,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        model = FlasModel(a.base, a.flow, n_ctx=a.n_ctx, n_gpu_layers=a.n_gpu_layers, n_threads=a.threads)
+        model = FlasModel(a.base, a.flow, n_ctx=a.n_ctx, n_threads=a.threads, **device_kwargs(a))
         session = ChatSession(model, a.concept, a.flowtime, a.n_steps, a.temp, a.max_tokens, a.seed, write)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         print(f"flas-chat: error: {e}", file=sys.stderr)
         return 2
     run_repl(session)

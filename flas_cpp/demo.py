@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from .devices import add_device_args, device_kwargs, memory_table
 from .model import FlasModel, Generation
 
 DEFAULT_CACHE = Path(os.environ.get("FLAS_CPP_CACHE", Path.home() / ".cache" / "flas-cpp")) / "demo"
@@ -68,22 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"where the demo models live (default {DEFAULT_CACHE})")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the demo models")
+    ap.add_argument("--memory", action="store_true", help="print what each device holds (after generating)")
+    add_device_args(ap)
     a = ap.parse_args(argv)
     if (a.base is None) != (a.flow is None):
         ap.error("pass both --base and --flow, or neither for the demo model")
     try:
         base, flow = (a.base, a.flow) if a.base else demo_models(a.cache_dir, a.rebuild)
-        model = FlasModel(base, flow, n_ctx=1024, n_threads=a.threads)
+        model = FlasModel(base, flow, n_ctx=1024, n_threads=a.threads, **device_kwargs(a))
         kw = dict(n_steps=a.n_steps, max_tokens=a.max_tokens, temperature=a.temp, seed=a.seed)
         baseline, steered = model.compare(a.prompt, concept=a.concept, flowtime=a.flowtime, **kw)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         print(f"flas-demo: error: {e}", file=sys.stderr)
         return 2
     print(f"base: {base}\nflow: {flow}  (layer {model.flow_info['layer']}, N = {steered.n_steps}, "
-          f"on {model._rt.flow_backend})\nprompt: {a.prompt!r}\n")
+          f"on {model.flow_device})\nprompt: {a.prompt!r}\n")
     print(side_by_side(baseline, steered, f"steered: {a.concept!r}, T = {a.flowtime:g}"))
     if baseline.tokens_per_second > 0:
         print(f"\nsteered/baseline decode speed: {steered.tokens_per_second / baseline.tokens_per_second:.2f}")
+    if a.memory:
+        print("\n" + memory_table(model.memory()))
     if not a.base:
         print("\n(the demo model has random weights: its text is noise; the difference between the columns is "
               "the steering)")

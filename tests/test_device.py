@@ -374,6 +374,18 @@ def test_rpc_server_launcher_warns_off_loopback():
     assert bad.returncode != 0 and "--port must be in 1..65535" in bad.stderr
 
 
+def test_demo_runs_on_the_rpc_device_and_prints_its_memory(tiny_base_f32, flow, servers):
+    out = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--base", str(tiny_base_f32), "--flow", str(flow),
+                          "--rpc", servers[0], "-ngl", "-1", "--memory", "--max-tokens", "4"],
+                         capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = out.stdout.split("MiB ", 1)[1].splitlines()
+    rpc_row = next(line for line in table if servers[0] in line).split()
+    cpu_row = next(line for line in table if line.startswith("CPU")).split()
+    assert float(rpc_row[-4]) > 0 and float(cpu_row[-4]) == 0  # flow weights on the device only
+    assert "on RPC" in out.stdout
+
+
 def test_rpc_servers_argument_is_checked(tiny_base_f32, flow):
     with pytest.raises(ValueError, match="not host:port"):
         FlasModel(tiny_base_f32, flow, rpc_servers="127.0.0.1:99999")

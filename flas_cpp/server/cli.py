@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 
+from ..devices import add_device_args, device_kwargs
 from .app import ServerConfig, create_app
 from .openai_api import Steering
 
@@ -23,8 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--parallel", "-np", type=int, default=4, help="sequences decoded together (default 4)")
     ap.add_argument("--n-ctx", "-c", type=int, default=None,
                     help="llama.cpp's whole context, shared by the sequences (default 4096 per sequence)")
-    ap.add_argument("--n-gpu-layers", "-ngl", type=int, default=0)
     ap.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: one per physical core)")
+    add_device_args(ap)
     ap.add_argument("--api-key", default=os.environ.get("FLAS_API_KEY"),
                     help="require Authorization: Bearer KEY on /v1 and /metrics (default $FLAS_API_KEY)")
     ap.add_argument("--model-alias", "-a", default="flas", help="the model id of unpreset requests (default flas)")
@@ -84,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             base, flow = (a.base, a.flow) if a.base else demo_models(DEFAULT_CACHE)
             n_ctx = a.n_ctx or 4096 * a.parallel
-            state.model = FlasModel(base, flow, n_ctx=n_ctx, n_seq=a.parallel, n_gpu_layers=a.n_gpu_layers,
-                                    n_threads=a.threads, exact=a.exact)
+            state.model = FlasModel(base, flow, n_ctx=n_ctx, n_seq=a.parallel, n_threads=a.threads, exact=a.exact,
+                                    **device_kwargs(a))
             m = state.model
             print(f"flas-server: loaded base {base}\n             flow {flow} (layer {m.flow_info['layer']}, "
-                  f"N = {m.flow_info['n_steps']}, on {m._rt.flow_backend}); {m.n_seq} sequences of "
+                  f"N = {m.flow_info['n_steps']}, on {m.flow_device}); {m.n_seq} sequences of "
                   f"{m.n_ctx_seq} tokens", file=sys.stderr, flush=True)
             names = ", ".join(f"{k} ({'steered: ' + repr(s.concept) if s.active else 'unsteered'})"
                               for k, s in state.models.items())
