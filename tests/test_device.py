@@ -374,13 +374,20 @@ def test_rpc_server_launcher_warns_off_loopback():
     assert bad.returncode != 0 and "--port must be in 1..65535" in bad.stderr
 
 
-def test_demo_runs_on_the_rpc_device_and_prints_its_memory(tiny_base_f32, flow, servers):
-    out = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--base", str(tiny_base_f32), "--flow", str(flow),
-                          "--rpc", servers[0], "-ngl", "-1", "--memory", "--max-tokens", "4"],
-                         capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+def test_demo_runs_on_the_rpc_device_and_prints_its_memory(tiny_base_f32, flow):
+    # a server of its own: a ggml RPC server serves one client process at a time
+    port = free_port()
+    server = start_server(port)
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        out = subprocess.run([sys.executable, "-m", "flas_cpp.demo", "--base", str(tiny_base_f32), "--flow", str(flow),
+                              "--rpc", endpoint, "-ngl", "-1", "--memory", "--max-tokens", "4"],
+                             capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+    finally:
+        stop_server(server)
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout.split("MiB ", 1)[1].splitlines()
-    rpc_row = next(line for line in table if servers[0] in line).split()
+    rpc_row = next(line for line in table if endpoint in line).split()
     cpu_row = next(line for line in table if line.startswith("CPU")).split()
     assert float(rpc_row[-4]) > 0 and float(cpu_row[-4]) == 0  # flow weights on the device only
     assert "on RPC" in out.stdout
