@@ -1,5 +1,6 @@
 #include "flas-device.h"
 
+#include "flas-info.h"
 #include "flas-llama-ext.h"
 
 #include <arpa/inet.h>
@@ -271,14 +272,7 @@ void flas_rpc_serve(const std::string & endpoint, int n_threads, const std::stri
         throw std::runtime_error("the RPC backend has no ggml_backend_rpc_start_server");
     }
     // this machine's accelerators if it has any, else its CPU
-    std::vector<ggml_backend_dev_t> devices;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        const auto type = ggml_backend_dev_type(dev);
-        if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-            devices.push_back(dev);
-        }
-    }
+    std::vector<ggml_backend_dev_t> devices = flas_local_accelerators();
     if (devices.empty()) {
         devices.push_back(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
     }
@@ -291,14 +285,16 @@ void flas_rpc_serve(const std::string & endpoint, int n_threads, const std::stri
 // memory
 // ---------------------------------------------------------------------------------------------
 
-static const char * type_name(enum ggml_backend_dev_type type) {
-    switch (type) {
-        case GGML_BACKEND_DEVICE_TYPE_CPU:   return "cpu";
-        case GGML_BACKEND_DEVICE_TYPE_GPU:   return "gpu";
-        case GGML_BACKEND_DEVICE_TYPE_IGPU:  return "igpu";
-        case GGML_BACKEND_DEVICE_TYPE_ACCEL: return "accel";
-        default:                             return "unknown";
+std::vector<ggml_backend_dev_t> flas_local_accelerators() {
+    std::vector<ggml_backend_dev_t> out;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        const auto type = ggml_backend_dev_type(dev);
+        if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            out.push_back(dev);
+        }
     }
+    return out;
 }
 
 flas_device_memory & flas_memory_row(std::vector<flas_device_memory> & rows, ggml_backend_dev_t dev) {
@@ -310,7 +306,7 @@ flas_device_memory & flas_memory_row(std::vector<flas_device_memory> & rows, ggm
     }
     flas_device_memory r;
     r.device      = name;
-    r.type        = type_name(ggml_backend_dev_type(dev));
+    r.type        = flas_device_type_name(ggml_backend_dev_type(dev));
     r.description = ggml_backend_dev_description(dev);
     rows.push_back(r);
     return rows.back();

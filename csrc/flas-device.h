@@ -30,6 +30,8 @@ std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> 
 enum class flas_probe { open, refused, timeout };
 flas_probe flas_endpoint_probe(const std::string & endpoint, int timeout_ms);
 bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms);
+// This machine's GPUs (the RPC devices are not registered, so never among them).
+std::vector<ggml_backend_dev_t> flas_local_accelerators();
 // Serves this machine's CPU backend to RPC clients; returns only on error (never on success).
 void flas_rpc_serve(const std::string & endpoint, int n_threads, const std::string & cache_dir);
 

@@ -17,8 +17,8 @@ static std::string shared_object_of(const void * symbol) {
     return info.dli_fname;
 }
 
-static const char * device_type_name(enum ggml_backend_dev_type type) {
-    switch (type) {
+const char * flas_device_type_name(int type) {
+    switch ((enum ggml_backend_dev_type) type) {
         case GGML_BACKEND_DEVICE_TYPE_CPU:   return "cpu";
         case GGML_BACKEND_DEVICE_TYPE_GPU:   return "gpu";
         case GGML_BACKEND_DEVICE_TYPE_IGPU:  return "igpu";
@@ -40,7 +40,7 @@ flas_build_info flas_build_info_get() {
         flas_device_info d;
         d.name        = ggml_backend_dev_name(dev);
         d.description = ggml_backend_dev_description(dev);
-        d.type        = device_type_name(ggml_backend_dev_type(dev));
+        d.type        = flas_device_type_name(ggml_backend_dev_type(dev));
         ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
         bi.devices.push_back(d);
     }

@@ -25,6 +25,9 @@ struct flas_build_info {
 
 flas_build_info flas_build_info_get();
 
+// "cpu", "gpu", "igpu", "accel" or "unknown"
+const char * flas_device_type_name(int ggml_backend_dev_type);
+
 // Quantize a GGUF with llama.cpp's own quantizer (llama_model_quantize).
 // ftype is a llama_ftype value; nthread <= 0 uses all cores.
 // Throws std::invalid_argument for a missing input, std::runtime_error if llama.cpp fails.

@@ -8,18 +8,11 @@
 
 // The devices llama.cpp offloads to: the given list (null-terminated), or every accelerator.
 static std::vector<ggml_backend_dev_t> offload_devices(const std::vector<ggml_backend_dev_t> & given) {
+    if (given.empty()) {
+        return flas_local_accelerators();
+    }
     std::vector<ggml_backend_dev_t> out;
-    if (!given.empty()) {
-        std::copy_if(given.begin(), given.end(), std::back_inserter(out), [](ggml_backend_dev_t d) { return d != nullptr; });
-        return out;
-    }
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        const auto type = ggml_backend_dev_type(dev);
-        if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-            out.push_back(dev);
-        }
-    }
+    std::copy_if(given.begin(), given.end(), std::back_inserter(out), [](ggml_backend_dev_t d) { return d != nullptr; });
     return out;
 }
 
@@ -33,12 +26,8 @@ static llama_model_params base_model_params(const flas_runtime_params & params, 
     // is registered globally, so another model in this process is not given these servers.
     devices = flas_rpc_devices(params.rpc_servers);
     if (!devices.empty()) {
-        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-            const auto type = ggml_backend_dev_type(dev);
-            if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-                devices.push_back(dev);
-            }
+        for (ggml_backend_dev_t dev : flas_local_accelerators()) {
+            devices.push_back(dev);
         }
         devices.push_back(nullptr);
         mparams.devices = devices.data();
