@@ -193,7 +193,9 @@ def test_a_client_that_disconnects_frees_its_sequence(url, client):
 def test_a_full_queue_answers_503_with_retry_after(tiny_base_f32, flow):
     # replies long enough to hold the one sequence and the one place in the queue while we look
     with server(tiny_base_f32, flow, "--parallel", "1", "--queue", "1", "--n-ctx", "32768") as u:
-        body = {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 32000, "stream": True}
+        # greedy: a sampled reply (random seed by default) could end early at an end-of-generation token
+        body = {"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 32000, "stream": True,
+                "temperature": 0}
         with httpx.Client(timeout=30) as h1, httpx.Client(timeout=30) as h2:
             with h1.stream("POST", u + "/v1/chat/completions", json=body) as running:
                 lines = running.iter_lines()  # kept: a dropped iterator closes the connection
