@@ -177,11 +177,19 @@ def test_several_sequences_with_different_concepts_match_the_cpu(tiny_base_f32, 
             Request(prompt="Write a limerick about a cat.", temperature=0.0, max_tokens=32, flowtime=0.0),
             Request(prompt="What is a flow?", concept=NOIR, flowtime=4.0, n_steps=4, temperature=0.8, seed=7,
                     max_tokens=32)]
-    got = {}
+    got, rows = {}, {}
     for name, kw in (("rpc", dict(n_gpu_layers=-1, rpc_servers=servers[:1])), ("cpu", {})):
         with load(tiny_base_f32, flow, n_ctx=4 * 256, n_seq=4, **kw) as m:
             got[name] = [g.tokens for g in m.generate_many(reqs)]
+            settings = []  # the same four traced together: every sequence's layer-L rows
+            for r in reqs:
+                s = m._settings(Request(**{**r.__dict__, "temperature": 0.0, "max_tokens": 5}))
+                s.trace = True
+                settings.append(s)
+            rows[name] = [h.trace()["steered"] for h in m._start(settings)]
     assert got["rpc"] == got["cpu"]
+    for a, b in zip(rows["rpc"], rows["cpu"]):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-5
 
 
 # ---- placement -------------------------------------------------------------------------------
