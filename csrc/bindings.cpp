@@ -40,6 +40,12 @@ static py::dict flow_hparams_dict(const flas_flow_hparams & hp) {
     py::dict d;
     d["base_model_id"] = hp.base_model_id;
     d["prompt_format"] = hp.prompt_format;
+    d["family"] = hp.base_arch;
+    d["format_version"] = hp.format_version;
+    d["softcap"] = hp.softcap;
+    d["activation"] = hp.silu ? "silu" : "gelu_tanh";
+    d["rope_freq_base"] = hp.rope_freq_base;
+    d["rope_freq_scale"] = hp.rope_freq_scale;
     d["layer"] = hp.layer;
     d["num_blocks"] = hp.n_block;
     d["n_steps"] = hp.n_steps;

@@ -67,10 +67,11 @@ void read_hparams(const flow_reader & r, flas_flow_hparams & hp) {
                "', expected '" FLAS_ARCH "'); convert the flow checkpoint with flas-convert flow");
     }
     const int version = r.u32(FLAS_KEY_FORMAT_VERSION);
-    if (version != FLAS_FORMAT_VERSION) {
-        r.fail("format version " + std::to_string(version) + " is not supported (this flas-cpp reads version " +
-               std::to_string(FLAS_FORMAT_VERSION) + ")");
+    if (version < FLAS_FORMAT_VERSION_MIN || version > FLAS_FORMAT_VERSION) {
+        r.fail("format version " + std::to_string(version) + " is not supported (this flas-cpp reads versions " +
+               std::to_string(FLAS_FORMAT_VERSION_MIN) + " to " + std::to_string(FLAS_FORMAT_VERSION) + ")");
     }
+    hp.format_version = version;
     hp.base_model_id   = r.str(FLAS_KEY_BASE_MODEL_ID);
     hp.prompt_format   = r.str(FLAS_KEY_PROMPT_FORMAT);
     hp.n_base_layer    = r.u32(FLAS_KEY_BASE_BLOCK_COUNT);
@@ -93,8 +94,31 @@ void read_hparams(const flow_reader & r, flas_flow_hparams & hp) {
     hp.query_pre_attn_scalar = r.f32(FLAS_KEY_QUERY_PRE_ATTN_SCALAR);
     hp.rope_freq_base  = r.f32(FLAS_KEY_ROPE_FREQ_BASE);
     hp.time_freq_dim   = r.u32(FLAS_KEY_TIME_FREQ_DIM);
-    if (!r.flag(FLAS_KEY_NORM_PLUS_ONE)) {
-        r.fail("norm weights are not stored as 1 + w; re-convert the flow with flas-convert flow");
+    hp.base_arch       = r.str(FLAS_KEY_BASE_ARCH);
+    const bool gemma = hp.base_arch == "gemma2" || hp.base_arch == "gemma3";
+    if (hp.base_arch != "gemma2" && (version < 2 || hp.base_arch != "gemma3")) {
+        r.fail("flows of '" + hp.base_arch + "' base models are not supported (supported: gemma2, gemma3)");
+    }
+    if (r.flag(FLAS_KEY_NORM_PLUS_ONE) != gemma) {
+        r.fail(std::string("norm weights must ") + (gemma ? "" : "not ") + "be stored as 1 + w for a " + hp.base_arch +
+               " flow; re-convert the flow with flas-convert flow");
+    }
+    if (version >= 2) {  // version 1: Gemma-2's values, the defaults
+        const std::string act = r.str(FLAS_KEY_ACTIVATION);
+        if (act != "gelu_tanh" && act != "silu") {
+            r.fail("activation '" + act + "' is not gelu_tanh or silu");
+        }
+        hp.silu = act == "silu";
+        const std::string scaling = r.str(FLAS_KEY_ROPE_SCALING_TYPE);
+        const float factor = r.f32(FLAS_KEY_ROPE_SCALING_FACTOR);
+        if ((scaling != "none" && scaling != "linear") || !(factor >= 1.0f) || (scaling == "none" && factor != 1.0f)) {
+            r.fail("RoPE scaling '" + scaling + "' with factor " + std::to_string(factor) +
+                   " is not supported (none with factor 1, or linear with a factor >= 1)");
+        }
+        hp.rope_freq_scale = 1.0f / factor;
+    }
+    if (!(hp.softcap >= 0.0f) || !(hp.rope_freq_base > 0.0f) || !(hp.query_pre_attn_scalar > 0.0f)) {
+        r.fail("attn_logit_softcapping must be >= 0 (0: none), rope freq_base and query_pre_attn_scalar > 0");
     }
     if (hp.n_block < 1 || hp.n_head < 1 || hp.n_head_kv < 1 || hp.n_head % hp.n_head_kv != 0 ||
         hp.head_dim % 2 != 0 || hp.time_freq_dim % 2 != 0 || hp.concept_max_len < 1 || hp.n_steps < 1) {

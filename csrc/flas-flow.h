@@ -11,6 +11,8 @@
 struct flas_flow_hparams {
     std::string base_model_id;
     std::string prompt_format;      // "chat" or "alpaca"
+    std::string base_arch = "gemma2";  // llama.cpp's architecture of the base model
+    int   format_version  = 2;
     int   n_base_layer    = 0;      // decoder layers of the base model
     int   layer           = 0;      // steering layer L, 0-based
     int   n_block         = 0;
@@ -27,7 +29,9 @@ struct flas_flow_hparams {
     int   n_head_kv       = 0;
     int   head_dim        = 0;      // D
     float rms_eps         = 1e-6f;
-    float softcap         = 50.0f;
+    float softcap         = 50.0f;  // attention logit soft-capping; 0: none
+    bool  silu            = false;  // the MLP's activation: SiLU, else GELU (tanh approximation)
+    float rope_freq_scale = 1.0f;   // 1 / the linear RoPE scaling factor
     float query_pre_attn_scalar = 256.0f;
     float rope_freq_base  = 10000.0f;
     int   time_freq_dim   = 128;

@@ -24,8 +24,8 @@ ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
 }
 
 ggml_tensor * rope(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * x, ggml_tensor * pos) {
-    return ggml_rope_ext(ctx, x, pos, nullptr, hp.head_dim, GGML_ROPE_TYPE_NEOX, 0, hp.rope_freq_base, 1.0f,
-                         0.0f, 1.0f, 0.0f, 0.0f);
+    return ggml_rope_ext(ctx, x, pos, nullptr, hp.head_dim, GGML_ROPE_TYPE_NEOX, 0, hp.rope_freq_base,
+                         hp.rope_freq_scale, 0.0f, 1.0f, 0.0f, 0.0f);
 }
 
 // The first n entries of a per-row input.
@@ -38,7 +38,7 @@ ggml_tensor * rows_view(ggml_context * ctx, ggml_tensor * per_row, int n) {
 ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * q, ggml_tensor * k,
                      ggml_tensor * vt, ggml_tensor * mask, float scale) {
     ggml_tensor * kq = ggml_mul_mat(ctx, k, q);                       // [n_kv, n, nH]
-    kq = softcap(ctx, kq, scale, hp.softcap);
+    kq = hp.softcap > 0.0f ? softcap(ctx, kq, scale, hp.softcap) : ggml_scale_inplace(ctx, kq, scale);
     kq = ggml_soft_max_ext_inplace(ctx, kq, mask, 1.0f, 0.0f);
     ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                    // [D, n, nH]
     kqv = ggml_cont(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3));         // [D, nH, n]
@@ -109,10 +109,10 @@ ggml_tensor * self_attention(const flas_pass & p, const flas_flow_block & blk, i
     return ggml_mul_mat(ctx, blk.attn_out, out);
 }
 
-ggml_tensor * mlp(ggml_context * ctx, const flas_flow_block & blk, ggml_tensor * x) {
+ggml_tensor * mlp(ggml_context * ctx, const flas_flow_hparams & hp, const flas_flow_block & blk, ggml_tensor * x) {
     ggml_tensor * g = ggml_mul_mat(ctx, blk.ffn_gate, x);
     ggml_tensor * u = ggml_mul_mat(ctx, blk.ffn_up, x);
-    return ggml_mul_mat(ctx, blk.ffn_down, ggml_mul(ctx, gelu_tanh(ctx, g), u));
+    return ggml_mul_mat(ctx, blk.ffn_down, ggml_mul(ctx, hp.silu ? ggml_silu(ctx, g) : gelu_tanh(ctx, g), u));
 }
 
 // One FlowBlock: time conditioning added in every block (sic), then gated residual sub-layers.
@@ -130,7 +130,7 @@ ggml_tensor * block(const flas_pass & p, int step, int b, ggml_tensor * h, ggml_
         h = ggml_add(ctx, h, ggml_mul(ctx, norm(ctx, y, blk.attn_post_norm, hp.rms_eps), blk.attn_gate));
     }
     if (hp.has_mlp) {
-        ggml_tensor * y = mlp(ctx, blk, norm(ctx, h, blk.ffn_norm, hp.rms_eps));
+        ggml_tensor * y = mlp(ctx, hp, blk, norm(ctx, h, blk.ffn_norm, hp.rms_eps));
         h = ggml_add(ctx, h, ggml_mul(ctx, norm(ctx, y, blk.ffn_post_norm, hp.rms_eps), blk.ffn_res_gate));
     }
     return h;

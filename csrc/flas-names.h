@@ -1,9 +1,11 @@
-// Every GGUF key and tensor name of the flow GGUF format (version 1), defined once for C++.
+// Every GGUF key and tensor name of the flow GGUF format (version 2; version 1 files still
+// load, with the Gemma-2 values of the keys version 2 added), defined once for C++.
 // Python's twin is flas_cpp/gguf_names.py; tests/test_names.py checks they agree.
 #pragma once
 
 #define FLAS_ARCH                       "flas"
-#define FLAS_FORMAT_VERSION             1
+#define FLAS_FORMAT_VERSION             2
+#define FLAS_FORMAT_VERSION_MIN         1
 
 #define FLAS_KEY_FORMAT_VERSION         "flas.format_version"
 #define FLAS_KEY_BASE_MODEL_ID          "flas.base_model_id"
@@ -30,6 +32,10 @@
 #define FLAS_KEY_ROPE_FREQ_BASE         "flas.rope.freq_base"
 #define FLAS_KEY_TIME_FREQ_DIM          "flas.time_embed.freq_dim"
 #define FLAS_KEY_NORM_PLUS_ONE          "flas.norm_weights_plus_one"
+// version 2
+#define FLAS_KEY_ACTIVATION             "flas.activation"
+#define FLAS_KEY_ROPE_SCALING_TYPE      "flas.rope.scaling.type"
+#define FLAS_KEY_ROPE_SCALING_FACTOR    "flas.rope.scaling.factor"
 
 // tensors; "%d" is the block index
 #define FLAS_TN_TIME_IN_W       "time_embd.in.weight"

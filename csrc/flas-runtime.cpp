@@ -149,9 +149,9 @@ void flas_runtime::check_compatible(const std::string & base_path, const std::st
                                         hp.base_model_id + ")");
         }
     };
-    if (std::string(arch) != "gemma2") {
+    if (std::string(arch) != hp.base_arch) {
         throw std::invalid_argument("base model " + base_path + " is '" + arch + "', but the flow " + flow_path +
-                                    " steers a gemma2 model (" + hp.base_model_id + ")");
+                                    " steers a " + hp.base_arch + " model (" + hp.base_model_id + ")");
     }
     mismatch("hidden size", hp.n_embd, llama_model_n_embd(model_.get()));
     mismatch("layer count", hp.n_base_layer, llama_model_n_layer(model_.get()));

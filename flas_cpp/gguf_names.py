@@ -2,22 +2,23 @@
 
 (csrc/flas-names.h holds the same names for C++; tests/test_names.py checks they agree.)
 
-Conventions of the flow GGUF (format version 1):
+Conventions of the flow GGUF (format version 2; version 1 files, Gemma-2 only, still load):
 - `general.architecture` is "flas"; every other key is under the "flas." prefix.
-- RMSNorm weights are stored as `1 + w` (llama.cpp's Gemma convention), in f32, so the
-  runtime multiplies by them directly. Residual gates and biases are f32 too.
+- RMSNorm weights are stored as the multiplier the norm applies: `1 + w` for the Gemma
+  families (llama.cpp's Gemma convention), in f32, so the runtime multiplies by them directly. Residual gates and biases are f32 too.
 - Matrices keep PyTorch's [out, in] layout, i.e. ggml ne = [in, out], ready for ggml_mul_mat.
 """
 
 from __future__ import annotations
 
 ARCH = "flas"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_VERSION_MIN = 1
 
 # ---- metadata keys -------------------------------------------------------------------------
 KEY_FORMAT_VERSION = "flas.format_version"            # u32
 KEY_BASE_MODEL_ID = "flas.base_model_id"              # str, e.g. "google/gemma-2-2b-it"
-KEY_BASE_ARCH = "flas.base_architecture"              # str, "gemma2"
+KEY_BASE_ARCH = "flas.base_architecture"              # str, llama.cpp's architecture: "gemma2", "gemma3"
 KEY_BASE_BLOCK_COUNT = "flas.base_block_count"        # u32, decoder layers of the base model
 KEY_LAYER = "flas.layer"                              # u32, steering layer L (0-based)
 KEY_BLOCK_COUNT = "flas.block_count"                  # u32, FlowBlocks
@@ -35,11 +36,15 @@ KEY_HEAD_COUNT = "flas.attention.head_count"          # u32
 KEY_HEAD_COUNT_KV = "flas.attention.head_count_kv"    # u32
 KEY_HEAD_DIM = "flas.attention.key_length"            # u32, D
 KEY_RMS_EPS = "flas.attention.layer_norm_rms_epsilon"  # f32
-KEY_SOFTCAP = "flas.attn_logit_softcapping"           # f32
+KEY_SOFTCAP = "flas.attn_logit_softcapping"           # f32, 0: none
 KEY_QUERY_PRE_ATTN_SCALAR = "flas.attention.query_pre_attn_scalar"  # f32, self-attn scale^-2
 KEY_ROPE_FREQ_BASE = "flas.rope.freq_base"            # f32
 KEY_TIME_FREQ_DIM = "flas.time_embed.freq_dim"        # u32, 128
-KEY_NORM_PLUS_ONE = "flas.norm_weights_plus_one"      # bool, always true in version 1
+KEY_NORM_PLUS_ONE = "flas.norm_weights_plus_one"      # bool, true: the norm weights hold 1 + w (Gemma)
+# version 2
+KEY_ACTIVATION = "flas.activation"                    # str, the MLP's: "gelu_tanh" or "silu"
+KEY_ROPE_SCALING_TYPE = "flas.rope.scaling.type"      # str, "none" or "linear"
+KEY_ROPE_SCALING_FACTOR = "flas.rope.scaling.factor"  # f32, positions divided by it ("linear"); 1 for "none"
 
 # ---- tensors -------------------------------------------------------------------------------
 # (checkpoint name, GGUF name, group, kind, shape as a function of the dims). `{b}` is the block.

@@ -169,13 +169,14 @@ def test_flow_missing_files(capsys, out, flow, tmp_path):
 
 
 def test_flow_unknown_base_without_base_config(capsys, out, flow):
-    assert_refused(capsys, out, "is not a known Gemma-2 model; pass --base-config", "flow", str(flow[0]))
+    assert_refused(capsys, out, "is not a known base model nor a local checkpoint directory; pass --base-config", "flow", str(flow[0]))
 
 
-def test_flow_base_config_that_is_not_gemma2(capsys, out, flow, tmp_path):
+def test_flow_base_config_of_an_unsupported_family(capsys, out, flow, tmp_path):
     bad = tmp_path / "llama.json"
     bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 128}))
-    assert_refused(capsys, out, "not a Gemma-2 config", "flow", str(flow[0]), "--base-config", str(bad))
+    assert_refused(capsys, out, "base model_type 'llama' is not supported; flas-cpp converts flows of gemma2, gemma3, "
+                   "gemma3_text bases", "flow", str(flow[0]), "--base-config", str(bad))
 
 
 def test_flow_weights_of_another_base(capsys, out, flow):

@@ -70,7 +70,7 @@ def test_every_config_value_is_recorded(tiny, tmp_path):
     cfg = json.loads((tiny[1].parent / "config.json").read_text())
     base = json.loads((tiny[0] / "config.json").read_text())
     want = {
-        "general.architecture": "flas", N.KEY_FORMAT_VERSION: 1, N.KEY_BASE_MODEL_ID: cfg["model_id"],
+        "general.architecture": "flas", N.KEY_FORMAT_VERSION: 2, N.KEY_BASE_MODEL_ID: cfg["model_id"],
         N.KEY_BASE_ARCH: "gemma2", N.KEY_BASE_BLOCK_COUNT: base["num_hidden_layers"],
         N.KEY_LAYER: cfg["layer"], N.KEY_BLOCK_COUNT: cfg["num_blocks"], N.KEY_N_STEPS: cfg["n_steps"],
         N.KEY_T_MIN: cfg["T_min"], N.KEY_T_MAX: cfg["T_max"], N.KEY_CONCEPT_MAX_LEN: cfg["concept_max_len"],
@@ -80,6 +80,7 @@ def test_every_config_value_is_recorded(tiny, tmp_path):
         N.KEY_HEAD_DIM: base["head_dim"], N.KEY_RMS_EPS: pytest.approx(base["rms_norm_eps"]),
         N.KEY_SOFTCAP: base["attn_logit_softcapping"], N.KEY_QUERY_PRE_ATTN_SCALAR: base["query_pre_attn_scalar"],
         N.KEY_ROPE_FREQ_BASE: base["rope_theta"], N.KEY_TIME_FREQ_DIM: 128, N.KEY_NORM_PLUS_ONE: True,
+        N.KEY_ACTIVATION: "gelu_tanh", N.KEY_ROPE_SCALING_TYPE: "none", N.KEY_ROPE_SCALING_FACTOR: 1.0,
     }
     for key, value in want.items():
         assert f[key] == value, key

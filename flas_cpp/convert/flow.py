@@ -16,7 +16,7 @@ from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output
 
 @dataclass
 class BaseFacts:
-    """What the flow inherits from its base model (FLAS_SPEC.md sections 4 and 6)."""
+    """What the flow inherits from its base model (FLAS_SPEC.md sections 4, 6 and 7)."""
     n_embd: int
     n_ff: int
     n_head: int
@@ -24,26 +24,62 @@ class BaseFacts:
     head_dim: int
     n_layer: int
     rms_eps: float = 1e-6
-    softcap: float = 50.0
+    softcap: float = 50.0               # 0: none
     rope_theta: float = 10000.0
     query_pre_attn_scalar: float = 256.0
+    family: str = "gemma2"              # llama.cpp's architecture of the base
+    activation: str = "gelu_tanh"
+    rope_scaling_factor: float = 1.0    # linear RoPE scaling (gemma3's global rope on 4B and up)
 
 
-# The released checkpoints' bases, so that converting them needs no base config.json.
+# The families whose flows this version converts and runs, by config model_type.
+SUPPORTED_FAMILIES = {"gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3"}
+
+# The released checkpoints' bases, and Gemma-3 270M, so that converting them needs no base config.json.
 KNOWN_BASES = {
     "google/gemma-2-2b-it": BaseFacts(2304, 9216, 8, 4, 256, 26),
     "google/gemma-2-2b": BaseFacts(2304, 9216, 8, 4, 256, 26),
     "google/gemma-2-9b-it": BaseFacts(3584, 14336, 16, 8, 256, 42),
     "google/gemma-2-9b": BaseFacts(3584, 14336, 16, 8, 256, 42),
+    "google/gemma-3-270m": BaseFacts(640, 2048, 4, 1, 256, 18, softcap=0.0, rope_theta=1e6, family="gemma3"),
+    "google/gemma-3-270m-it": BaseFacts(640, 2048, 4, 1, 256, 18, softcap=0.0, rope_theta=1e6, family="gemma3"),
 }
 
 
-def base_facts_from_config(path: Path) -> BaseFacts:
-    from .base import GemmaHparams  # one reader of Gemma-2 configs
+def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
+    """BaseFacts of a base config.json, by its model_type (a multimodal one: its text_config)."""
+    model_type = cfg.get("model_type")
+    if model_type == "gemma2":
+        from .base import GemmaHparams  # one reader of Gemma-2 configs
 
-    hp = GemmaHparams.from_config(read_json(path, "base config.json"), path)
-    return BaseFacts(hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_layer,
-                     hp.rms_eps, hp.attn_softcap, hp.rope_theta, hp.query_pre_attn_scalar)
+        hp = GemmaHparams.from_config(cfg, where)
+        return BaseFacts(hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_layer,
+                         hp.rms_eps, hp.attn_softcap, hp.rope_theta, hp.query_pre_attn_scalar)
+    if model_type not in SUPPORTED_FAMILIES:
+        raise ConversionError(f"{where}: base model_type {model_type!r} is not supported; flas-cpp converts flows "
+                              f"of {', '.join(sorted(SUPPORTED_FAMILIES))} bases (qwen3 and llama flows: not yet)")
+    text = cfg.get("text_config") or cfg
+
+    def need(key: str):
+        if key not in text:
+            raise ConversionError(f"{where}: {model_type} config lacks {key!r}; is it complete?")
+        return text[key]
+
+    # the flow's RoPE is the base's global (full-attention) one: its base and linear scaling
+    scaling = text.get("rope_scaling") or {}
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in ("linear", "default", None):
+        raise ConversionError(f"{where}: rope_scaling {scaling} is not linear; not supported for {model_type}")
+    head_dim = int(need("head_dim"))
+    return BaseFacts(int(need("hidden_size")), int(need("intermediate_size")), int(need("num_attention_heads")),
+                     int(text.get("num_key_value_heads", need("num_attention_heads"))), head_dim,
+                     int(need("num_hidden_layers")), float(text.get("rms_norm_eps", 1e-6)),
+                     float(text.get("attn_logit_softcapping") or 0.0), float(text.get("rope_theta", 1e6)),
+                     float(text.get("query_pre_attn_scalar", head_dim)), family=SUPPORTED_FAMILIES[model_type],
+                     rope_scaling_factor=float(scaling.get("factor", 1.0)) if scaling else 1.0)
+
+
+def base_facts_from_config(path: Path) -> BaseFacts:
+    return base_facts_from_dict(read_json(path, "base config.json"), path)
 
 
 @dataclass
@@ -145,7 +181,7 @@ def add_metadata(w: GGUFWriter, fc: FlowConfig, base: BaseFacts, disabled: dict[
     w.add_name(name)
     w.add_uint32(N.KEY_FORMAT_VERSION, N.FORMAT_VERSION)
     w.add_string(N.KEY_BASE_MODEL_ID, fc.model_id)
-    w.add_string(N.KEY_BASE_ARCH, "gemma2")
+    w.add_string(N.KEY_BASE_ARCH, base.family)
     w.add_uint32(N.KEY_BASE_BLOCK_COUNT, base.n_layer)
     w.add_uint32(N.KEY_LAYER, fc.layer)
     w.add_uint32(N.KEY_BLOCK_COUNT, fc.num_blocks)
@@ -166,7 +202,10 @@ def add_metadata(w: GGUFWriter, fc: FlowConfig, base: BaseFacts, disabled: dict[
     w.add_float32(N.KEY_QUERY_PRE_ATTN_SCALAR, base.query_pre_attn_scalar)
     w.add_float32(N.KEY_ROPE_FREQ_BASE, base.rope_theta)
     w.add_uint32(N.KEY_TIME_FREQ_DIM, N.TIME_FREQ_DIM)
-    w.add_bool(N.KEY_NORM_PLUS_ONE, True)
+    w.add_bool(N.KEY_NORM_PLUS_ONE, True)  # the Gemma families
+    w.add_string(N.KEY_ACTIVATION, base.activation)
+    w.add_string(N.KEY_ROPE_SCALING_TYPE, "linear" if base.rope_scaling_factor != 1.0 else "none")
+    w.add_float32(N.KEY_ROPE_SCALING_FACTOR, base.rope_scaling_factor)
 
 
 def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | None = None,
@@ -184,14 +223,17 @@ def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | No
         raise ConversionError(f"flow config not found: {config} (the config.json released beside the "
                               "checkpoint; pass --config PATH if it lives elsewhere)")
     fc = FlowConfig.from_json(read_json(config, "flow config.json"), config)
+    local = Path(fc.model_id) / "config.json"  # a model_id that is a local checkpoint directory
     if base_config:
         base = base_facts_from_config(Path(base_config))
+    elif local.is_file():
+        base = base_facts_from_config(local)
     elif fc.model_id in KNOWN_BASES:
         base = KNOWN_BASES[fc.model_id]
     else:
-        raise ConversionError(f"{config}: model_id {fc.model_id!r} is not a known Gemma-2 model; pass "
-                              "--base-config BASE_DIR/config.json so the flow's dimensions, norm eps, "
-                              "soft-capping and RoPE can be recorded")
+        raise ConversionError(f"{config}: model_id {fc.model_id!r} is not a known base model nor a local "
+                              "checkpoint directory; pass --base-config BASE_DIR/config.json so the flow's "
+                              "family, dimensions, norm eps, soft-capping and RoPE can be recorded")
     if not 0 <= fc.layer < base.n_layer:
         raise ConversionError(f"{config}: layer {fc.layer} is outside the base model's {base.n_layer} layers")
     plan, disabled = plan_flow(refs, fc, base, PYTHON_OUTTYPES[outtype.lower()], flow_path)
