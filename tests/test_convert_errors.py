@@ -78,7 +78,9 @@ def test_base_missing_config_and_tokenizer(capsys, out, tiny, tmp_path):
 def test_base_not_a_gemma2_config(capsys, out, tiny, tmp_path):
     d = clone(tiny[0], tmp_path / "b")
     edit_json(d / "config.json", model_type="llama", architectures=["LlamaForCausalLM"])
-    assert_refused(capsys, out, "not a Gemma-2 config", "base", str(d))
+    assert_refused(capsys, out, "not a Gemma-2 or Gemma-3 text config (model_type 'llama'", "base", str(d))
+    edit_json(d / "config.json", model_type="gemma3", architectures=["Gemma3ForConditionalGeneration"])
+    assert_refused(capsys, out, "a multimodal Gemma-3 checkpoint", "base", str(d))
 
 
 def test_base_tensor_with_wrong_shape(capsys, out, tiny, tmp_path):

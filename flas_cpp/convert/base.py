@@ -1,4 +1,5 @@
-"""Hugging Face Gemma-2 checkpoint directory -> a GGUF that llama.cpp loads as `gemma2`."""
+"""Hugging Face Gemma-2 / Gemma-3 (text) checkpoint directory -> a GGUF that llama.cpp loads as
+`gemma2` / `gemma3`."""
 
 from __future__ import annotations
 
@@ -39,14 +40,23 @@ class GemmaHparams:
     attn_softcap: float
     final_softcap: float
     query_pre_attn_scalar: float
+    arch: str = "gemma2"              # llama.cpp's architecture: "gemma2" or "gemma3"
+    rope_local_theta: float = 10000.0  # gemma3: the sliding layers' RoPE base
 
     @classmethod
     def from_config(cls, cfg: dict, where: Path) -> "GemmaHparams":
         archs = cfg.get("architectures") or []
+        if cfg.get("model_type") == "gemma3":
+            raise ConversionError(f"{where}: a multimodal Gemma-3 checkpoint; flas-convert base converts its text "
+                                  "models (model_type gemma3_text, e.g. google/gemma-3-270m, google/gemma-3-1b-it); "
+                                  "convert this one with llama.cpp's convert_hf_to_gguf.py")
+        if cfg.get("model_type") == "gemma3_text" or "Gemma3ForCausalLM" in archs:
+            return gemma3_hparams(cfg, where)
         if cfg.get("model_type") != "gemma2" and "Gemma2ForCausalLM" not in archs:
             raise ConversionError(
-                f"{where}: not a Gemma-2 config (model_type {cfg.get('model_type')!r}, architectures {archs}); "
-                "flas-convert base converts Gemma-2 checkpoints (Gemma2ForCausalLM), e.g. google/gemma-2-2b-it")
+                f"{where}: not a Gemma-2 or Gemma-3 text config (model_type {cfg.get('model_type')!r}, architectures "
+                f"{archs}); flas-convert base converts gemma2 and gemma3_text checkpoints; for other families use "
+                "llama.cpp's convert_hf_to_gguf.py")
 
         def need(key: str):
             if key not in cfg:
@@ -77,6 +87,45 @@ class GemmaHparams:
         return hp
 
 
+def gemma3_hparams(cfg: dict, where: Path) -> GemmaHparams:
+    """A Gemma-3 text config (Gemma3ForCausalLM), as llama.cpp's gemma3 reads it."""
+    def need(key: str):
+        if key not in cfg:
+            raise ConversionError(f"{where}: Gemma-3 config lacks {key!r}; is the checkpoint complete?")
+        return cfg[key]
+
+    layer_types = cfg.get("layer_types")
+    n_layer = int(need("num_hidden_layers"))
+    pattern = int(cfg.get("sliding_window_pattern") or 6)
+    if layer_types is not None:
+        want = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layer)]
+        if list(layer_types) != want:
+            raise ConversionError(f"{where}: layer_types is not Gemma-3's pattern (every 6th layer full attention), "
+                                  "which llama.cpp's gemma3 assumes")
+    elif pattern != 6:
+        raise ConversionError(f"{where}: sliding_window_pattern {pattern}; llama.cpp's gemma3 assumes 6")
+    if cfg.get("rope_scaling"):
+        raise ConversionError(f"{where}: rope_scaling {cfg['rope_scaling']} is not converted yet")
+    head_dim = int(need("head_dim"))
+    hp = GemmaHparams(
+        n_vocab=int(need("vocab_size")), n_embd=int(need("hidden_size")), n_layer=n_layer,
+        n_head=int(need("num_attention_heads")), n_head_kv=int(cfg.get("num_key_value_heads", need("num_attention_heads"))),
+        head_dim=head_dim, n_ff=int(need("intermediate_size")),
+        n_ctx_train=int(cfg.get("max_position_embeddings", 32768)), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(cfg.get("rope_theta", 1e6)), sliding_window=int(cfg.get("sliding_window", 512) or 512),
+        attn_softcap=0.0, final_softcap=float(cfg.get("final_logit_softcapping") or 0.0),
+        query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", head_dim)), arch="gemma3",
+        rope_local_theta=float(cfg.get("rope_local_base_freq", 10000.0)),
+    )
+    if hp.query_pre_attn_scalar != hp.head_dim:
+        raise ConversionError(f"{where}: query_pre_attn_scalar {hp.query_pre_attn_scalar:g} != head_dim "
+                              f"{hp.head_dim}; llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)")
+    if hp.n_head % hp.n_head_kv:
+        raise ConversionError(f"{where}: num_attention_heads {hp.n_head} is not a multiple of num_key_value_heads "
+                              f"{hp.n_head_kv}")
+    return hp
+
+
 def expected_tensors(hp: GemmaHparams) -> dict[str, tuple[str, tuple[int, ...], bool]]:
     """HF name -> (GGUF name, shape, is_norm)."""
     H, D = hp.n_embd, hp.head_dim
@@ -95,6 +144,9 @@ def expected_tensors(hp: GemmaHparams) -> dict[str, tuple[str, tuple[int, ...], 
         ("mlp.down_proj.weight", "ffn_down.weight", (H, hp.n_ff), False),
         ("post_feedforward_layernorm.weight", "post_ffw_norm.weight", (H,), True),
     ]
+    if hp.arch == "gemma3":  # per-head q/k norms
+        per_layer += [("self_attn.q_norm.weight", "attn_q_norm.weight", (D,), True),
+                      ("self_attn.k_norm.weight", "attn_k_norm.weight", (D,), True)]
     for i in range(hp.n_layer):
         for hf, gg, shape, is_norm in per_layer:
             out[f"model.layers.{i}.{hf}"] = (f"blk.{i}.{gg}", shape, is_norm)
@@ -197,8 +249,13 @@ def add_metadata(w: GGUFWriter, hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_c
     w.add_layer_norm_rms_eps(hp.rms_eps)
     w.add_rope_freq_base(hp.rope_theta)
     w.add_sliding_window(hp.sliding_window)
-    w.add_attn_logit_softcapping(hp.attn_softcap)
-    w.add_final_logit_softcapping(hp.final_softcap)
+    if hp.arch == "gemma3":
+        w.add_rope_freq_base_swa(hp.rope_local_theta)
+        if hp.final_softcap:
+            w.add_final_logit_softcapping(hp.final_softcap)
+    else:
+        w.add_attn_logit_softcapping(hp.attn_softcap)
+        w.add_final_logit_softcapping(hp.final_softcap)
 
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -229,7 +286,8 @@ def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp: GemmaHparams, qt
         if name == "lm_head.weight":  # tied to the embedding in Gemma-2; llama.cpp reuses token_embd
             continue
         if name not in expected:
-            raise ConversionError(f"unknown tensor {name!r} in {ref.path.name}: not part of a Gemma-2 model "
+            family = {"gemma2": "Gemma-2", "gemma3": "Gemma-3"}[hp.arch]
+            raise ConversionError(f"unknown tensor {name!r} in {ref.path.name}: not part of a {family} model "
                                   f"with {hp.n_layer} layers; is config.json the one of these weights?")
     plan = []
     for hf_name, (gg_name, shape, is_norm) in expected.items():
@@ -292,6 +350,6 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
 
 def write_stage(path: Path, plan: list[TensorPlan], hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_cfg: dict,
                 name: str, ftype: int, progress: bool) -> None:
-    w = GGUFWriter(path, "gemma2")
+    w = GGUFWriter(path, hp.arch)
     add_metadata(w, hp, vocab, cfg, tok_cfg, name, ftype)
     write_gguf(w, plan, "base tensors", progress)

@@ -5,7 +5,7 @@ project makes its own: a Hugging Face Gemma-2 checkpoint with seeded random weig
 real SentencePiece tokenizer trained on the fly, and a FLAS flow checkpoint beside it with
 exactly the keys and shapes of FLAS_SPEC.md section 6. Same seed, same bytes.
 
-    python -m flas_cpp.testing.make_models DIR [--size tiny|full] [--seed 0]
+    python -m flas_cpp.testing.make_models DIR [--size tiny|full] [--family gemma2|gemma3] [--seed 0]
 
 writes DIR/base (HF checkpoint) and DIR/flow (flow .safetensors + config.json).
 """
@@ -157,7 +157,26 @@ def _encode(x: np.ndarray, dtype: str) -> tuple[str, np.ndarray]:
     return (dtype, safetensors_io.f32_to_bf16_bits(x)) if dtype == "BF16" else (dtype, x.astype(np.float32))
 
 
-def base_config(s: ModelSize, n_vocab: int) -> dict:
+FAMILIES = ("gemma2", "gemma3")
+
+
+def base_config(s: ModelSize, n_vocab: int, family: str = "gemma2") -> dict:
+    if family == "gemma3":  # Gemma3ForCausalLM: q/k norms, every 6th layer global, no soft-capping
+        return {
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "vocab_size": n_vocab, "hidden_size": s.hidden, "intermediate_size": s.intermediate,
+            "num_hidden_layers": s.n_layers, "num_attention_heads": s.n_heads,
+            "num_key_value_heads": s.n_kv_heads, "head_dim": s.head_dim,
+            "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": None,
+            "attention_bias": False, "attention_dropout": 0.0, "query_pre_attn_scalar": s.head_dim,
+            "sliding_window": 512, "sliding_window_pattern": 6,
+            "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(s.n_layers)],
+            "final_logit_softcapping": None, "attn_logit_softcapping": None,
+            "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "tie_word_embeddings": True,
+            "initializer_range": 0.02, "use_cache": True,
+            "torch_dtype": "float32" if s.dtype == "F32" else "bfloat16",
+        }
     return {
         "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
         "vocab_size": n_vocab, "hidden_size": s.hidden, "intermediate_size": s.intermediate,
@@ -173,7 +192,7 @@ def base_config(s: ModelSize, n_vocab: int) -> dict:
     }
 
 
-def base_tensor_specs(s: ModelSize, n_vocab: int) -> list[tuple[str, tuple[int, ...], float, float]]:
+def base_tensor_specs(s: ModelSize, n_vocab: int, family: str = "gemma2") -> list[tuple[str, tuple[int, ...], float, float]]:
     """(HF name, shape, std, mean) for every base tensor.
 
     Projections keep activations O(1); post-norm gains of about 3 let the layers, not the
@@ -198,6 +217,8 @@ def base_tensor_specs(s: ModelSize, n_vocab: int) -> list[tuple[str, tuple[int, 
             (p + "mlp.down_proj.weight", (H, I), I ** -0.5, 0.0),
             (p + "post_feedforward_layernorm.weight", (H,), 0.1, 2.0),
         ]
+        if family == "gemma3":
+            specs += [(p + "self_attn.q_norm.weight", (D,), 0.1, 0.0), (p + "self_attn.k_norm.weight", (D,), 0.1, 0.0)]
     return specs
 
 
@@ -267,14 +288,14 @@ def _progress(items, desc: str, quiet: bool):
     return tqdm(items, desc=desc, unit="tensor", file=sys.stderr)
 
 
-def write_base(out: Path, size: str = "tiny", seed: int = 0, quiet: bool = False) -> Path:
+def write_base(out: Path, size: str = "tiny", seed: int = 0, quiet: bool = False, family: str = "gemma2") -> Path:
     s = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
     n_vocab = write_tokenizer_files(out, train_tokenizer(seed, s.vocab))
-    _write_json(out / "config.json", base_config(s, n_vocab))
+    _write_json(out / "config.json", base_config(s, n_vocab, family))
     _write_json(out / "generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, 6], "pad_token_id": 0})
 
-    specs = base_tensor_specs(s, n_vocab)
+    specs = base_tensor_specs(s, n_vocab, family)
     shard_of = np.array_split(np.arange(len(specs)), s.shards)
     names = [f"model-{k + 1:05d}-of-{s.shards:05d}.safetensors" if s.shards > 1 else "model.safetensors"
              for k in range(s.shards)]
@@ -313,11 +334,17 @@ def write_flow(out: Path, size: str = "tiny", seed: int = 0, base_id: str = "fla
     return path
 
 
-def make_models(out: str | Path, size: str = "tiny", seed: int = 0, quiet: bool = False) -> tuple[Path, Path]:
-    """Writes OUT/base (HF Gemma-2 checkpoint) and OUT/flow; returns (base dir, flow file)."""
+def make_models(out: str | Path, size: str = "tiny", seed: int = 0, quiet: bool = False,
+                family: str = "gemma2") -> tuple[Path, Path]:
+    """Writes OUT/base (HF checkpoint of the family) and OUT/flow; returns (base dir, flow file).
+    gemma3 flows are written without self-attention, as they are trained (FLAS_SPEC.md 7)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
     out = Path(out)
-    base = write_base(out / "base", size, seed, quiet)
-    flow = write_flow(out / "flow", size, seed, base_id=f"flas-testing/gemma-2-{size}", quiet=quiet)
+    base = write_base(out / "base", size, seed, quiet, family)
+    tag = {"gemma2": "gemma-2", "gemma3": "gemma-3"}[family]
+    disable = frozenset({"self_attn"}) if family == "gemma3" else frozenset()
+    flow = write_flow(out / "flow", size, seed, base_id=f"flas-testing/{tag}-{size}", disable=disable, quiet=quiet)
     return base, flow
 
 
@@ -326,10 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="output directory (base/ and flow/ are written inside)")
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny",
                     help="tiny: a few MB, for tests; full: exact Gemma-2-2B dimensions, ~5.2 GB bf16, for benchmarks")
+    ap.add_argument("--family", choices=FAMILIES, default="gemma2", help="the base model's family (default gemma2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
-    base, flow = make_models(a.out, a.size, a.seed, a.quiet)
+    base, flow = make_models(a.out, a.size, a.seed, a.quiet, a.family)
     print(f"base checkpoint: {base}\nflow checkpoint: {flow}")
     return 0
 
