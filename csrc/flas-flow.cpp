@@ -96,9 +96,11 @@ void read_hparams(const flow_reader & r, flas_flow_hparams & hp) {
     hp.time_freq_dim   = r.u32(FLAS_KEY_TIME_FREQ_DIM);
     hp.base_arch       = r.str(FLAS_KEY_BASE_ARCH);
     const bool gemma = hp.base_arch == "gemma2" || hp.base_arch == "gemma3";
-    if (hp.base_arch != "gemma2" && (version < 2 || hp.base_arch != "gemma3")) {
-        r.fail("flows of '" + hp.base_arch + "' base models are not supported (supported: gemma2, gemma3)");
+    const bool known = gemma || hp.base_arch == "qwen3" || hp.base_arch == "llama";
+    if (hp.base_arch != "gemma2" && (version < 2 || !known)) {
+        r.fail("flows of '" + hp.base_arch + "' base models are not supported (supported: gemma2, gemma3, qwen3, llama)");
     }
+    hp.self_attn_qk_norm = hp.base_arch == "qwen3";
     if (r.flag(FLAS_KEY_NORM_PLUS_ONE) != gemma) {
         r.fail(std::string("norm weights must ") + (gemma ? "" : "not ") + "be stored as 1 + w for a " + hp.base_arch +
                " flow; re-convert the flow with flas-convert flow");
@@ -111,11 +113,13 @@ void read_hparams(const flow_reader & r, flas_flow_hparams & hp) {
         hp.silu = act == "silu";
         const std::string scaling = r.str(FLAS_KEY_ROPE_SCALING_TYPE);
         const float factor = r.f32(FLAS_KEY_ROPE_SCALING_FACTOR);
-        if ((scaling != "none" && scaling != "linear") || !(factor >= 1.0f) || (scaling == "none" && factor != 1.0f)) {
+        if ((scaling != "none" && scaling != "linear" && scaling != "llama3") || !(factor >= 1.0f) ||
+            (scaling == "none" && factor != 1.0f)) {
             r.fail("RoPE scaling '" + scaling + "' with factor " + std::to_string(factor) +
-                   " is not supported (none with factor 1, or linear with a factor >= 1)");
+                   " is not supported (none with factor 1, linear with a factor >= 1, or llama3)");
         }
-        hp.rope_freq_scale = 1.0f / factor;
+        hp.rope_llama3     = scaling == "llama3";  // the factors are in the rope_freqs tensor
+        hp.rope_freq_scale = scaling == "linear" ? 1.0f / factor : 1.0f;
     }
     if (!(hp.softcap >= 0.0f) || !(hp.rope_freq_base > 0.0f) || !(hp.query_pre_attn_scalar > 0.0f)) {
         r.fail("attn_logit_softcapping must be >= 0 (0: none), rope freq_base and query_pre_attn_scalar > 0");
@@ -134,6 +138,10 @@ void bind_tensors(const flow_reader & r, flas_flow & f) {
     f.time_out_w = r.tensor(FLAS_TN_TIME_OUT_W, H, H);
     f.time_out_b = r.tensor(FLAS_TN_TIME_OUT_B, H);
     int n_bound = 4;
+    if (hp.rope_llama3) {
+        f.rope_freqs = r.tensor(FLAS_TN_ROPE_FREQS, D / 2);
+        n_bound += 1;
+    }
     f.blocks.resize(hp.n_block);
     for (int b = 0; b < hp.n_block; ++b) {
         flas_flow_block & blk = f.blocks[b];
@@ -158,6 +166,11 @@ void bind_tensors(const flow_reader & r, flas_flow & f) {
             blk.attn_post_norm = r.block_tensor(FLAS_TN_ATTN_POST_NORM, b, H);
             blk.attn_gate      = r.block_tensor(FLAS_TN_ATTN_GATE, b, H);
             n_bound += 7;
+            if (hp.self_attn_qk_norm) {
+                blk.attn_q_norm = r.block_tensor(FLAS_TN_ATTN_Q_NORM, b, D);
+                blk.attn_k_norm = r.block_tensor(FLAS_TN_ATTN_K_NORM, b, D);
+                n_bound += 2;
+            }
         }
         if (hp.has_mlp) {
             blk.ffn_norm      = r.block_tensor(FLAS_TN_FFN_NORM, b, H);

@@ -32,6 +32,8 @@ struct flas_flow_hparams {
     float softcap         = 50.0f;  // attention logit soft-capping; 0: none
     bool  silu            = false;  // the MLP's activation: SiLU, else GELU (tanh approximation)
     float rope_freq_scale = 1.0f;   // 1 / the linear RoPE scaling factor
+    bool  rope_llama3     = false;  // Llama-3 scaling: the rope_freqs tensor divides the frequencies
+    bool  self_attn_qk_norm = false;  // qwen3: per-head q/k norms in the self-attention
     float query_pre_attn_scalar = 256.0f;
     float rope_freq_base  = 10000.0f;
     int   time_freq_dim   = 128;
@@ -54,6 +56,8 @@ struct flas_flow_block {
     ggml_tensor * attn_k          = nullptr;  // [H, nKV*D]
     ggml_tensor * attn_v          = nullptr;  // [H, nKV*D]
     ggml_tensor * attn_out        = nullptr;  // [nH*D, H]
+    ggml_tensor * attn_q_norm     = nullptr;  // [D], qwen3 only
+    ggml_tensor * attn_k_norm     = nullptr;  // [D], qwen3 only
     ggml_tensor * attn_post_norm  = nullptr;  // [H]
     ggml_tensor * attn_gate       = nullptr;  // [H]
 
@@ -72,6 +76,7 @@ struct flas_flow {
     ggml_tensor * time_in_b  = nullptr;  // [H]
     ggml_tensor * time_out_w = nullptr;  // [H, H]
     ggml_tensor * time_out_b = nullptr;  // [H]
+    ggml_tensor * rope_freqs = nullptr;  // [D/2] per-frequency divisors (Llama-3 RoPE scaling), or none
     std::vector<flas_flow_block> blocks;
 
     ggml_context_ptr        ctx;  // tensor metadata

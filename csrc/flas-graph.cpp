@@ -23,8 +23,9 @@ ggml_tensor * gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
     return ggml_mul(ctx, x, t1);
 }
 
-ggml_tensor * rope(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * x, ggml_tensor * pos) {
-    return ggml_rope_ext(ctx, x, pos, nullptr, hp.head_dim, GGML_ROPE_TYPE_NEOX, 0, hp.rope_freq_base,
+ggml_tensor * rope(ggml_context * ctx, const flas_flow & flow, ggml_tensor * x, ggml_tensor * pos) {
+    const flas_flow_hparams & hp = flow.hp;
+    return ggml_rope_ext(ctx, x, pos, flow.rope_freqs, hp.head_dim, GGML_ROPE_TYPE_NEOX, 0, hp.rope_freq_base,
                          hp.rope_freq_scale, 0.0f, 1.0f, 0.0f, 0.0f);
 }
 
@@ -54,7 +55,7 @@ ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, 
     ggml_tensor * q = ggml_mul_mat(ctx, blk.cross_q, x);
     q = ggml_reshape_3d(ctx, q, hp.head_dim, hp.n_head, n);
     q = ggml_mul(ctx, ggml_rms_norm(ctx, q, hp.rms_eps), blk.cross_q_norm);
-    q = ggml_permute(ctx, rope(ctx, hp, q, rows_view(ctx, p.pos, n)), 0, 2, 1, 3);  // [D, n, nH]
+    q = ggml_permute(ctx, rope(ctx, p.flow, q, rows_view(ctx, p.pos, n)), 0, 2, 1, 3);  // [D, n, nH]
     ggml_tensor * kc = p.concepts.k[b];
     ggml_tensor * vt = p.concepts.vt[b];
     ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, p.n_keys, hp.n_head_kv, kc->nb[1], kc->nb[2],
@@ -78,8 +79,12 @@ ggml_tensor * self_attention(const flas_pass & p, const flas_flow_block & blk, i
     ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_q, x), hp.head_dim, hp.n_head, n);
     ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.attn_k, x), hp.head_dim, hp.n_head_kv, n);
     ggml_tensor * v = ggml_mul_mat(ctx, blk.attn_v, x);                // [nKV*D, n]
-    q = rope(ctx, hp, q, pos);                                         // [D, nH, n]
-    k = rope(ctx, hp, k, pos);                                         // [D, nKV, n]
+    if (blk.attn_q_norm != nullptr) {  // qwen3: per-head norms before RoPE
+        q = norm(ctx, q, blk.attn_q_norm, hp.rms_eps);
+        k = norm(ctx, k, blk.attn_k_norm, hp.rms_eps);
+    }
+    q = rope(ctx, p.flow, q, pos);                                     // [D, nH, n]
+    k = rope(ctx, p.flow, k, pos);                                     // [D, nKV, n]
 
     ggml_tensor * out = nullptr;
     for (const flas_segment & s : p.segs) {
@@ -182,7 +187,7 @@ void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow
     const int64_t kv_dim = (int64_t) hp.n_head_kv * hp.head_dim;
     ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, blk.cross_k, c), hp.head_dim, hp.n_head_kv, K);
     k = ggml_mul(ctx, ggml_rms_norm(ctx, k, hp.rms_eps), blk.cross_k_norm);
-    k = ggml_permute(ctx, rope(ctx, hp, k, pos_c), 0, 2, 1, 3);       // [D, K, nKV]
+    k = ggml_permute(ctx, rope(ctx, flow, k, pos_c), 0, 2, 1, 3);       // [D, K, nKV]
     ggml_tensor * v = ggml_mul_mat(ctx, blk.cross_v, c);              // [nKV*D, K]
     ggml_tensor * kc = cs.k[b];
     ggml_tensor * vt = cs.vt[b];

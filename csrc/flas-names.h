@@ -64,3 +64,7 @@
 #define FLAS_TN_FFN_DOWN        "blk.%d.ffn_down.weight"
 #define FLAS_TN_FFN_POST_NORM   "blk.%d.ffn_post_norm.weight"
 #define FLAS_TN_FFN_GATE_RES    "blk.%d.ffn_res_gate"
+// version 2
+#define FLAS_TN_ATTN_Q_NORM     "blk.%d.attn_q_norm.weight"
+#define FLAS_TN_ATTN_K_NORM     "blk.%d.attn_k_norm.weight"
+#define FLAS_TN_ROPE_FREQS      "rope_freqs.weight"

@@ -43,19 +43,27 @@ KEY_TIME_FREQ_DIM = "flas.time_embed.freq_dim"        # u32, 128
 KEY_NORM_PLUS_ONE = "flas.norm_weights_plus_one"      # bool, true: the norm weights hold 1 + w (Gemma)
 # version 2
 KEY_ACTIVATION = "flas.activation"                    # str, the MLP's: "gelu_tanh" or "silu"
-KEY_ROPE_SCALING_TYPE = "flas.rope.scaling.type"      # str, "none" or "linear"
+KEY_ROPE_SCALING_TYPE = "flas.rope.scaling.type"      # str, "none", "linear" or "llama3" (rope_freqs tensor)
 KEY_ROPE_SCALING_FACTOR = "flas.rope.scaling.factor"  # f32, positions divided by it ("linear"); 1 for "none"
 
 # ---- tensors -------------------------------------------------------------------------------
 # (checkpoint name, GGUF name, group, kind, shape as a function of the dims). `{b}` is the block.
-# kind: "matrix" (stored in the chosen outtype), "norm" (f32, stored as 1 + w), "vector" (f32).
+# kind: "matrix" (stored in the chosen outtype), "norm" (f32, the multiplier: 1 + w for the Gemma
+# families, w for the others), "vector" (f32).
 # group: None (always present) or the ablatable group it belongs to.
 TIME_FREQ_DIM = 128
 
 
-def flow_tensor_table(H: int, I: int, n_head: int, n_head_kv: int, D: int) -> list[tuple[str, str, str | None, str, tuple[int, ...]]]:
+def flow_tensor_table(H: int, I: int, n_head: int, n_head_kv: int, D: int,
+                      family: str = "gemma2") -> list[tuple[str, str, str | None, str, tuple[int, ...]]]:
+    """Every checkpoint tensor of a flow of this base family (qwen3: per-head q/k norms in the
+    self-attention)."""
     q, kv = n_head * D, n_head_kv * D
-    return [
+    qk_norms = [
+        ("blocks.{b}.self_attn.q_norm.weight", "blk.{b}.attn_q_norm.weight", "self_attn", "norm", (D,)),
+        ("blocks.{b}.self_attn.k_norm.weight", "blk.{b}.attn_k_norm.weight", "self_attn", "norm", (D,)),
+    ] if family == "qwen3" else []
+    return qk_norms + [
         ("time_embed.mlp.0.weight", "time_embd.in.weight", None, "matrix", (H, TIME_FREQ_DIM)),
         ("time_embed.mlp.0.bias", "time_embd.in.bias", None, "vector", (H,)),
         ("time_embed.mlp.2.weight", "time_embd.out.weight", None, "matrix", (H, H)),
@@ -84,6 +92,10 @@ def flow_tensor_table(H: int, I: int, n_head: int, n_head_kv: int, D: int) -> li
         ("blocks.{b}.mlp_gate", "blk.{b}.ffn_res_gate", "mlp", "vector", (H,)),
     ]
 
+
+# Llama-3 RoPE scaling: per-frequency divisors [D/2], computed by the converter (llama.cpp's name)
+TN_ROPE_FREQS = "rope_freqs.weight"
+GEMMA_FAMILIES = ("gemma2", "gemma3")  # llama.cpp architectures whose norms multiply by 1 + w
 
 GROUPS = ("cross_attn", "self_attn", "mlp")
 GROUP_DISABLE_KEY = {"cross_attn": KEY_DISABLE_CROSS_ATTN, "self_attn": KEY_DISABLE_SELF_ATTN, "mlp": KEY_DISABLE_MLP}

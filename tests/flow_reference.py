@@ -19,23 +19,41 @@ class FlowReference:
         cfg = json.loads((Path(flow_path).parent / "config.json").read_text())
         self.n_blocks = cfg["num_blocks"]
         self.eps = base_config["rms_norm_eps"]
-        self.cap = base_config.get("attn_logit_softcapping")  # None: no soft-capping (gemma3)
+        # FLAS_SPEC.md 7: what the base family changes
+        family = base_config.get("model_type", "gemma2")
+        self.gemma = family.startswith("gemma")
+        self.cap = base_config.get("attn_logit_softcapping") if self.gemma else None  # None: no soft-capping
         self.theta = base_config["rope_theta"]
         scaling = base_config.get("rope_scaling") or {}
-        self.rope_factor = float(scaling.get("factor", 1.0))  # linear: positions / factor
+        kind = scaling.get("rope_type", scaling.get("type"))
+        self.rope_factor = float(scaling["factor"]) if kind == "linear" else 1.0  # positions / factor
+        self.llama3 = scaling if kind == "llama3" else None
+        self.silu = not self.gemma
         self.n_head = base_config["num_attention_heads"]
         self.n_kv = base_config["num_key_value_heads"]
         self.D = base_config["head_dim"]
-        self.qpas = base_config["query_pre_attn_scalar"]
+        self.qpas = base_config["query_pre_attn_scalar"] if self.gemma else base_config["head_dim"]
 
     # -- pieces (FLAS_SPEC.md section 4) --
-    def norm(self, x, w):  # Gemma RMSNorm: x / sqrt(mean(x^2) + eps) * (1 + w)
-        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * (1.0 + w)
+    def norm(self, x, w):  # RMSNorm: x / sqrt(mean(x^2) + eps) * (1 + w) (Gemma) or * w (qwen3, llama)
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * ((1.0 + w) if self.gemma else w)
+
+    def inv_freq(self):
+        inv = self.theta ** (-np.arange(0, self.D, 2, dtype=np.float64) / self.D)
+        if self.llama3:  # HF's Llama-3 frequency scaling
+            r = self.llama3
+            factor, low, high, ctx = (float(r[k]) for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                            "original_max_position_embeddings"))
+            wavelen = 2 * np.pi / inv
+            smooth = (ctx / wavelen - low) / (high - low)
+            scaled = np.where(wavelen > ctx / low, inv / factor, inv)
+            mid = (wavelen >= ctx / high) & (wavelen <= ctx / low)
+            inv = np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+        return inv
 
     def rope(self, x, pos):  # x [n, heads, D], NeoX rotate-half
         half = self.D // 2
-        inv_freq = self.theta ** (-np.arange(0, self.D, 2, dtype=np.float64) / self.D)
-        ang = np.asarray(pos, dtype=np.float64)[:, None] / self.rope_factor * inv_freq[None, :]
+        ang = np.asarray(pos, dtype=np.float64)[:, None] / self.rope_factor * self.inv_freq()[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         x1, x2 = x[..., :half], x[..., half:]
         return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -74,16 +92,22 @@ class FlowReference:
             h = h + w[p + "cross_gate"] * self.norm(o, w[p + "post_cross_norm.weight"])
         if p + "self_attn_gate" in w:
             x = self.norm(h, w[p + "pre_sa_norm.weight"])
-            q = self.rope((x @ w[p + "self_attn.q_proj.weight"].T).reshape(len(h), self.n_head, D), pos)
-            k = self.rope((x @ w[p + "self_attn.k_proj.weight"].T).reshape(len(h), self.n_kv, D), pos)
+            q = (x @ w[p + "self_attn.q_proj.weight"].T).reshape(len(h), self.n_head, D)
+            k = (x @ w[p + "self_attn.k_proj.weight"].T).reshape(len(h), self.n_kv, D)
+            if p + "self_attn.q_norm.weight" in w:  # qwen3: per-head norms before RoPE
+                q, k = self.norm(q, w[p + "self_attn.q_norm.weight"]), self.norm(k, w[p + "self_attn.k_norm.weight"])
+            q, k = self.rope(q, pos), self.rope(k, pos)
             v = (x @ w[p + "self_attn.v_proj.weight"].T).reshape(len(h), self.n_kv, D)
             o = self.attend(q, k, v, self.qpas ** -0.5, causal=True) @ w[p + "self_attn.o_proj.weight"].T
             h = h + w[p + "self_attn_gate"] * self.norm(o, w[p + "post_sa_norm.weight"])
         if p + "mlp_gate" in w:
             x = self.norm(h, w[p + "pre_mlp_norm.weight"])
             g = x @ w[p + "gate_proj.weight"].T
-            gelu = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
-            o = (gelu * (x @ w[p + "up_proj.weight"].T)) @ w[p + "down_proj.weight"].T
+            if self.silu:
+                act = g / (1.0 + np.exp(-g))
+            else:
+                act = 0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3)))
+            o = (act * (x @ w[p + "up_proj.weight"].T)) @ w[p + "down_proj.weight"].T
             h = h + w[p + "mlp_gate"] * self.norm(o, w[p + "post_mlp_norm.weight"])
         return h
 

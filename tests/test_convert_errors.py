@@ -77,8 +77,8 @@ def test_base_missing_config_and_tokenizer(capsys, out, tiny, tmp_path):
 
 def test_base_not_a_gemma2_config(capsys, out, tiny, tmp_path):
     d = clone(tiny[0], tmp_path / "b")
-    edit_json(d / "config.json", model_type="llama", architectures=["LlamaForCausalLM"])
-    assert_refused(capsys, out, "not a Gemma-2 or Gemma-3 text config (model_type 'llama'", "base", str(d))
+    edit_json(d / "config.json", model_type="mistral", architectures=["MistralForCausalLM"])
+    assert_refused(capsys, out, "not a config flas-convert base knows (model_type 'mistral'", "base", str(d))
     edit_json(d / "config.json", model_type="gemma3", architectures=["Gemma3ForConditionalGeneration"])
     assert_refused(capsys, out, "a multimodal Gemma-3 checkpoint", "base", str(d))
 
@@ -177,8 +177,9 @@ def test_flow_unknown_base_without_base_config(capsys, out, flow):
 def test_flow_base_config_of_an_unsupported_family(capsys, out, flow, tmp_path):
     bad = tmp_path / "llama.json"
     bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 128}))
-    assert_refused(capsys, out, "base model_type 'llama' is not supported; flas-cpp converts flows of gemma2, gemma3, "
-                   "gemma3_text bases", "flow", str(flow[0]), "--base-config", str(bad))
+    bad.write_text(json.dumps({"model_type": "mistral", "hidden_size": 128}))
+    assert_refused(capsys, out, "base model_type 'mistral' is not supported; flas-cpp converts flows of gemma2, gemma3, "
+                   "gemma3_text, llama, qwen3 bases", "flow", str(flow[0]), "--base-config", str(bad))
 
 
 def test_flow_weights_of_another_base(capsys, out, flow):

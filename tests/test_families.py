@@ -62,7 +62,7 @@ def test_a_version_1_flow_loads_and_steers_identically(tiny_base_f32, flow, tmp_
 
 
 @pytest.mark.parametrize("change, message", [
-    ({N.KEY_BASE_ARCH: "qwen3"}, "flows of 'qwen3' base models are not supported"),
+    ({N.KEY_BASE_ARCH: "mistral"}, "flows of 'mistral' base models are not supported"),
     ({N.KEY_ACTIVATION: "relu"}, "activation 'relu' is not gelu_tanh or silu"),
     ({N.KEY_ROPE_SCALING_TYPE: "yarn"}, "RoPE scaling 'yarn'"),
     ({N.KEY_ROPE_SCALING_FACTOR: 0.5, N.KEY_ROPE_SCALING_TYPE: "linear"}, "RoPE scaling 'linear' with factor 0.5"),
@@ -92,9 +92,19 @@ def test_base_configs_by_family(tmp_path):
     b = base_facts_from_dict(gemma3, tmp_path)
     assert (b.family, b.softcap, b.rope_theta, b.rope_scaling_factor, b.n_embd, b.n_head_kv) == \
         ("gemma3", 0.0, 1e6, 8.0, 640, 1)
-    for model_type in ("qwen3", "llama", "mistral"):
+    for model_type in ("mistral", "qwen2"):
         with pytest.raises(ConversionError, match=f"model_type '{model_type}' is not supported.*gemma2, gemma3"):
             base_facts_from_dict({"model_type": model_type}, tmp_path)
+    llama = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "num_hidden_layers": 16, "rope_theta": 500000.0, "hidden_act": "silu",
+             "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192}}
+    b = base_facts_from_dict(llama, tmp_path)
+    assert (b.family, b.head_dim, b.activation, b.softcap, b.query_pre_attn_scalar) == ("llama", 64, "silu", 0.0, 64)
+    div = b.rope_freqs()  # the highest frequencies untouched, the lowest divided by the factor
+    assert div.shape == (32,) and div[0] == 1.0 and div[-1] == 32.0
+    with pytest.raises(ConversionError, match="attention_bias is true"):
+        base_facts_from_dict({**llama, "attention_bias": True}, tmp_path)
 
 
 def test_the_flow_converter_reads_the_base_config_from_a_local_model_id(tiny, tmp_path):

@@ -18,7 +18,7 @@ from flow_reference import FlowReference
 
 PROMPT = "Tell me about your day."
 CONCEPT = "Talk like a pirate"
-FAMILIES = ["gemma3"]
+FAMILIES = ["gemma3", "qwen3", "llama"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -55,7 +55,8 @@ def concept_rows(f: dict) -> np.ndarray:
 
 def test_the_family_is_detected(family):
     info = family["models"]["f32"].flow_info
-    assert info["family"] == {"gemma3": "gemma3"}[family["name"]]
+    assert info["family"] == family["name"]
+    assert info["activation"] == ("gelu_tanh" if family["name"].startswith("gemma") else "silu")
 
 
 def test_base_logits_and_greedy_continuation_equal_transformers(family):

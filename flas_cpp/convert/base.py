@@ -1,5 +1,6 @@
-"""Hugging Face Gemma-2 / Gemma-3 (text) checkpoint directory -> a GGUF that llama.cpp loads as
-`gemma2` / `gemma3`."""
+"""Hugging Face checkpoint directory -> a GGUF that llama.cpp loads: Gemma-2 (`gemma2`), Gemma-3
+text models (`gemma3`), and Qwen3 / Llama with a SentencePiece vocabulary (`qwen3`, `llama`,
+see decoder.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from .. import safetensors_io
-from . import spm
+from . import decoder, spm
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
                      norm_plan, pick_qtype, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
 
@@ -54,8 +55,8 @@ class GemmaHparams:
             return gemma3_hparams(cfg, where)
         if cfg.get("model_type") != "gemma2" and "Gemma2ForCausalLM" not in archs:
             raise ConversionError(
-                f"{where}: not a Gemma-2 or Gemma-3 text config (model_type {cfg.get('model_type')!r}, architectures "
-                f"{archs}); flas-convert base converts gemma2 and gemma3_text checkpoints; for other families use "
+                f"{where}: not a config flas-convert base knows (model_type {cfg.get('model_type')!r}, architectures "
+                f"{archs}); it converts gemma2, gemma3_text, qwen3 and llama checkpoints; for other families use "
                 "llama.cpp's convert_hf_to_gguf.py")
 
         def need(key: str):
@@ -234,10 +235,18 @@ def _token_id(tok_cfg: dict, cfg: dict, vocab: Vocab, role: str) -> int | None:
     return int(cid) if cid is not None else None
 
 
-def add_metadata(w: GGUFWriter, hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_cfg: dict, name: str, ftype: int) -> None:
+def add_metadata(w: GGUFWriter, hp, vocab: Vocab, cfg: dict, tok_cfg: dict, name: str, ftype: int) -> None:
     w.add_name(name)
     w.add_file_type(ftype)
     w.add_quantization_version(2)
+    if isinstance(hp, decoder.DecoderHparams):
+        decoder.add_arch_metadata(w, hp)
+    else:
+        add_gemma_metadata(w, hp)
+    add_tokenizer_metadata(w, vocab, cfg, tok_cfg)
+
+
+def add_gemma_metadata(w: GGUFWriter, hp: GemmaHparams) -> None:
     w.add_context_length(hp.n_ctx_train)
     w.add_embedding_length(hp.n_embd)
     w.add_block_count(hp.n_layer)
@@ -257,6 +266,8 @@ def add_metadata(w: GGUFWriter, hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_c
         w.add_attn_logit_softcapping(hp.attn_softcap)
         w.add_final_logit_softcapping(hp.final_softcap)
 
+
+def add_tokenizer_metadata(w: GGUFWriter, vocab: Vocab, cfg: dict, tok_cfg: dict) -> None:
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(vocab.tokens)
@@ -280,7 +291,9 @@ def add_metadata(w: GGUFWriter, hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_c
         w.add_chat_template(template)
 
 
-def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp: GemmaHparams, qtype: GGMLQuantizationType) -> list[TensorPlan]:
+def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp, qtype: GGMLQuantizationType) -> list[TensorPlan]:
+    if isinstance(hp, decoder.DecoderHparams):
+        return decoder.plan_tensors(refs, hp, qtype)
     expected = expected_tensors(hp)
     for name, ref in refs.items():
         if name == "lm_head.weight":  # tied to the embedding in Gemma-2; llama.cpp reuses token_embd
@@ -320,7 +333,7 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
     if not dry_run:
         check_output(out, force)
     cfg = read_json(hf_dir / "config.json", "config.json")
-    hp = GemmaHparams.from_config(cfg, hf_dir / "config.json")
+    hp = read_hparams(cfg, hf_dir / "config.json")
     tok_cfg_path = hf_dir / "tokenizer_config.json"
     tok_cfg = read_json(tok_cfg_path, "tokenizer_config.json") if tok_cfg_path.is_file() else {}
     vocab = load_vocab(hf_dir, hp, tok_cfg)
@@ -348,7 +361,14 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
     return summarize_file(out).line(out, dry_run=False) + f" [{key}, by llama.cpp's quantizer]"
 
 
-def write_stage(path: Path, plan: list[TensorPlan], hp: GemmaHparams, vocab: Vocab, cfg: dict, tok_cfg: dict,
+def read_hparams(cfg: dict, where: Path):
+    """GemmaHparams (gemma2, gemma3_text) or DecoderHparams (qwen3, llama) of a config.json."""
+    if cfg.get("model_type") in decoder.ARCHS:
+        return decoder.DecoderHparams.from_config(cfg, where)
+    return GemmaHparams.from_config(cfg, where)
+
+
+def write_stage(path: Path, plan: list[TensorPlan], hp, vocab: Vocab, cfg: dict, tok_cfg: dict,
                 name: str, ftype: int, progress: bool) -> None:
     w = GGUFWriter(path, hp.arch)
     add_metadata(w, hp, vocab, cfg, tok_cfg, name, ftype)

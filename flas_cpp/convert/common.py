@@ -181,3 +181,15 @@ def summarize_file(path: Path) -> Summary:
     for t in GGUFReader(path).tensors:
         summary.add(int(t.n_elements), int(t.n_bytes), GGMLQuantizationType(t.tensor_type))
     return summary
+
+
+def llama3_rope_divisors(theta: float, head_dim: int, scaling: dict) -> np.ndarray:
+    """Llama-3 RoPE scaling as per-frequency divisors ([head_dim/2], float32): the form of
+    llama.cpp's rope_freqs tensor, which ggml's rope divides the frequencies by."""
+    factor, low, high, ctx = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                          "original_max_position_embeddings"))
+    freqs = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / freqs
+    smooth = (ctx / wavelen - low) / (high - low)
+    div = np.where(wavelen < ctx / high, 1.0, np.where(wavelen > ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return div.astype(np.float32)

@@ -6,12 +6,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from .. import gguf_names as N
 from .. import safetensors_io
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     norm_plan, pick_qtype, read_json, read_safetensors, summarize, write_gguf)
+                     llama3_rope_divisors, norm_plan, pick_qtype, read_json, read_safetensors, summarize, write_gguf)
 
 
 @dataclass
@@ -30,10 +31,17 @@ class BaseFacts:
     family: str = "gemma2"              # llama.cpp's architecture of the base
     activation: str = "gelu_tanh"
     rope_scaling_factor: float = 1.0    # linear RoPE scaling (gemma3's global rope on 4B and up)
+    rope_llama3: dict | None = None     # Llama-3 RoPE scaling: factor, low/high_freq_factor, original context
+
+    def rope_freqs(self) -> np.ndarray | None:
+        """Llama-3 scaling as per-frequency divisors of the RoPE frequencies ([head_dim/2]), the
+        form ggml's rope takes (FLAS_SPEC.md 7)."""
+        return llama3_rope_divisors(self.rope_theta, self.head_dim, self.rope_llama3) if self.rope_llama3 else None
 
 
-# The families whose flows this version converts and runs, by config model_type.
-SUPPORTED_FAMILIES = {"gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3"}
+# The families whose flows this version converts and runs: config model_type -> llama.cpp architecture.
+SUPPORTED_FAMILIES = {"gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "qwen3": "qwen3",
+                      "llama": "llama"}
 
 # The released checkpoints' bases, and Gemma-3 270M, so that converting them needs no base config.json.
 KNOWN_BASES = {
@@ -57,7 +65,7 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
                          hp.rms_eps, hp.attn_softcap, hp.rope_theta, hp.query_pre_attn_scalar)
     if model_type not in SUPPORTED_FAMILIES:
         raise ConversionError(f"{where}: base model_type {model_type!r} is not supported; flas-cpp converts flows "
-                              f"of {', '.join(sorted(SUPPORTED_FAMILIES))} bases (qwen3 and llama flows: not yet)")
+                              f"of {', '.join(sorted(SUPPORTED_FAMILIES))} bases")
     text = cfg.get("text_config") or cfg
 
     def need(key: str):
@@ -65,17 +73,37 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
             raise ConversionError(f"{where}: {model_type} config lacks {key!r}; is it complete?")
         return text[key]
 
-    # the flow's RoPE is the base's global (full-attention) one: its base and linear scaling
+    family = SUPPORTED_FAMILIES[model_type]
+    n_head = int(need("num_attention_heads"))
+    head_dim = int(text.get("head_dim") or int(need("hidden_size")) // n_head)
+    dims = (int(need("hidden_size")), int(need("intermediate_size")), n_head,
+            int(text.get("num_key_value_heads") or n_head), head_dim, int(need("num_hidden_layers")))
+    eps = float(text.get("rms_norm_eps", 1e-6))
     scaling = text.get("rope_scaling") or {}
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in ("linear", "default", None):
-        raise ConversionError(f"{where}: rope_scaling {scaling} is not linear; not supported for {model_type}")
-    head_dim = int(need("head_dim"))
-    return BaseFacts(int(need("hidden_size")), int(need("intermediate_size")), int(need("num_attention_heads")),
-                     int(text.get("num_key_value_heads", need("num_attention_heads"))), head_dim,
-                     int(need("num_hidden_layers")), float(text.get("rms_norm_eps", 1e-6)),
-                     float(text.get("attn_logit_softcapping") or 0.0), float(text.get("rope_theta", 1e6)),
-                     float(text.get("query_pre_attn_scalar", head_dim)), family=SUPPORTED_FAMILIES[model_type],
-                     rope_scaling_factor=float(scaling.get("factor", 1.0)) if scaling else 1.0)
+    kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
+    if family == "gemma3":
+        # the flow's RoPE is the base's global (full-attention) one: its base and linear scaling
+        if kind not in ("linear", "default", None):
+            raise ConversionError(f"{where}: rope_scaling {scaling} is not linear; not supported for {model_type}")
+        return BaseFacts(*dims, eps, float(text.get("attn_logit_softcapping") or 0.0), float(text.get("rope_theta", 1e6)),
+                         float(text.get("query_pre_attn_scalar", head_dim)), family=family,
+                         rope_scaling_factor=float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0)
+    # qwen3 and llama: w*x norms, SiLU, scale head_dim^-0.5, no soft-capping (FLAS_SPEC.md 7)
+    if text.get("attention_bias"):
+        raise ConversionError(f"{where}: attention_bias is true; flows with attention biases are not supported yet")
+    act = text.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConversionError(f"{where}: hidden_act {act!r}; {model_type} flows use silu")
+    facts = BaseFacts(*dims, eps, 0.0, float(text.get("rope_theta", 10000.0)), float(head_dim), family=family,
+                      activation="silu")
+    if kind == "llama3":
+        facts.rope_llama3 = {k: float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                             "original_max_position_embeddings")}
+    elif kind == "linear":
+        facts.rope_scaling_factor = float(scaling["factor"])
+    elif kind not in (None, "default"):
+        raise ConversionError(f"{where}: rope_scaling {scaling} is not supported (none, linear or llama3)")
+    return facts
 
 
 def base_facts_from_config(path: Path) -> BaseFacts:
@@ -128,7 +156,7 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 def plan_flow(refs: dict[str, safetensors_io.TensorRef], fc: FlowConfig, base: BaseFacts,
               qtype: GGMLQuantizationType, where: Path) -> tuple[list[TensorPlan], dict[str, bool]]:
     """Every tensor checked against the config and the base; returns the plan and the ablated groups."""
-    table = N.flow_tensor_table(base.n_embd, base.n_ff, base.n_head, base.n_head_kv, base.head_dim)
+    table = N.flow_tensor_table(base.n_embd, base.n_ff, base.n_head, base.n_head_kv, base.head_dim, base.family)
     blocks_present = {int(m.group(1)) for name in refs if (m := _BLOCK_RE.match(name))}
     if blocks_present != set(range(fc.num_blocks)):
         raise ConversionError(f"{where.name} holds blocks {sorted(blocks_present)} but config.json says "
@@ -168,12 +196,15 @@ def plan_flow(refs: dict[str, safetensors_io.TensorRef], fc: FlowConfig, base: B
         ref = refs[ck]
         check_shape(ck, ref.shape, shape, f"the base model ({fc.model_id or 'base config'}: hidden {base.n_embd}, "
                     f"{base.n_head}/{base.n_head_kv} heads of {base.head_dim}, intermediate {base.n_ff})")
-        if kind == "norm":
+        if kind == "norm" and base.family in N.GEMMA_FAMILIES:
             plan.append(norm_plan(gg, shape, ref))
-        elif kind == "vector":
+        elif kind in ("norm", "vector"):  # a w * x norm is stored as it is
             plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32, ref.to_f32))
         else:
             plan.append(TensorPlan(gg, shape, pick_qtype(shape, qtype), ref.to_f32))
+    freqs = base.rope_freqs()
+    if freqs is not None:
+        plan.append(TensorPlan(N.TN_ROPE_FREQS, freqs.shape, GGMLQuantizationType.F32, lambda: freqs))
     return plan, disabled
 
 
@@ -202,10 +233,14 @@ def add_metadata(w: GGUFWriter, fc: FlowConfig, base: BaseFacts, disabled: dict[
     w.add_float32(N.KEY_QUERY_PRE_ATTN_SCALAR, base.query_pre_attn_scalar)
     w.add_float32(N.KEY_ROPE_FREQ_BASE, base.rope_theta)
     w.add_uint32(N.KEY_TIME_FREQ_DIM, N.TIME_FREQ_DIM)
-    w.add_bool(N.KEY_NORM_PLUS_ONE, True)  # the Gemma families
+    w.add_bool(N.KEY_NORM_PLUS_ONE, base.family in N.GEMMA_FAMILIES)
     w.add_string(N.KEY_ACTIVATION, base.activation)
-    w.add_string(N.KEY_ROPE_SCALING_TYPE, "linear" if base.rope_scaling_factor != 1.0 else "none")
-    w.add_float32(N.KEY_ROPE_SCALING_FACTOR, base.rope_scaling_factor)
+    if base.rope_llama3:
+        w.add_string(N.KEY_ROPE_SCALING_TYPE, "llama3")
+        w.add_float32(N.KEY_ROPE_SCALING_FACTOR, base.rope_llama3["factor"])
+    else:
+        w.add_string(N.KEY_ROPE_SCALING_TYPE, "linear" if base.rope_scaling_factor != 1.0 else "none")
+        w.add_float32(N.KEY_ROPE_SCALING_FACTOR, base.rope_scaling_factor)
 
 
 def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | None = None,

@@ -157,10 +157,27 @@ def _encode(x: np.ndarray, dtype: str) -> tuple[str, np.ndarray]:
     return (dtype, safetensors_io.f32_to_bf16_bits(x)) if dtype == "BF16" else (dtype, x.astype(np.float32))
 
 
-FAMILIES = ("gemma2", "gemma3")
+FAMILIES = ("gemma2", "gemma3", "qwen3", "llama")
+GEMMA = ("gemma2", "gemma3")
 
 
 def base_config(s: ModelSize, n_vocab: int, family: str = "gemma2") -> dict:
+    if family in ("qwen3", "llama"):  # pre-norm decoders: w*x norms, SiLU, tied embeddings (as the small ones)
+        cfg = {
+            "vocab_size": n_vocab, "hidden_size": s.hidden, "intermediate_size": s.intermediate,
+            "num_hidden_layers": s.n_layers, "num_attention_heads": s.n_heads,
+            "num_key_value_heads": s.n_kv_heads, "head_dim": s.head_dim, "hidden_act": "silu",
+            "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "attention_bias": False,
+            "attention_dropout": 0.0, "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+            "tie_word_embeddings": True, "initializer_range": 0.02, "use_cache": True,
+            "torch_dtype": "float32" if s.dtype == "F32" else "bfloat16",
+        }
+        if family == "qwen3":
+            return {**cfg, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "rope_theta": 1000000.0,
+                    "rope_scaling": None, "use_sliding_window": False, "sliding_window": None}
+        return {**cfg, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "rope_theta": 500000.0,
+                "mlp_bias": False, "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
     if family == "gemma3":  # Gemma3ForCausalLM: q/k norms, every 6th layer global, no soft-capping
         return {
             "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
@@ -201,6 +218,24 @@ def base_tensor_specs(s: ModelSize, n_vocab: int, family: str = "gemma2") -> lis
     made the model chaotic: bf16 weights then moved logits by 8%.)
     """
     H, D, I = s.hidden, s.head_dim, s.intermediate
+    if family not in GEMMA:  # w*x norms around 1; the residual stream is the sum of the layers' outputs
+        specs = [("model.embed_tokens.weight", (n_vocab, H), 0.3, 0.0), ("model.norm.weight", (H,), 0.1, 1.0)]
+        for i in range(s.n_layers):
+            p = f"model.layers.{i}."
+            specs += [
+                (p + "input_layernorm.weight", (H,), 0.1, 1.0),
+                (p + "self_attn.q_proj.weight", (s.n_heads * D, H), H ** -0.5, 0.0),
+                (p + "self_attn.k_proj.weight", (s.n_kv_heads * D, H), H ** -0.5, 0.0),
+                (p + "self_attn.v_proj.weight", (s.n_kv_heads * D, H), H ** -0.5, 0.0),
+                (p + "self_attn.o_proj.weight", (H, s.n_heads * D), (s.n_heads * D) ** -0.5, 0.0),
+                (p + "post_attention_layernorm.weight", (H,), 0.1, 1.0),
+                (p + "mlp.gate_proj.weight", (I, H), H ** -0.5, 0.0),
+                (p + "mlp.up_proj.weight", (I, H), H ** -0.5, 0.0),
+                (p + "mlp.down_proj.weight", (H, I), I ** -0.5, 0.0),
+            ]
+            if family == "qwen3":
+                specs += [(p + "self_attn.q_norm.weight", (D,), 0.1, 1.0), (p + "self_attn.k_norm.weight", (D,), 0.1, 1.0)]
+        return specs
     specs = [("model.embed_tokens.weight", (n_vocab, H), 0.3, 0.0), ("model.norm.weight", (H,), 0.1, 0.0)]
     for i in range(s.n_layers):
         p = f"model.layers.{i}."
@@ -222,7 +257,8 @@ def base_tensor_specs(s: ModelSize, n_vocab: int, family: str = "gemma2") -> lis
     return specs
 
 
-def flow_tensor_specs(s: ModelSize, disable: frozenset[str] = frozenset()) -> list[tuple[str, tuple[int, ...], float, float]]:
+def flow_tensor_specs(s: ModelSize, disable: frozenset[str] = frozenset(),
+                      family: str = "gemma2") -> list[tuple[str, tuple[int, ...], float, float]]:
     """The released flow checkpoint's keys and shapes (FLAS_SPEC.md section 6), one block.
 
     Gates and the time embedding are large on purpose: steering must visibly change the
@@ -230,6 +266,7 @@ def flow_tensor_specs(s: ModelSize, disable: frozenset[str] = frozenset()) -> li
     """
     H, D, I = s.hidden, s.head_dim, s.intermediate
     q, kv = s.n_heads * D, s.n_kv_heads * D
+    nm = 0.0 if family in GEMMA else 1.0  # norm weights: w of 1 + w (Gemma), or w itself
     specs = [
         ("time_embed.mlp.0.weight", (H, 128), 1.0, 0.0), ("time_embed.mlp.0.bias", (H,), 0.5, 0.0),
         ("time_embed.mlp.2.weight", (H, H), 2.0 * H ** -0.5, 0.0), ("time_embed.mlp.2.bias", (H,), 0.5, 0.0),
@@ -237,26 +274,28 @@ def flow_tensor_specs(s: ModelSize, disable: frozenset[str] = frozenset()) -> li
     b = "blocks.0."
     if "cross_attn" not in disable:
         specs += [
-            (b + "pre_cross_norm.weight", (H,), 0.1, 0.0), (b + "post_cross_norm.weight", (H,), 0.1, 0.0),
+            (b + "pre_cross_norm.weight", (H,), 0.1, nm), (b + "post_cross_norm.weight", (H,), 0.1, nm),
             (b + "cross_attn.q_proj.weight", (q, H), H ** -0.5, 0.0),
             (b + "cross_attn.k_proj.weight", (kv, H), H ** -0.5, 0.0),
             (b + "cross_attn.v_proj.weight", (kv, H), H ** -0.5, 0.0),
             (b + "cross_attn.o_proj.weight", (H, q), q ** -0.5, 0.0),
-            (b + "cross_attn.q_norm.weight", (D,), 0.1, 0.0), (b + "cross_attn.k_norm.weight", (D,), 0.1, 0.0),
+            (b + "cross_attn.q_norm.weight", (D,), 0.1, nm), (b + "cross_attn.k_norm.weight", (D,), 0.1, nm),
             (b + "cross_gate", (H,), 1.0, 0.0),
         ]
     if "self_attn" not in disable:
         specs += [
-            (b + "pre_sa_norm.weight", (H,), 0.1, 0.0), (b + "post_sa_norm.weight", (H,), 0.1, 0.0),
+            (b + "pre_sa_norm.weight", (H,), 0.1, nm), (b + "post_sa_norm.weight", (H,), 0.1, nm),
             (b + "self_attn.q_proj.weight", (q, H), H ** -0.5, 0.0),
             (b + "self_attn.k_proj.weight", (kv, H), H ** -0.5, 0.0),
             (b + "self_attn.v_proj.weight", (kv, H), H ** -0.5, 0.0),
             (b + "self_attn.o_proj.weight", (H, q), q ** -0.5, 0.0),
             (b + "self_attn_gate", (H,), 1.0, 0.0),
         ]
+        if family == "qwen3":
+            specs += [(b + "self_attn.q_norm.weight", (D,), 0.1, nm), (b + "self_attn.k_norm.weight", (D,), 0.1, nm)]
     if "mlp" not in disable:
         specs += [
-            (b + "pre_mlp_norm.weight", (H,), 0.1, 0.0), (b + "post_mlp_norm.weight", (H,), 0.1, 0.0),
+            (b + "pre_mlp_norm.weight", (H,), 0.1, nm), (b + "post_mlp_norm.weight", (H,), 0.1, nm),
             (b + "gate_proj.weight", (I, H), H ** -0.5, 0.0), (b + "up_proj.weight", (I, H), H ** -0.5, 0.0),
             (b + "down_proj.weight", (H, I), I ** -0.5, 0.0), (b + "mlp_gate", (H,), 1.0, 0.0),
         ]
@@ -317,7 +356,7 @@ def write_base(out: Path, size: str = "tiny", seed: int = 0, quiet: bool = False
 
 
 def write_flow(out: Path, size: str = "tiny", seed: int = 0, base_id: str = "flas-testing/gemma-2-tiny",
-               disable: frozenset[str] = frozenset(), quiet: bool = False) -> Path:
+               disable: frozenset[str] = frozenset(), quiet: bool = False, family: str = "gemma2") -> Path:
     """Writes out/flow.safetensors and out/config.json; returns the .safetensors path. `size` is a
     test size or a REAL_FLOWS name (whose base id and ablations then apply)."""
     prompt_format = "chat"
@@ -327,7 +366,7 @@ def write_flow(out: Path, size: str = "tiny", seed: int = 0, base_id: str = "fla
         s = SIZES[size]
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: _encode(_normal(seed + 1, name, shape, std, mean), s.flow_dtype)
-               for name, shape, std, mean in _progress(flow_tensor_specs(s, disable), f"flow {size}", quiet)}
+               for name, shape, std, mean in _progress(flow_tensor_specs(s, disable, family), f"flow {size}", quiet)}
     path = out / "flow.safetensors"
     safetensors_io.write(path, tensors, {"format": "pt"})
     _write_json(out / "config.json", {**flow_config(s, base_id, disable), "prompt_format": prompt_format})
@@ -342,9 +381,10 @@ def make_models(out: str | Path, size: str = "tiny", seed: int = 0, quiet: bool 
         raise ValueError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
     out = Path(out)
     base = write_base(out / "base", size, seed, quiet, family)
-    tag = {"gemma2": "gemma-2", "gemma3": "gemma-3"}[family]
+    tag = {"gemma2": "gemma-2", "gemma3": "gemma-3", "qwen3": "qwen3", "llama": "llama-3"}[family]
     disable = frozenset({"self_attn"}) if family == "gemma3" else frozenset()
-    flow = write_flow(out / "flow", size, seed, base_id=f"flas-testing/{tag}-{size}", disable=disable, quiet=quiet)
+    flow = write_flow(out / "flow", size, seed, base_id=f"flas-testing/{tag}-{size}", disable=disable, quiet=quiet,
+                      family=family)
     return base, flow
 
 
