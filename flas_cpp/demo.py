@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"flas-demo: error: {e}", file=sys.stderr)
         return 2
-    print(f"base: {base}\nflow: {flow}  (layer {model.flow_info['layer']}, N = {steered.n_steps}, "
+    print(f"base: {base}  ({model.family})\nflow: {flow}  (layer {model.flow_info['layer']}, N = {steered.n_steps}, "
           f"on {model.flow_device})\nprompt: {a.prompt!r}\n")
     print(side_by_side(baseline, steered, f"steered: {a.concept!r}, T = {a.flowtime:g}"))
     if baseline.tokens_per_second > 0:

@@ -110,6 +110,7 @@ class FlasModel:
         self.n_ctx_seq: int = self._rt.n_ctx_seq  # tokens one sequence holds
         self.n_gpu_layers: int = n_gpu_layers
         self.flow_device: str = self._rt.flow_device  # the ggml device computing layer L and the flow
+        self.family: str = self.flow_info["family"]  # the base model's family: gemma2, gemma3, qwen3 or llama
 
     def _load_within(self, base: str, flow: str, budget: int, params: dict) -> int:
         """Loads with the most layers whose offload device holds at most budget bytes once every

@@ -55,7 +55,7 @@ def concept_rows(f: dict) -> np.ndarray:
 
 def test_the_family_is_detected(family):
     info = family["models"]["f32"].flow_info
-    assert info["family"] == family["name"]
+    assert info["family"] == family["name"] == family["models"]["f32"].family
     assert info["activation"] == ("gelu_tanh" if family["name"].startswith("gemma") else "silu")
 
 

