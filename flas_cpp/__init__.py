@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 from ._native import core
 from .generation import ContextLengthError, DeviceLostError, Generation, Handle, Request
@@ -28,4 +29,17 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "build_info", "__version__"]
+def get_include() -> str:
+    """The directory holding flas.h, the C API (compile C programs with -I it)."""
+    return str(Path(__file__).resolve().parent / "include")
+
+
+def get_library() -> str:
+    """The path of libflas, the core with its C API (link C programs against it)."""
+    lib = Path(__file__).resolve().parent / "libflas.so"
+    if not lib.is_file():
+        raise FileNotFoundError(f"{lib} is missing: install the package (pip install .) rather than importing the sources")
+    return str(lib)
+
+
+__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "build_info", "get_include", "get_library", "__version__"]

@@ -1,0 +1,167 @@
+"""The C API (include/flas.h, libflas): the header alone as C99 and as C++, the C example and
+the ctypes example built and run against FlasModel, and every error path returning a code and
+a message instead of aborting."""
+
+from __future__ import annotations
+
+import ctypes as C
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import flas_cpp
+from conftest import convert_tiny_flow
+from flas_cpp import FlasModel
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+OUTSIDE = tempfile.gettempdir()
+PROMPT, PIRATE = "Tell me about your day.", "Talk like a pirate"
+sys.path.insert(0, str(EXAMPLES))
+from ctypes_steer import ModelParams, load  # noqa: E402
+from flas_cpp import gguf_names as N  # noqa: E402
+from test_families import rewrite  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def flow(tiny, tmp_path_factory):
+    return convert_tiny_flow(tiny, tmp_path_factory.mktemp("c-api") / "flow-f32.gguf", "f32")
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return load(flas_cpp.get_library())
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_base_f32, flow) -> list[int]:
+    with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
+        steered = m.generate(PROMPT, concept=PIRATE, flowtime=2.0, temperature=0.0, max_tokens=24).tokens
+        baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=24).tokens
+    assert steered != baseline and len(steered) == 24  # the comparison below can tell steering apart
+    return steered
+
+
+def compile_c(source: Path, out: Path, *flags: str) -> None:
+    lib = Path(flas_cpp.get_library())
+    cmd = ["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", *flags, str(source),
+           "-I", flas_cpp.get_include(), str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def test_the_header_compiles_alone_as_c99_and_as_cpp(tmp_path):
+    src = tmp_path / "only_header.c"
+    src.write_text('#include "flas.h"\nint main(void) { struct flas_model_params p = flas_model_default_params(); '
+                   'return p.n_ctx > 0 ? 0 : 1; }\n')
+    compile_c(src, tmp_path / "only_header")
+    assert subprocess.run([str(tmp_path / "only_header")]).returncode == 0
+    cpp = subprocess.run(["g++", "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only",
+                          "-x", "c++", "-I", flas_cpp.get_include(), "-"], input='#include "flas.h"\n',
+                         capture_output=True, text=True)
+    assert cpp.returncode == 0, cpp.stderr
+
+
+def test_the_c_example_generates_what_flasmodel_generates(tiny_base_f32, flow, expected, tmp_path):
+    exe = tmp_path / "simple"
+    compile_c(EXAMPLES / "simple.c", exe)
+    out = subprocess.run([str(exe), str(tiny_base_f32), str(flow), PIRATE, PROMPT, "24", "--ids"],
+                         capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+    assert out.returncode == 0, out.stderr
+    assert [int(x) for x in out.stdout.split()] == expected
+    text = subprocess.run([str(exe), str(tiny_base_f32), str(flow), PIRATE, PROMPT, "24"],
+                          capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+    assert text.returncode == 0 and text.stdout.strip()
+
+
+def test_the_ctypes_example_generates_what_flasmodel_generates(tiny_base_f32, flow, expected):
+    out = subprocess.run([sys.executable, str(EXAMPLES / "ctypes_steer.py"), flas_cpp.get_library(),
+                          str(tiny_base_f32), str(flow), PIRATE, PROMPT, "24"],
+                         capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+    assert out.returncode == 0, out.stderr
+    assert "import flas_cpp" not in (EXAMPLES / "ctypes_steer.py").read_text()
+    assert [int(x) for x in out.stdout.split()] == expected
+
+
+def params(lib, base, flow, **kw) -> ModelParams:
+    mp = lib.flas_model_default_params()
+    mp.base_path, mp.flow_path, mp.n_ctx = str(base).encode(), str(flow).encode(), 256
+    for k, v in kw.items():
+        setattr(mp, k, v)
+    return mp
+
+
+def error(lib) -> str:
+    return lib.flas_last_error().decode()
+
+
+@pytest.mark.parametrize("change, code, message", [
+    (dict(base_path=b"/nonexistent/base.gguf"), -1, "base model GGUF not found"),
+    (dict(flow_path=b"/nonexistent/flow.gguf"), -1, "flow GGUF not found"),
+    (dict(base_path=None), -1, "base_path and flow_path are required"),
+    (dict(n_seq=0), -1, "n_seq must be in 1.."),
+    (dict(n_ctx=8, n_seq=1), -1, "each needs at least 16"),
+    (dict(n_gpu_layers=-1, rpc_servers=b"localhost"), -1, "is not host:port"),
+])
+def test_bad_model_parameters_are_error_codes(lib, tiny_base_f32, flow, change, code, message):
+    mp = params(lib, tiny_base_f32, flow, **change)
+    model = C.c_void_p(1)
+    assert lib.flas_model_load(C.byref(mp), C.byref(model)) == code
+    assert message in error(lib) and model.value is None
+    assert lib.flas_model_load(None, None) == -1 and "must not be NULL" in error(lib)
+
+
+def test_a_flow_of_another_family_is_an_error_code(lib, tiny_base_f32, flow, tmp_path):
+    other = tmp_path / "gemma3.gguf"  # the same flow, said to steer a gemma3 base
+    rewrite(flow, other, change={N.KEY_BASE_ARCH: "gemma3", N.KEY_SOFTCAP: 0.0})
+    model = C.c_void_p()
+    assert lib.flas_model_load(C.byref(params(lib, tiny_base_f32, other)), C.byref(model)) == -1
+    assert "steers a gemma3 model" in error(lib)
+
+
+def test_bad_requests_and_ids_are_error_codes(lib, tiny_base_f32, flow):
+    model = C.c_void_p()
+    assert lib.flas_model_load(C.byref(params(lib, tiny_base_f32, flow)), C.byref(model)) == 0, error(lib)
+    try:
+        ids = (C.c_int32 * 64)()
+        n = lib.flas_prompt_tokens(model, PROMPT.encode(), ids, 64)
+        assert 0 < n <= 64
+        assert lib.flas_prompt_tokens(model, PROMPT.encode(), ids, 2) == n  # the room it needs
+        rid = C.c_uint64()
+
+        def submit(**kw) -> int:
+            rp = lib.flas_request_default_params()
+            rp.prompt, rp.n_prompt, rp.concept, rp.max_tokens = ids, n, PIRATE.encode(), 4
+            for k, v in kw.items():
+                setattr(rp, k, v)
+            return lib.flas_submit(model, C.byref(rp), C.byref(rid))
+
+        assert submit(flowtime=math.nan) == -1 and "flowtime must be a finite number" in error(lib)
+        assert submit(flowtime=-1.0) == -1 and "flowtime must be a finite number" in error(lib)
+        assert submit(concept=None) == -1 and "needs a concept" in error(lib)
+        assert submit(n_steps=65) == -1 and "n_steps must be in 1..64" in error(lib)
+        assert submit(n_prompt=0) == -1 and "the prompt has no tokens" in error(lib)
+        assert submit(top_p=0.0) == -1 and "top_p" in error(lib)
+        big = (C.c_int32 * 1)(10**6)
+        assert submit(prompt=big, n_prompt=1) == -1 and "outside the vocabulary" in error(lib)
+        finish, out = C.c_int(0), (C.c_int32 * 8)()
+        assert lib.flas_poll(model, 12345, 0, out, 8, C.byref(finish)) == -4 and "unknown request" in error(lib)
+        assert submit() == 0
+        got = []
+        while finish.value == 0:
+            k = lib.flas_poll(model, rid, 1000, out, 1, C.byref(finish))  # one at a time: the rest is kept
+            assert k >= 0, error(lib)
+            got += out[:k]
+        assert finish.value == 2 and len(got) == 4  # FLAS_FINISH_MAX_TOKENS
+        assert lib.flas_poll(model, rid, 0, out, 8, C.byref(finish)) == -4  # the id is gone
+        buf = C.create_string_buffer(1)
+        assert lib.flas_token_to_piece(model, got[0], buf, 0) <= 0
+        assert lib.flas_token_to_piece(model, -5, buf, 1) == -1 and "outside the vocabulary" in error(lib)
+        rows = (C.c_byte * 4096)()
+        assert lib.flas_model_memory(model, rows, 0) >= 1
+    finally:
+        lib.flas_model_free(model)
+    lib.flas_model_free(None)  # ignored
