@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes as C
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,3 +166,24 @@ def test_bad_requests_and_ids_are_error_codes(lib, tiny_base_f32, flow):
     finally:
         lib.flas_model_free(model)
     lib.flas_model_free(None)  # ignored
+
+
+def test_flas_cli_streams_baseline_and_steered(tiny_base_f32, flow, expected):
+    exe = shutil.which("flas-cli")
+    assert exe, "flas-cli is installed with the package"
+    with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
+        steered = m.detokenize(expected)
+        baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=24).text
+    out = subprocess.run([exe, "-m", str(tiny_base_f32), "-f", str(flow), "-c", PIRATE, "-p", PROMPT, "-t", "2",
+                          "--compare", "--n-predict", "24", "--n-ctx", "1024"],
+                         capture_output=True, text=True, timeout=120, cwd=OUTSIDE)
+    assert out.returncode == 0, out.stderr
+    head, rest = out.stdout.split("--- steered: ", 1)
+    assert head == f"--- baseline (no steering)\n{baseline}\n"
+    assert rest.split("\n", 1)[1] == f"{steered}\n"
+    assert subprocess.run([exe, "--help"], capture_output=True, text=True).stdout.startswith("usage: flas-cli")
+    bad = subprocess.run([exe, "-m", "/nonexistent.gguf", "-f", str(flow), "-p", PROMPT], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and "base model GGUF not found" in bad.stderr
+    bad = subprocess.run([exe, "--flowtime"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "needs a value" in bad.stderr

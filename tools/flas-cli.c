@@ -1,0 +1,165 @@
+/* flas-cli: steered generation from the command line, through the C API only (no Python).
+ *
+ *   flas-cli -m base.gguf -f flow.gguf -c "Talk like a pirate" -p "Tell me about your day."
+ *            [-t 2.0] [-n 3] [--compare] [-ngl N] [--rpc host:port[,host:port]]
+ *            [--temp 0.7] [--seed 0] [--n-predict 128] [--n-ctx 4096] [--threads N]
+ */
+#include "flas.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct options {
+    const char * base, * flow, * concept, * prompt, * rpc;
+    float flowtime, temperature;
+    int n_steps, n_gpu_layers, n_predict, n_ctx, threads, compare;
+    unsigned seed;
+};
+
+static void usage(FILE * out) {
+    fprintf(out,
+            "usage: flas-cli -m BASE.gguf -f FLOW.gguf -p PROMPT [-c CONCEPT] [-t T] [-n N] [--compare]\n"
+            "                [-ngl N] [--rpc HOST:PORT[,HOST:PORT]] [--temp X] [--seed S] [--n-predict K]\n"
+            "                [--n-ctx C] [--threads N]\n"
+            "  -m, --model        base model GGUF\n"
+            "  -f, --flow         flow GGUF\n"
+            "  -p, --prompt       the user's prompt (the chat template or alpaca is applied as trained)\n"
+            "  -c, --concept      concept to steer toward, e.g. \"Talk like a pirate\" (none: unsteered)\n"
+            "  -t, --flowtime     steering strength T (default 2.0)\n"
+            "  -n, --n-steps      Euler steps N (default: the flow's)\n"
+            "      --compare      print the unsteered reply, then the steered one\n"
+            "  -ngl, --n-gpu-layers  layers on the offload devices (-1: all; default 0)\n"
+            "      --rpc          ggml RPC servers to offload to\n"
+            "      --temp         sampling temperature (default 0: greedy)\n"
+            "      --seed         sampling seed (default 0)\n"
+            "      --n-predict    longest reply in tokens (default 128)\n"
+            "      --n-ctx        context size (default 4096)\n"
+            "      --threads      CPU threads (default: all)\n");
+}
+
+static int parse(int argc, char ** argv, struct options * o) {
+    memset(o, 0, sizeof(*o));
+    o->flowtime = 2.0f;
+    o->n_predict = 128;
+    o->n_ctx = 4096;
+    for (int i = 1; i < argc; ++i) {
+        const char * a = argv[i];
+        const char * v = i + 1 < argc ? argv[i + 1] : NULL;
+#define IS(s, l) (strcmp(a, s) == 0 || strcmp(a, l) == 0)
+        if (IS("-h", "--help")) { usage(stdout); exit(0); }
+        if (IS("--compare", "--compare")) { o->compare = 1; continue; }
+        if (v == NULL) { fprintf(stderr, "flas-cli: %s needs a value\n", a); return 0; }
+        ++i;
+        if (IS("-m", "--model")) o->base = v;
+        else if (IS("-f", "--flow")) o->flow = v;
+        else if (IS("-c", "--concept")) o->concept = v;
+        else if (IS("-p", "--prompt")) o->prompt = v;
+        else if (IS("-t", "--flowtime")) o->flowtime = strtof(v, NULL);
+        else if (IS("-n", "--n-steps")) o->n_steps = atoi(v);
+        else if (IS("-ngl", "--n-gpu-layers")) o->n_gpu_layers = atoi(v);
+        else if (IS("--rpc", "--rpc")) o->rpc = v;
+        else if (IS("--temp", "--temp")) o->temperature = strtof(v, NULL);
+        else if (IS("--seed", "--seed")) o->seed = (unsigned) strtoul(v, NULL, 10);
+        else if (IS("--n-predict", "--n-predict")) o->n_predict = atoi(v);
+        else if (IS("--n-ctx", "--n-ctx")) o->n_ctx = atoi(v);
+        else if (IS("--threads", "--threads")) o->threads = atoi(v);
+        else { fprintf(stderr, "flas-cli: unknown option %s (see --help)\n", a); return 0; }
+#undef IS
+    }
+    if (o->base == NULL || o->flow == NULL || o->prompt == NULL) {
+        fprintf(stderr, "flas-cli: -m BASE.gguf, -f FLOW.gguf and -p PROMPT are required (see --help)\n");
+        return 0;
+    }
+    if (!isfinite(o->flowtime) || o->flowtime < 0 || o->n_predict < 1 || o->n_steps < 0) {
+        fprintf(stderr, "flas-cli: -t must be a number >= 0, --n-predict >= 1, -n >= 1\n");
+        return 0;
+    }
+    return 1;
+}
+
+/* Streams one reply to stdout; returns 0 or 1 (error reported). */
+static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, const char * concept, float flowtime,
+                 const struct options * o) {
+    struct flas_request_params rp = flas_request_default_params();
+    rp.prompt = prompt;
+    rp.n_prompt = n_prompt;
+    rp.concept = concept;
+    rp.flowtime = concept != NULL ? flowtime : 0.0f;
+    rp.n_steps = o->n_steps;
+    rp.max_tokens = o->n_predict;
+    rp.temperature = o->temperature;
+    rp.top_k = o->temperature > 0 ? 64 : 0;
+    rp.top_p = o->temperature > 0 ? 0.95f : 1.0f;
+    rp.seed = o->seed;
+    uint64_t id = 0;
+    if (flas_submit(model, &rp, &id) != FLAS_OK) {
+        fprintf(stderr, "flas-cli: %s\n", flas_last_error());
+        return 1;
+    }
+    enum flas_finish finish = FLAS_FINISH_NONE;
+    while (finish == FLAS_FINISH_NONE) {
+        int32_t tokens[32];
+        const int32_t n = flas_poll(model, id, 1000, tokens, 32, &finish);
+        if (n < 0) {
+            fprintf(stderr, "flas-cli: %s\n", flas_last_error());
+            return 1;
+        }
+        for (int32_t i = 0; i < n; ++i) {
+            char piece[256];
+            const int32_t len = flas_token_to_piece(model, tokens[i], piece, sizeof(piece));
+            if (len > 0) {
+                fwrite(piece, 1, (size_t) len, stdout);
+            }
+        }
+        fflush(stdout);
+    }
+    printf("\n");
+    if (finish == FLAS_FINISH_ERROR) {
+        fprintf(stderr, "flas-cli: %s\n", flas_last_error());
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char ** argv) {
+    struct options o;
+    if (!parse(argc, argv, &o)) {
+        return 2;
+    }
+    struct flas_model_params mp = flas_model_default_params();
+    mp.base_path = o.base;
+    mp.flow_path = o.flow;
+    mp.n_ctx = o.n_ctx;
+    mp.n_gpu_layers = o.n_gpu_layers;
+    mp.rpc_servers = o.rpc;
+    mp.n_threads = o.threads;
+    flas_model * model = NULL;
+    if (flas_model_load(&mp, &model) != FLAS_OK) {
+        fprintf(stderr, "flas-cli: %s\n", flas_last_error());
+        return 1;
+    }
+    int32_t n_prompt = flas_prompt_tokens(model, o.prompt, NULL, 0);
+    int32_t * prompt = n_prompt > 0 ? malloc(sizeof(int32_t) * (size_t) n_prompt) : NULL;
+    if (n_prompt <= 0 || prompt == NULL || flas_prompt_tokens(model, o.prompt, prompt, n_prompt) != n_prompt) {
+        fprintf(stderr, "flas-cli: %s\n", n_prompt < 0 ? flas_last_error() : "cannot tokenize the prompt");
+        free(prompt);
+        flas_model_free(model);
+        return 1;
+    }
+    int rc = 0;
+    if (o.compare) {
+        printf("--- baseline (no steering)\n");
+        rc = reply(model, prompt, n_prompt, NULL, 0.0f, &o);
+        if (rc == 0) {
+            printf("--- steered: \"%s\", T = %g\n", o.concept != NULL ? o.concept : "", o.flowtime);
+        }
+    }
+    if (rc == 0) {
+        rc = reply(model, prompt, n_prompt, o.concept, o.flowtime, &o);
+    }
+    free(prompt);
+    flas_model_free(model);
+    return rc;
+}
