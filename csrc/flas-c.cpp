@@ -98,19 +98,21 @@ struct flas_model_params flas_model_default_params(void) {
     p.rpc_servers   = nullptr;
     p.exact         = d.exact;
     p.verbose       = d.verbose;
+    p.cb_eval           = nullptr;
+    p.cb_eval_user_data = nullptr;
     return p;
 }
 
-int flas_model_load(const struct flas_model_params * params, flas_model ** out) {
+static int load_model(llama_model * app_model, const struct flas_model_params * params, flas_model ** out) {
     if (out != nullptr) {
         *out = nullptr;
     }
     return guarded([&] {
         need(params != nullptr && out != nullptr, "flas_model_load: params and out must not be NULL");
-        need(params->base_path != nullptr && params->flow_path != nullptr,
+        need(params->flow_path != nullptr && (app_model != nullptr || params->base_path != nullptr),
              "flas_model_load: base_path and flow_path are required");
         flas_runtime_params p;
-        p.base_path     = params->base_path;
+        p.base_path     = app_model != nullptr ? "" : params->base_path;
         p.flow_path     = params->flow_path;
         p.n_ctx         = params->n_ctx;
         p.n_batch       = std::min(params->n_batch, params->n_ctx);
@@ -122,11 +124,28 @@ int flas_model_load(const struct flas_model_params * params, flas_model ** out) 
         p.rpc_servers   = split_endpoints(params->rpc_servers);
         p.exact         = params->exact;
         p.verbose       = params->verbose;
+        p.model         = app_model;
+        p.cb_eval           = params->cb_eval;  // the same signature as ggml_backend_sched_eval_callback
+        p.cb_eval_user_data = params->cb_eval_user_data;
+        p.set_llama_log = app_model == nullptr;
         auto m = std::make_unique<flas_model>();
         m->engine = std::make_unique<flas_engine>(p);
         *out = m.release();
         return FLAS_OK;
     });
+}
+
+int flas_model_load(const struct flas_model_params * params, flas_model ** out) { return load_model(nullptr, params, out); }
+
+int flas_model_attach(struct llama_model * model, const struct flas_model_params * params, flas_model ** out) {
+    if (model == nullptr) {
+        if (out != nullptr) {
+            *out = nullptr;
+        }
+        t_error = "flas_model_attach: model is NULL";
+        return FLAS_ERR_INVALID_ARGUMENT;
+    }
+    return load_model(model, params, out);
 }
 
 void flas_model_free(flas_model * model) { delete model; }

@@ -46,7 +46,7 @@ llama_context_ptr flas_runtime::concept_context() {
     cparams.cb_eval_user_data = this;
     cparams.abort_callback = concept_abort;
     cparams.abort_callback_data = this;
-    llama_context_ptr ctx(llama_init_from_model(model_.get(), cparams));
+    llama_context_ptr ctx(llama_init_from_model(model_, cparams));
     if (!ctx) {
         throw std::runtime_error("llama.cpp could not create the concept-encoding context");
     }

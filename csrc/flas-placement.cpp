@@ -57,9 +57,10 @@ llama_model_params flas_runtime::model_params() { return base_model_params(param
 
 // llama.cpp does not say which device computes a layer: decode one token and look at the
 // buffer of layer L's output in the eval callback (the scheduler places it with its weights).
+// An application's model is probed whatever its placement (and gives its final norm there).
 ggml_backend_dev_t flas_runtime::probe_layer_device() {
     ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (params_.n_gpu_layers == 0) {
+    if (params_.n_gpu_layers == 0 && params_.model == nullptr) {
         return cpu;
     }
     llama_token tok = llama_vocab_bos(vocab_);

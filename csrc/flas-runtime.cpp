@@ -30,10 +30,15 @@ void flas_log_init(bool verbose) {
 static bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * rt = static_cast<flas_runtime *>(user_data);
     if (ask) {
-        return rt->wants(t);
+        const bool app = rt->app_eval(t, true);  // asked first: its answer is remembered for this node
+        return rt->wants(t) || app;
     }
-    rt->on_layer_output(t);
-    return true;  // never false: ggml would skip the rest of the split and llama_decode still "succeed"
+    if (rt->wants(t)) {
+        rt->on_layer_output(t);
+    }
+    // never false on our account: ggml would skip the rest of the split and llama_decode still
+    // "succeed"; the application's callback may stop the computation as it always could
+    return rt->app_eval(t, false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -61,28 +66,37 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     if (params.n_batch < 1 || params.concept_cache < 1) {
         throw std::invalid_argument("n_batch and concept_cache must be >= 1");
     }
-    require_file(params.base_path, "base model GGUF");
+    if (params.model == nullptr) {
+        require_file(params.base_path, "base model GGUF");
+    }
     require_file(params.flow_path, "flow GGUF");
-    flas_log_init(params.verbose);
+    if (params.set_llama_log) {
+        flas_log_init(params.verbose);
+    }
     llama_backend_init();
     flas_device_guard guard;  // an RPC server lost while loading: an exception, not an abort
 
     n_threads_ = params.n_threads > 0 ? params.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
 
-    llama_model_params mparams = model_params();
-    model_.reset(llama_model_load_from_file(params.base_path.c_str(), mparams));
-    if (!model_) {
-        throw std::invalid_argument("llama.cpp could not load the base model " + params.base_path +
-                                    " (run with verbose=True for llama.cpp's log)");
+    if (params.model != nullptr) {
+        model_ = params.model;
+    } else {
+        llama_model_params mparams = model_params();
+        owned_model_.reset(llama_model_load_from_file(params.base_path.c_str(), mparams));
+        model_ = owned_model_.get();
+        if (model_ == nullptr) {
+            throw std::invalid_argument("llama.cpp could not load the base model " + params.base_path +
+                                        " (run with verbose=True for llama.cpp's log)");
+        }
     }
-    vocab_ = llama_model_get_vocab(model_.get());
+    vocab_ = llama_model_get_vocab(model_);
     const flas_flow_hparams hp = flas_flow_read_hparams(params.flow_path);
     target_name_ = "l_out-" + std::to_string(hp.layer);
 
     llama_context_params cparams = context_params(params.n_ctx, params.n_batch, params.n_seq);
     cparams.cb_eval           = eval_callback;
     cparams.cb_eval_user_data = this;
-    ctx_.reset(llama_init_from_model(model_.get(), cparams));
+    ctx_.reset(llama_init_from_model(model_, cparams));
     if (!ctx_) {
         throw std::runtime_error("llama.cpp could not create a context (n_ctx " + std::to_string(params.n_ctx) +
                                  "); try a smaller n_ctx");
@@ -103,8 +117,12 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
             set_threads(backend_.get(), n_threads_);
         }
     }
-    check_compatible(params.base_path, params.flow_path);
-    load_output_norm(params.base_path);
+    check_compatible(params.model != nullptr ? "(the application's model)" : params.base_path, params.flow_path);
+    if (params.model == nullptr) {
+        load_output_norm(params.base_path);
+    } else if ((int) output_norm_.size() != flow_.hp.n_embd) {  // read from the graph by the probe
+        throw std::invalid_argument("the application's model has no final norm the concept encoder can use");
+    }
 
     concepts_.bound = params.concept_cache;
     concepts_.slots.resize(std::max(params.concept_cache, params.n_seq));
@@ -139,7 +157,7 @@ llama_context_params flas_runtime::context_params(int n_ctx, int n_batch, int n_
 void flas_runtime::check_compatible(const std::string & base_path, const std::string & flow_path) const {
     const flas_flow_hparams & hp = flow_.hp;
     char arch[64] = {0};
-    llama_model_meta_val_str(model_.get(), "general.architecture", arch, sizeof(arch));
+    llama_model_meta_val_str(model_, "general.architecture", arch, sizeof(arch));
     auto mismatch = [&](const char * what, long long flow_val, long long base_val) {
         if (flow_val != base_val) {
             throw std::invalid_argument(std::string("the flow ") + flow_path + " does not fit the base model " +
@@ -153,14 +171,14 @@ void flas_runtime::check_compatible(const std::string & base_path, const std::st
         throw std::invalid_argument("base model " + base_path + " is '" + arch + "', but the flow " + flow_path +
                                     " steers a " + hp.base_arch + " model (" + hp.base_model_id + ")");
     }
-    mismatch("hidden size", hp.n_embd, llama_model_n_embd(model_.get()));
-    mismatch("layer count", hp.n_base_layer, llama_model_n_layer(model_.get()));
-    mismatch("attention heads", hp.n_head, llama_model_n_head(model_.get()));
-    mismatch("KV heads", hp.n_head_kv, llama_model_n_head_kv(model_.get()));
-    if (hp.layer >= llama_model_n_layer(model_.get())) {
+    mismatch("hidden size", hp.n_embd, llama_model_n_embd(model_));
+    mismatch("layer count", hp.n_base_layer, llama_model_n_layer(model_));
+    mismatch("attention heads", hp.n_head, llama_model_n_head(model_));
+    mismatch("KV heads", hp.n_head_kv, llama_model_n_head_kv(model_));
+    if (hp.layer >= llama_model_n_layer(model_)) {
         throw std::invalid_argument("the flow " + flow_path + " steers layer " + std::to_string(hp.layer) +
                                     " but the base model " + base_path + " has " +
-                                    std::to_string(llama_model_n_layer(model_.get())) + " layers");
+                                    std::to_string(llama_model_n_layer(model_)) + " layers");
     }
 }
 
@@ -227,7 +245,7 @@ bool flas_runtime::is_eog(llama_token token) const { return llama_vocab_is_eog(v
 int flas_runtime::n_vocab() const { return llama_vocab_n_tokens(vocab_); }
 
 std::string flas_runtime::apply_chat_template(const std::vector<std::pair<std::string, std::string>> & messages) const {
-    const char * tmpl = llama_model_chat_template(model_.get(), nullptr);
+    const char * tmpl = llama_model_chat_template(model_, nullptr);
     if (tmpl == nullptr) {
         throw std::invalid_argument("the base model has no chat template; use a chat model or prompt_format alpaca");
     }
@@ -434,10 +452,34 @@ bool flas_runtime::steering_active() const {
     return false;
 }
 
+bool flas_runtime::app_eval(ggml_tensor * t, bool ask) {
+    if (params_.cb_eval == nullptr || probing_) {
+        return ask ? false : true;
+    }
+    if (ask) {
+        const bool want = params_.cb_eval(t, true, params_.cb_eval_user_data);
+        app_asked_ = want ? t : nullptr;
+        return want;
+    }
+    return app_asked_ == t ? params_.cb_eval(t, false, params_.cb_eval_user_data) : true;
+}
+
 bool flas_runtime::wants(const ggml_tensor * t) const {
     if (probing_) {
+        auto * self = const_cast<flas_runtime *>(this);
         if (strcmp(t->name, target_name_.c_str()) == 0 && t->buffer != nullptr) {
-            const_cast<flas_runtime *>(this)->layer_dev_ = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
+            self->layer_dev_ = ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer));
+        }
+        // the final norm's weight, for an application's model (no file to read it from): the
+        // multiplier of "result_norm" = rms_norm(x) * weight
+        if (params_.model != nullptr && strcmp(t->name, "result_norm") == 0 && t->op == GGML_OP_MUL) {
+            for (const ggml_tensor * w : {t->src[0], t->src[1]}) {
+                if (w != nullptr && w->type == GGML_TYPE_F32 && ggml_nelements(w) == llama_model_n_embd(model_) &&
+                    w->buffer != nullptr && ggml_backend_buffer_get_usage(w->buffer) == GGML_BACKEND_BUFFER_USAGE_WEIGHTS) {
+                    self->output_norm_.resize(ggml_nelements(w));
+                    ggml_backend_tensor_get(w, self->output_norm_.data(), 0, ggml_nbytes(w));
+                }
+            }
         }
         return false;
     }

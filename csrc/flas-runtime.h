@@ -41,6 +41,13 @@ struct flas_runtime_params {
     int  main_gpu     = 0;      // llama.cpp's main_gpu
     std::vector<float> tensor_split;        // llama.cpp's tensor_split (empty: by free memory)
     std::vector<std::string> rpc_servers;   // "host:port" of ggml RPC servers, offload devices first
+    // An application's model to steer instead of loading base_path: borrowed, it must outlive
+    // the runtime; its placement (devices, layers) is the application's.
+    llama_model * model = nullptr;
+    // The application's own eval callback, chained: it sees the tensors it asks for as before.
+    ggml_backend_sched_eval_callback cb_eval = nullptr;
+    void * cb_eval_user_data = nullptr;
+    bool set_llama_log = true;  // route llama.cpp's log through flas-cpp's (false: leave the app's)
     int  n_threads    = 0;      // 0: hardware threads
     bool exact        = false;  // f32 KV caches and no flash attention (parity with float32 references)
     bool verbose      = false;  // llama.cpp's informational log
@@ -131,6 +138,7 @@ struct flas_runtime {
 
     // called by the eval callbacks
     bool wants(const ggml_tensor * t) const;
+    bool app_eval(ggml_tensor * t, bool ask);  // the application's chained callback
     void on_layer_output(ggml_tensor * t) noexcept;
     bool on_concept_node(ggml_tensor * t, bool ask) noexcept;
     bool concept_captured() const { return concept_captured_; }
@@ -163,7 +171,8 @@ struct flas_runtime {
     int n_ctx_     = 0;
     int n_ctx_seq_ = 0;
     int n_threads_ = 0;
-    llama_model_ptr   model_;
+    llama_model_ptr   owned_model_;     // when the runtime loaded it
+    llama_model *     model_ = nullptr; // owned_model_, or the application's
     llama_context_ptr ctx_;
     const llama_vocab * vocab_ = nullptr;
 
@@ -181,7 +190,8 @@ struct flas_runtime {
     std::vector<batch_entry> entries_;  // the llama_decode under way
     int cursor_ = 0;                    // batch row of the next row the callback will see
     std::string error_;                 // first error inside a callback, raised after llama_decode
-    bool probing_ = false;              // the callback looks for layer L's device
+    bool probing_ = false;              // the callback looks for layer L's device (and the final norm)
+    const ggml_tensor * app_asked_ = nullptr;  // the last node the application's callback wanted
     ggml_backend_dev_t layer_dev_ = nullptr;
     std::vector<ggml_backend_dev_t> devices_;  // the offload devices given to llama.cpp, null-terminated
     std::vector<float> tensor_split_;          // llama_max_devices() entries

@@ -14,7 +14,7 @@ class ModelParams(C.Structure):
     _fields_ = [("base_path", C.c_char_p), ("flow_path", C.c_char_p), ("n_ctx", C.c_int32), ("n_batch", C.c_int32),
                 ("n_seq", C.c_int32), ("concept_cache", C.c_int32), ("n_gpu_layers", C.c_int32),
                 ("main_gpu", C.c_int32), ("n_threads", C.c_int32), ("rpc_servers", C.c_char_p),
-                ("exact", C.c_bool), ("verbose", C.c_bool)]
+                ("exact", C.c_bool), ("verbose", C.c_bool), ("cb_eval", C.c_void_p), ("cb_eval_user_data", C.c_void_p)]
 
 
 class RequestParams(C.Structure):

@@ -50,6 +50,12 @@ enum flas_finish {
 
 typedef struct flas_model flas_model;
 
+struct llama_model;   /* llama.h */
+struct ggml_tensor;   /* ggml.h */
+/* ggml_backend_sched_eval_callback (ggml-backend.h): asked (ask = true) whether t is wanted,
+ * then called with ask = false once it is computed; false stops the computation. */
+typedef bool (*flas_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);
+
 struct flas_model_params {
     const char * base_path;     /* base model GGUF (required) */
     const char * flow_path;     /* flow GGUF (required) */
@@ -63,6 +69,10 @@ struct flas_model_params {
     const char * rpc_servers;   /* "host:port[,host:port]" of ggml RPC servers, or NULL */
     bool exact;                 /* f32 KV caches, no flash attention (false) */
     bool verbose;               /* llama.cpp's informational log on stderr (false) */
+    /* the application's own eval callback on the steered context, chained: it is asked about
+     * every node and called for those it wants, as llama.cpp would (NULL: none) */
+    flas_eval_callback cb_eval;
+    void * cb_eval_user_data;
 };
 
 struct flas_request_params {
@@ -98,7 +108,13 @@ FLAS_API struct flas_model_params flas_model_default_params(void);
 /* Loads the base model and the flow and starts the scheduler. On success *out is a model the
  * caller owns and frees with flas_model_free; on failure *out is NULL. */
 FLAS_API int flas_model_load(const struct flas_model_params * params, flas_model ** out);
-/* Frees everything the model holds (NULL is ignored). Requests still running end. */
+/* Steers a llama_model the application loaded itself (as mtmd attaches to one): the flow, its
+ * contexts and the scheduler are added; the model's weights and placement are the application's.
+ * params->base_path is ignored; the model is borrowed and must outlive *out. llama.cpp's log
+ * callback is left as the application set it. */
+FLAS_API int flas_model_attach(struct llama_model * model, const struct flas_model_params * params, flas_model ** out);
+/* Frees everything the model holds (NULL is ignored). Requests still running end. An attached
+ * llama_model is not freed. */
 FLAS_API void flas_model_free(flas_model * model);
 
 /* The base family ("gemma2", "gemma3", "qwen3", "llama"); valid while the model lives. */

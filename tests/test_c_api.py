@@ -187,3 +187,21 @@ def test_flas_cli_streams_baseline_and_steered(tiny_base_f32, flow, expected):
     assert bad.returncode == 1 and "base model GGUF not found" in bad.stderr
     bad = subprocess.run([exe, "--flowtime"], capture_output=True, text=True)
     assert bad.returncode == 2 and "needs a value" in bad.stderr
+
+
+def test_attaching_to_an_app_owned_model_keeps_its_callback(tiny_base_f32, flow, expected, tmp_path):
+    import llama_cpp
+    pkg = Path(llama_cpp.__file__).parent
+    exe = tmp_path / "attach"
+    lib = Path(flas_cpp.get_library())
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", str(REPO / "tests" / "c" / "attach.c"),
+                    "-I", flas_cpp.get_include(), "-I", str(pkg.parent / "include"), str(lib),
+                    str(pkg / "lib" / "libllama.so"), f"-Wl,-rpath,{lib.parent}:{pkg / 'lib'}", "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(exe), str(tiny_base_f32), str(flow), PIRATE, PROMPT, "24"], capture_output=True,
+                         text=True, timeout=120, cwd=OUTSIDE)
+    assert out.returncode == 0, out.stderr
+    *tokens, seen = out.stdout.split("\n")[:-1]
+    assert [int(t) for t in tokens] == expected  # the same numbers as the owned path
+    # the application's callback saw its tensor computed at every step: prompt + 23 decoded tokens
+    assert seen == "result_norm 24"
