@@ -1,0 +1,47 @@
+/* The C API's error paths and defaults, without model files (run by CTest). */
+#include "flas.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond, what)                                              \
+    do {                                                               \
+        if (!(cond)) {                                                 \
+            fprintf(stderr, "FAIL %s (last error: %s)\n", what, flas_last_error()); \
+            ++failures;                                                \
+        }                                                              \
+    } while (0)
+
+int main(void) {
+    struct flas_model_params mp = flas_model_default_params();
+    CHECK(mp.n_ctx > 0 && mp.n_batch > 0 && mp.n_seq == 1 && mp.base_path == NULL && mp.cb_eval == NULL, "defaults");
+    struct flas_request_params rp = flas_request_default_params();
+    CHECK(rp.flowtime == 2.0f && rp.n_steps == 0 && rp.max_tokens > 0 && rp.top_p == 1.0f, "request defaults");
+    CHECK(strstr(flas_system_info(), "CPU") != NULL, "system info names the CPU");
+
+    flas_model * model = (flas_model *) &mp;  /* must be reset to NULL on failure */
+    CHECK(flas_model_load(NULL, &model) == FLAS_ERR_INVALID_ARGUMENT && model == NULL, "NULL params");
+    CHECK(strstr(flas_last_error(), "must not be NULL") != NULL, "NULL params message");
+    CHECK(flas_model_load(&mp, &model) == FLAS_ERR_INVALID_ARGUMENT, "no paths");
+    CHECK(strstr(flas_last_error(), "required") != NULL, "no paths message");
+    mp.base_path = "/nonexistent/base.gguf";
+    mp.flow_path = "/nonexistent/flow.gguf";
+    CHECK(flas_model_load(&mp, &model) == FLAS_ERR_INVALID_ARGUMENT && model == NULL, "missing files");
+    CHECK(strstr(flas_last_error(), "not found") != NULL, "missing files message");
+    CHECK(flas_model_attach(NULL, &mp, &model) == FLAS_ERR_INVALID_ARGUMENT, "attach NULL model");
+
+    enum flas_finish finish;
+    int32_t tokens[4];
+    uint64_t id = 0;
+    CHECK(flas_poll(NULL, 1, 0, tokens, 4, &finish) == FLAS_ERR_INVALID_ARGUMENT && finish == FLAS_FINISH_NONE, "poll NULL");
+    CHECK(flas_submit(NULL, &rp, &id) == FLAS_ERR_INVALID_ARGUMENT, "submit NULL");
+    CHECK(flas_prompt_tokens(NULL, "x", tokens, 4) == FLAS_ERR_INVALID_ARGUMENT, "prompt NULL");
+    CHECK(flas_cancel(NULL, 1) == FLAS_ERR_INVALID_ARGUMENT, "cancel NULL");
+    CHECK(flas_model_memory(NULL, NULL, 0) == FLAS_ERR_INVALID_ARGUMENT, "memory NULL");
+    CHECK(flas_model_n_vocab(NULL) == 0 && strcmp(flas_model_family(NULL), "") == 0, "facts of NULL");
+    flas_model_free(NULL);
+    printf("%s\n", failures == 0 ? "ok" : "FAILED");
+    return failures == 0 ? 0 : 1;
+}
