@@ -67,6 +67,11 @@ extern "C" {
 
 const char * flas_last_error(void) { return t_error.c_str(); }
 
+void flas_log_set(flas_log_callback callback, void * user_data) {
+    // the same signature as ggml_log_callback, with the level as an int
+    flas_log_route(reinterpret_cast<ggml_log_callback>(callback), user_data);
+}
+
 const char * flas_system_info(void) {
     static const std::string info = [] {
         const flas_build_info bi = flas_build_info_get();

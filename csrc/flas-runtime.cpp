@@ -16,9 +16,21 @@
 static bool g_verbose = false;
 bool flas_log_quiet = false;  // set while a pass is aborted on purpose (concept encoding)
 
+static ggml_log_callback g_app_log = nullptr;  // an application's choice (flas_log_set), else stderr
+static void * g_app_log_data = nullptr;
+
+void flas_log_route(ggml_log_callback callback, void * user_data) {
+    g_app_log = callback;
+    g_app_log_data = user_data;
+}
+
 static void log_callback(enum ggml_log_level level, const char * text, void *) {
     if (g_verbose || (!flas_log_quiet && level == GGML_LOG_LEVEL_ERROR)) {
-        fputs(text, stderr);
+        if (g_app_log != nullptr) {
+            g_app_log(level, text, g_app_log_data);
+        } else {
+            fputs(text, stderr);
+        }
     }
 }
 

@@ -61,6 +61,8 @@ struct flas_seq_tokens {
 
 // llama.cpp's log through flas-cpp: errors only, or everything when verbose.
 void flas_log_init(bool verbose);
+// Where flas-cpp's log goes: callback (NULL: stderr).
+void flas_log_route(ggml_log_callback callback, void * user_data);
 
 // What a runtime of `params` would hold per device, from llama.cpp's simulated buffers (no_alloc)
 // and the flow's tensor sizes on the device of layer L, with every sequence steered with

@@ -102,6 +102,12 @@ FLAS_API const char * flas_last_error(void);
 /* ggml version, backends and devices, one line; valid for the life of the process. */
 FLAS_API const char * flas_system_info(void);
 
+/* Where the log of models loaded with flas_model_load goes (llama.cpp's messages, filtered to
+ * errors unless params.verbose): level is a ggml_log_level; NULL restores stderr. Attached
+ * models leave llama.cpp's log as the application set it. */
+typedef void (*flas_log_callback)(int level, const char * text, void * user_data);
+FLAS_API void flas_log_set(flas_log_callback callback, void * user_data);
+
 /* ---- models ---- */
 
 FLAS_API struct flas_model_params flas_model_default_params(void);

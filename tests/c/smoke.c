@@ -5,6 +5,13 @@
 #include <string.h>
 
 static int failures = 0;
+static int logged = 0;
+
+static void count_log(int level, const char * text, void * user_data) {
+    (void) level;
+    (void) text;
+    *(int *) user_data += 1;
+}
 
 #define CHECK(cond, what)                                              \
     do {                                                               \
@@ -21,6 +28,7 @@ int main(void) {
     CHECK(rp.flowtime == 2.0f && rp.n_steps == 0 && rp.max_tokens > 0 && rp.top_p == 1.0f, "request defaults");
     CHECK(strstr(flas_system_info(), "CPU") != NULL, "system info names the CPU");
 
+    flas_log_set(count_log, &logged);
     flas_model * model = (flas_model *) &mp;  /* must be reset to NULL on failure */
     CHECK(flas_model_load(NULL, &model) == FLAS_ERR_INVALID_ARGUMENT && model == NULL, "NULL params");
     CHECK(strstr(flas_last_error(), "must not be NULL") != NULL, "NULL params message");
@@ -32,6 +40,19 @@ int main(void) {
     CHECK(strstr(flas_last_error(), "not found") != NULL, "missing files message");
     CHECK(flas_model_attach(NULL, &mp, &model) == FLAS_ERR_INVALID_ARGUMENT, "attach NULL model");
 
+    /* a file llama.cpp cannot read: an error code, and llama.cpp's complaint through our callback */
+    FILE * bad = fopen("smoke-not-a-gguf.gguf", "wb");
+    CHECK(bad != NULL, "temporary file");
+    if (bad != NULL) {
+        fputs("not a gguf file", bad);
+        fclose(bad);
+        mp.base_path = mp.flow_path = "smoke-not-a-gguf.gguf";
+        CHECK(flas_model_load(&mp, &model) == FLAS_ERR_INVALID_ARGUMENT && model == NULL, "unreadable base");
+        CHECK(strstr(flas_last_error(), "could not load the base model") != NULL, "unreadable base message");
+        CHECK(logged > 0, "llama.cpp's error went to the log callback");
+        remove("smoke-not-a-gguf.gguf");
+    }
+
     enum flas_finish finish;
     int32_t tokens[4];
     uint64_t id = 0;
@@ -42,6 +63,7 @@ int main(void) {
     CHECK(flas_model_memory(NULL, NULL, 0) == FLAS_ERR_INVALID_ARGUMENT, "memory NULL");
     CHECK(flas_model_n_vocab(NULL) == 0 && strcmp(flas_model_family(NULL), "") == 0, "facts of NULL");
     flas_model_free(NULL);
+    flas_log_set(NULL, NULL);
     printf("%s\n", failures == 0 ? "ok" : "FAILED");
     return failures == 0 ? 0 : 1;
 }
