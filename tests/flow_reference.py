@@ -125,3 +125,22 @@ class FlowReference:
         for k in range(n_steps):
             h = h + dt * self.velocity(h, k * dt, c, pos)
         return h
+
+
+def generate_driven_by_reference(m, ref: FlowReference, c, prompt: str, flowtime: float, n_steps: int,
+                                 max_tokens: int) -> list[int]:
+    """Greedy tokens of FlasModel m with its flow replaced, through set_steer_hook, by the reference:
+    every forward pass hands over the new layer-L rows, the reference integrates them with all
+    the rows before (its own self-attention cache), and the new rows go back."""
+    seen: list[np.ndarray] = []
+
+    def reference_hook(rows: np.ndarray, pos0: int) -> np.ndarray:
+        assert pos0 == sum(len(r) for r in seen)  # rows arrive in order, positions consecutive
+        seen.append(rows.copy())
+        return ref.steer(np.concatenate(seen), c, flowtime, n_steps)[pos0:].astype(np.float32)
+
+    m.set_steer_hook(reference_hook)
+    try:
+        return m.generate(prompt, flowtime=0.0, temperature=0.0, max_tokens=max_tokens).tokens
+    finally:
+        m.set_steer_hook(None)

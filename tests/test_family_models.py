@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from flas_cpp import FlasModel
 from flas_cpp.convert import convert_base, convert_flow
 from flas_cpp.testing.make_models import make_models
-from flow_reference import FlowReference
+from flow_reference import FlowReference, generate_driven_by_reference
 
 PROMPT = "Tell me about your day."
 CONCEPT = "Talk like a pirate"
@@ -100,20 +100,10 @@ def test_greedy_steered_generation_equals_reference_driven_generation(family):
     m = family["models"]["f32"]
     ref = FlowReference(family["flow_st"], family["config"])
     c = concept_rows(family)
-    seen: list[np.ndarray] = []
-
-    def reference_hook(rows: np.ndarray, pos0: int) -> np.ndarray:
-        seen.append(rows.copy())
-        return ref.steer(np.concatenate(seen), c, 2.0, 3)[pos0:].astype(np.float32)
-
-    m.set_steer_hook(reference_hook)
-    try:
-        driven = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=32)
-    finally:
-        m.set_steer_hook(None)
+    driven = generate_driven_by_reference(m, ref, c, PROMPT, 2.0, 3, 32)
     steered = m.generate(PROMPT, concept=CONCEPT, flowtime=2.0, n_steps=3, temperature=0.0, max_tokens=32)
     baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=32)
-    assert len(steered.tokens) == 32 and steered.tokens == driven.tokens
+    assert len(steered.tokens) == 32 and steered.tokens == driven
     assert steered.tokens != baseline.tokens
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import convert_tiny_flow
 from flas_cpp import FlasModel
 from flas_cpp.testing import make_models as mm
-from flow_reference import FlowReference
+from flow_reference import FlowReference, generate_driven_by_reference
 
 PROMPT = "Tell me about your day."
 CONCEPT = "Talk like a pirate"
@@ -79,22 +79,10 @@ def test_flowtime_zero_is_the_identity_bit_for_bit(models):
 def test_greedy_generation_equals_reference_driven_generation(models, flows, base_config, concept_c):
     m = models["f32"]
     ref = FlowReference(flows["f32"][1], base_config)
-    seen: list[np.ndarray] = []
-
-    def reference_hook(rows: np.ndarray, pos0: int) -> np.ndarray:
-        assert pos0 == sum(len(r) for r in seen)  # rows arrive in order, positions consecutive
-        seen.append(rows.copy())
-        steered = ref.steer(np.concatenate(seen), concept_c, 2.0, 3)
-        return steered[pos0:].astype(np.float32)
-
-    m.set_steer_hook(reference_hook)
-    try:
-        driven = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=32)
-    finally:
-        m.set_steer_hook(None)
+    driven = generate_driven_by_reference(m, ref, concept_c, PROMPT, 2.0, 3, 32)
     steered = m.generate(PROMPT, concept=CONCEPT, flowtime=2.0, n_steps=3, temperature=0.0, max_tokens=32)
     baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=32)
-    assert len(steered.tokens) == 32 and steered.tokens == driven.tokens
+    assert len(steered.tokens) == 32 and steered.tokens == driven
     assert steered.tokens != baseline.tokens
 
 
