@@ -151,6 +151,7 @@ PYBIND11_MODULE(_core, m) {
             PyErr_SetString(cls.ptr(), e.what());
         }
     });
+    m.attr("MAX_STEPS") = FLAS_MAX_STEPS;  // flas.h: one definition for C, C++ and Python
     m.def("build_info", &build_info_dict,
           "ggml/llama.cpp version, registered backends and devices, and the paths of the loaded libraries.");
     m.def("model_quantize", &flas_model_quantize, py::arg("path_in"), py::arg("path_out"), py::arg("ftype"),

@@ -3,13 +3,6 @@
 #include "flas-info.h"
 #include "flas-llama-ext.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include "ggml.h"
 
 #include <chrono>
@@ -67,11 +60,11 @@ static void on_ggml_abort(const char * message) {
                         if (g_lost_endpoints.count(e) != 0) {
                             continue;  // lost before: its models already know
                         }
-                        const flas_probe p = flas_endpoint_probe(e, 1000);
-                        if (p == flas_probe::refused) {
+                        const flas_tcp p = flas_endpoint_probe(e, 1000);
+                        if (p == flas_tcp::refused) {
                             g_lost_endpoints.insert(e);
                             any_refused = true;
-                        } else if (p == flas_probe::timeout) {
+                        } else if (p == flas_tcp::timeout) {
                             slow.insert(e);
                         }
                     }
@@ -161,46 +154,13 @@ static bool split_endpoint(const std::string & endpoint, std::string & host, std
     return port.size() <= 5 && p >= 1 && p <= 65535;
 }
 
-flas_probe flas_endpoint_probe(const std::string & endpoint, int timeout_ms) {
+flas_tcp flas_endpoint_probe(const std::string & endpoint, int timeout_ms) {
     std::string host, port;
-    if (!split_endpoint(endpoint, host, port)) {
-        return flas_probe::refused;
-    }
-    addrinfo hints{};
-    hints.ai_family   = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo * res = nullptr;
-    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) {
-        return flas_probe::refused;
-    }
-    flas_probe result = flas_probe::refused;
-    for (addrinfo * a = res; a != nullptr && result != flas_probe::open; a = a->ai_next) {
-        const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
-        if (fd < 0) {
-            continue;
-        }
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
-        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-            result = flas_probe::open;
-        } else if (errno == EINPROGRESS) {
-            pollfd pfd{fd, POLLOUT, 0};
-            int err = 0;
-            socklen_t len = sizeof(err);
-            const int ready = poll(&pfd, 1, timeout_ms);
-            if (ready == 0) {
-                result = flas_probe::timeout;
-            } else if (ready == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0) {
-                result = flas_probe::open;
-            }
-        }
-        close(fd);
-    }
-    freeaddrinfo(res);
-    return result;
+    return split_endpoint(endpoint, host, port) ? flas_tcp_probe(host, port, timeout_ms) : flas_tcp::refused;
 }
 
 bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms) {
-    return flas_endpoint_probe(endpoint, timeout_ms) == flas_probe::open;
+    return flas_endpoint_probe(endpoint, timeout_ms) == flas_tcp::open;
 }
 
 static ggml_backend_reg_t rpc_reg_or_throw() {

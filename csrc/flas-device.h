@@ -9,6 +9,8 @@
 // caller blocked on the reply can be abandoned instead of the process being killed.
 #pragma once
 
+#include "flas-platform.h"
+
 #include "ggml-backend.h"
 #include "llama.h"
 
@@ -26,9 +28,8 @@ struct flas_device_lost : std::runtime_error {
 // Connects to each endpoint ("host:port") and returns its devices, in order. Errors name the
 // endpoint: unreachable, not a ggml RPC server, lost earlier in this process, RPC not built.
 std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> & endpoints);
-// Whether a TCP connection to endpoint opens within timeout_ms.
-enum class flas_probe { open, refused, timeout };
-flas_probe flas_endpoint_probe(const std::string & endpoint, int timeout_ms);
+// Whether a TCP connection to endpoint ("host:port") opens within timeout_ms.
+flas_tcp flas_endpoint_probe(const std::string & endpoint, int timeout_ms);
 bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms);
 // This machine's GPUs (the RPC devices are not registered, so never among them).
 std::vector<ggml_backend_dev_t> flas_local_accelerators();

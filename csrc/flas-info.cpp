@@ -1,21 +1,13 @@
 #include "flas-info.h"
+#include "flas-platform.h"
 
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "llama.h"
 
-#include <dlfcn.h>
-
 #include <fstream>
 #include <stdexcept>
 
-static std::string shared_object_of(const void * symbol) {
-    Dl_info info{};
-    if (dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) {
-        return "";
-    }
-    return info.dli_fname;
-}
 
 const char * flas_device_type_name(int type) {
     switch ((enum ggml_backend_dev_type) type) {
@@ -44,9 +36,9 @@ flas_build_info flas_build_info_get() {
         ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
         bi.devices.push_back(d);
     }
-    bi.libllama_path     = shared_object_of(reinterpret_cast<const void *>(&llama_print_system_info));
-    bi.libggml_path      = shared_object_of(reinterpret_cast<const void *>(&ggml_backend_dev_count));
-    bi.libggml_base_path = shared_object_of(reinterpret_cast<const void *>(&ggml_version));
+    bi.libllama_path     = flas_shared_object_of(reinterpret_cast<const void *>(&llama_print_system_info));
+    bi.libggml_path      = flas_shared_object_of(reinterpret_cast<const void *>(&ggml_backend_dev_count));
+    bi.libggml_base_path = flas_shared_object_of(reinterpret_cast<const void *>(&ggml_version));
     return bi;
 }
 

@@ -5,11 +5,11 @@
 #pragma once
 
 #include "flas-flow.h"
+#include "flas.h"
 
 #include <vector>
 
-// Sized once for concept_max_len tokens per slot and FLAS_MAX_STEPS steps per sequence.
-#define FLAS_MAX_STEPS 64
+// Sized once for concept_max_len tokens per slot and FLAS_MAX_STEPS (flas.h) steps per sequence.
 
 // Slot s holds its concept's keys at key indices s*K_max .. s*K_max+K-1, so the keys of
 // neighbouring slots form one view that a block mask splits between rows.

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Callable, TextIO
 
+from ._native import core
 from .devices import add_device_args, device_kwargs
 from .model import FlasModel
 
@@ -67,8 +68,8 @@ class ChatSession:
                 self.write(f"flowtime: {value:g}\n")
             elif name == "steps":
                 value = int(arg)
-                if not 1 <= value <= 64:
-                    raise ValueError("steps must be in 1..64")
+                if not 1 <= value <= core().MAX_STEPS:
+                    raise ValueError(f"steps must be in 1..{core().MAX_STEPS}")
                 self.n_steps = value
                 self.write(f"steps: {value}\n")
             elif name == "temp":

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ._native import core
+
 Message = dict  # {"role": "user" | "assistant" | "model" | "system", "content": str}
 
 ALPACA_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"  # the BOS comes from the tokenizer
-MAX_STEPS = 64
 
 
 def normalize_messages(prompt: str | None, messages: Sequence[Message] | None) -> list[tuple[str, str]]:
@@ -40,8 +41,9 @@ def alpaca_prompt(turns: list[tuple[str, str]]) -> str:
 def check_steering(concept: str | None, flowtime: float, n_steps: int) -> None:
     if isinstance(flowtime, bool) or not isinstance(flowtime, (int, float)) or not math.isfinite(flowtime) or flowtime < 0:
         raise ValueError(f"flowtime must be a finite number >= 0 (0 = no steering, 2 = the paper's strength), got {flowtime!r}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= MAX_STEPS:
-        raise ValueError(f"n_steps must be an integer in 1..{MAX_STEPS} (the flow's default is usually 3), got {n_steps!r}")
+    max_steps = core().MAX_STEPS  # FLAS_MAX_STEPS of flas.h
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= max_steps:
+        raise ValueError(f"n_steps must be an integer in 1..{max_steps} (the flow's default is usually 3), got {n_steps!r}")
     if concept is not None and (not isinstance(concept, str) or not concept.strip()):
         raise ValueError("concept is empty; describe it in words, e.g. concept=\"Talk like a pirate\"")
     if flowtime > 0 and concept is None:

@@ -31,6 +31,9 @@
 extern "C" {
 #endif
 
+/* Limits every interface shares (the Python package reads them through its extension). */
+#define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
+
 enum flas_status {
     FLAS_OK                    =  0,
     FLAS_ERR_INVALID_ARGUMENT  = -1,  /* a bad parameter, path or file; nothing changed */

@@ -28,7 +28,7 @@ RPC_BUILD = ('CMAKE_ARGS="-DGGML_RPC=on" pip install --no-cache-dir --force-rein
              'llama-cpp-python==0.3.36 && pip install --no-build-isolation --no-deps .')
 PIRATE, NOIR = "Talk like a pirate", "Respond as a noir detective"
 PROMPT = "Tell me about your day."
-MAX_STEPS = 64  # FLAS_MAX_STEPS: time embeddings kept per sequence
+MAX_STEPS = core().MAX_STEPS  # FLAS_MAX_STEPS: time embeddings kept per sequence
 OUTSIDE = tempfile.gettempdir()  # subprocesses import the installed package, not the source tree
 
 

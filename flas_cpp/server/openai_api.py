@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._native import core
 from ..generation import Generation, Request
 
 ROLES = ("system", "user", "assistant")
@@ -59,8 +60,9 @@ class Steering:
                 n_steps = int(n) if colon else None
             except ValueError:
                 raise ValueError(f"--preset {text!r}: T must be a number and N an integer (NAME=CONCEPT@T:N)") from None
-        if not concept.strip() or not math.isfinite(flowtime) or flowtime < 0 or (n_steps is not None and not 1 <= n_steps <= 64):
-            raise ValueError(f"--preset {text!r}: needs a concept, T >= 0 and N in 1..64")
+        max_steps = core().MAX_STEPS
+        if not concept.strip() or not math.isfinite(flowtime) or flowtime < 0 or (n_steps is not None and not 1 <= n_steps <= max_steps):
+            raise ValueError(f"--preset {text!r}: needs a concept, T >= 0 and N in 1..{max_steps}")
         return name.strip(), cls(concept.strip(), flowtime, n_steps)
 
 
@@ -137,7 +139,7 @@ def _steering(body: dict, base: Steering) -> Steering:
     if concept is not None and (not isinstance(concept, str) or not concept.strip()):
         raise _bad("steering.concept", "must be a non-empty string (or null for no steering)")
     flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, 0.0)
-    n_steps = _integer(s, "n_steps", base.n_steps, 1, 64)
+    n_steps = _integer(s, "n_steps", base.n_steps, 1, core().MAX_STEPS)
     if flowtime > 0 and concept is None:
         raise _bad("steering.concept", "steering with flowtime > 0 needs a concept")
     return Steering(concept, flowtime, n_steps)

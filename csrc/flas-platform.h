@@ -1,0 +1,11 @@
+// What depends on the operating system, in one place: a TCP connection probe and the path of
+// a loaded shared object. POSIX (Linux, macOS) today; a Windows port replaces flas-platform.cpp.
+#pragma once
+
+#include <string>
+
+enum class flas_tcp { open, refused, timeout };
+// Whether a TCP connection to host:port opens within timeout_ms (closed again at once).
+flas_tcp flas_tcp_probe(const std::string & host, const std::string & port, int timeout_ms);
+// The file of the shared object holding `symbol` ("" if unknown).
+std::string flas_shared_object_of(const void * symbol);
