@@ -206,6 +206,7 @@ PYBIND11_MODULE(_core, m) {
         .def("apply_chat_template", &R::apply_chat_template, py::arg("messages"))
         .def("set_steering", &R::set_steering, py::arg("seq"), py::arg("concept"), py::arg("flowtime"),
              py::arg("n_steps"), py::call_guard<py::gil_scoped_release>())
+        .def("prepare_concept", &R::prepare_concept, py::arg("concept"), py::call_guard<py::gil_scoped_release>())
         .def("set_trace", &R::set_trace, py::arg("seq"), py::arg("on"))
         .def("set_steer_hook", [](R & r, py::object fn) { r.set_steer_hook(python_hook(fn, r.n_embd())); })
         .def("reset", &R::reset, py::arg("seq"))

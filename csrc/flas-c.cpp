@@ -217,6 +217,15 @@ int32_t flas_token_to_piece(const flas_model * model, int32_t token, char * buf,
     });
 }
 
+int32_t flas_encode_concept(flas_model * model, const char * concept) {
+    return guarded([&] {
+        need(model != nullptr && concept != nullptr, "flas_encode_concept: model and concept must not be NULL");
+        int n = 0;
+        model->engine->run_exclusive([&] { n = model->engine->runtime().prepare_concept(concept); });
+        return n;
+    });
+}
+
 struct flas_request_params flas_request_default_params(void) {
     const flas_request d;
     struct flas_request_params p;

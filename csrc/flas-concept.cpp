@@ -142,6 +142,13 @@ int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
     return slot;
 }
 
+int flas_runtime::prepare_concept(const std::string & concept) {
+    int n_total = 0;
+    const int slot = acquire_concept(concept, n_total);
+    concepts_.slots[slot].n_users--;  // encoded, not pinned: no sequence uses it yet
+    return n_total;
+}
+
 void flas_runtime::encode_concept(std::vector<llama_token> tokens, int slot) {
     const flas_flow_hparams & hp = flow_.hp;
     const int K = (int) tokens.size();

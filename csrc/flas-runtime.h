@@ -97,6 +97,9 @@ struct flas_runtime {
     // (FLAS_SPEC.md 2) unless the concept table holds it. Returns the concept's token count
     // before truncation to concept_max_len (0 without a concept).
     int  set_steering(int seq, const std::string & concept, float flowtime, int n_steps);
+    // Encodes a concept into the concept table ahead of the requests that will steer with it
+    // (they then find it encoded); may evict an idle sequence's concept. Returns its token count.
+    int  prepare_concept(const std::string & concept);
     // The sequence is idle: its concept may be evicted for another (which empties the sequence).
     void release(int seq);
     // Whether the sequence is steered as given (and so holds rows computed under it).

@@ -262,6 +262,15 @@ class FlasModel:
         generated = g.tokens[:n_decode]  # the last sampled token is not decoded
         return {"tokens": s.tokens + generated, "generated": generated, **handle.trace()}
 
+    def encode_concept(self, concept: str) -> int:
+        """Encode a concept now, ahead of the requests that will steer with it (they then find it
+        in the concept cache, as repeated concepts do). Returns its token count."""
+        if not isinstance(concept, str) or not concept.strip():
+            raise ValueError("concept is empty; describe it in words, e.g. \"Talk like a pirate\"")
+        n: list[int] = []
+        self._engine.exclusive(lambda: n.append(self._rt.prepare_concept(concept)))
+        return n[0]
+
     def set_steer_hook(self, fn: Callable[[np.ndarray, int], np.ndarray] | None) -> None:
         """Advanced: replace the flow by fn(rows [n, H], first_position) -> steered rows, called in
         llama.cpp's forward pass for every sequence's layer-L rows (testing, research). None

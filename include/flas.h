@@ -144,6 +144,12 @@ FLAS_API int32_t flas_prompt_tokens(const flas_model * model, const char * promp
  * count written (not NUL-terminated), or -(bytes needed) when buf is too small. */
 FLAS_API int32_t flas_token_to_piece(const flas_model * model, int32_t token, char * buf, int32_t size);
 
+/* ---- concepts ---- */
+
+/* Encodes a concept ahead of the requests that steer with it (they then find it encoded, as
+ * later requests with the same text do anyway). Returns its token count, or a negative status. */
+FLAS_API int32_t flas_encode_concept(flas_model * model, const char * concept);
+
 /* ---- requests ---- */
 
 FLAS_API struct flas_request_params flas_request_default_params(void);

@@ -205,3 +205,26 @@ def test_attaching_to_an_app_owned_model_keeps_its_callback(tiny_base_f32, flow,
     assert [int(t) for t in tokens] == expected  # the same numbers as the owned path
     # the application's callback saw its tensor computed at every step: prompt + 23 decoded tokens
     assert seen == "result_norm 24"
+
+
+def test_concepts_encode_ahead_of_requests(lib, tiny_base_f32, flow, expected):
+    lib.flas_encode_concept.argtypes = [C.c_void_p, C.c_char_p]
+    model = C.c_void_p()
+    mp = params(lib, tiny_base_f32, flow)
+    mp.n_ctx = 1024
+    assert lib.flas_model_load(C.byref(mp), C.byref(model)) == 0, error(lib)
+    try:
+        assert lib.flas_encode_concept(model, PIRATE.encode()) > 1
+        assert lib.flas_encode_concept(model, b"   ") == -1 and "the concept is empty" in error(lib)
+        assert lib.flas_encode_concept(model, None) == -1
+    finally:
+        lib.flas_model_free(model)
+    with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
+        assert m.encode_concept(PIRATE) > 1
+        assert m._rt.stats()["concepts_encoded"] == 1
+        g = m.generate(PROMPT, concept=PIRATE, flowtime=2.0, temperature=0.0, max_tokens=24)
+        assert g.tokens == expected  # steered with the concept encoded ahead
+        st = m._rt.stats()
+        assert st["concepts_encoded"] == 1 and st["concept_hits"] >= 1  # found, not encoded again
+        with pytest.raises(ValueError, match="concept is empty"):
+            m.encode_concept(" ")
