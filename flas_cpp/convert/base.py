@@ -12,8 +12,8 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from .. import safetensors_io
 from . import decoder, spm
-from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     norm_plan, pick_qtype, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
+from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, config_value,
+                     plan_checkpoint, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
 
 # llama.cpp's llama_ftype values for the types only its quantizer writes (include/llama.h).
 LLAMA_QUANT_FTYPES = {
@@ -60,9 +60,7 @@ class GemmaHparams:
                 "llama.cpp's convert_hf_to_gguf.py")
 
         def need(key: str):
-            if key not in cfg:
-                raise ConversionError(f"{where}: Gemma-2 config lacks {key!r}; is the checkpoint complete?")
-            return cfg[key]
+            return config_value(cfg, key, where, "Gemma-2")
 
         rope = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
         hp = cls(
@@ -91,9 +89,7 @@ class GemmaHparams:
 def gemma3_hparams(cfg: dict, where: Path) -> GemmaHparams:
     """A Gemma-3 text config (Gemma3ForCausalLM), as llama.cpp's gemma3 reads it."""
     def need(key: str):
-        if key not in cfg:
-            raise ConversionError(f"{where}: Gemma-3 config lacks {key!r}; is the checkpoint complete?")
-        return cfg[key]
+        return config_value(cfg, key, where, "Gemma-3")
 
     layer_types = cfg.get("layer_types")
     n_layer = int(need("num_hidden_layers"))
@@ -294,25 +290,11 @@ def add_tokenizer_metadata(w: GGUFWriter, vocab: Vocab, cfg: dict, tok_cfg: dict
 def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp, qtype: GGMLQuantizationType) -> list[TensorPlan]:
     if isinstance(hp, decoder.DecoderHparams):
         return decoder.plan_tensors(refs, hp, qtype)
-    expected = expected_tensors(hp)
-    for name, ref in refs.items():
-        if name == "lm_head.weight":  # tied to the embedding in Gemma-2; llama.cpp reuses token_embd
-            continue
-        if name not in expected:
-            family = {"gemma2": "Gemma-2", "gemma3": "Gemma-3"}[hp.arch]
-            raise ConversionError(f"unknown tensor {name!r} in {ref.path.name}: not part of a {family} model "
-                                  f"with {hp.n_layer} layers; is config.json the one of these weights?")
-    plan = []
-    for hf_name, (gg_name, shape, is_norm) in expected.items():
-        if hf_name not in refs:
-            raise ConversionError(f"missing tensor {hf_name!r}: the checkpoint is incomplete (a shard missing?)")
-        ref = refs[hf_name]
-        check_shape(hf_name, ref.shape, shape, "config.json")
-        if is_norm:
-            plan.append(norm_plan(gg_name, shape, ref))
-        else:
-            plan.append(TensorPlan(gg_name, shape, pick_qtype(shape, qtype), ref.to_f32))
-    return plan
+    expected = {hf: (gg, shape, "norm1" if is_norm else "matrix", None)
+                for hf, (gg, shape, is_norm) in expected_tensors(hp).items()}
+    family = {"gemma2": "Gemma-2", "gemma3": "Gemma-3"}[hp.arch]
+    # lm_head is tied to the embedding in Gemma: llama.cpp reuses token_embd
+    return plan_checkpoint(refs, expected, qtype, f"a {family} model with {hp.n_layer} layers", ("lm_head.weight",))
 
 
 def intermediate_type(refs: dict[str, safetensors_io.TensorRef]) -> str:

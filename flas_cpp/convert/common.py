@@ -193,3 +193,38 @@ def llama3_rope_divisors(theta: float, head_dim: int, scaling: dict) -> np.ndarr
     smooth = (ctx / wavelen - low) / (high - low)
     div = np.where(wavelen < ctx / high, 1.0, np.where(wavelen > ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
     return div.astype(np.float32)
+
+
+def config_value(cfg: dict, key: str, where, what: str):
+    """cfg[key], or a ConversionError naming the config and the key."""
+    if key not in cfg:
+        raise ConversionError(f"{where}: {what} config lacks {key!r}; is the checkpoint complete?")
+    return cfg[key]
+
+
+# How a checkpoint tensor is stored: "matrix" in the chosen outtype, "norm1" as 1 + w in f32 (a
+# Gemma norm), "f32" as it is in f32.
+Expected = dict[str, tuple[str, tuple[int, ...], str, "Callable[[np.ndarray], np.ndarray] | None"]]
+
+
+def plan_checkpoint(refs: dict, expected: Expected, qtype: GGMLQuantizationType, model: str,
+                    ignored: tuple[str, ...] = ()) -> list[TensorPlan]:
+    """A plan for every expected tensor (HF name -> (GGUF name, shape, kind, transform)), each
+    checked; model names the model for errors ("a Gemma-2 model with 26 layers")."""
+    for name, ref in refs.items():
+        if name not in expected and name not in ignored:
+            raise ConversionError(f"unknown tensor {name!r} in {ref.path.name}: not part of {model}; "
+                                  "is config.json the one of these weights?")
+    plan = []
+    for hf_name, (gg_name, shape, kind, transform) in expected.items():
+        if hf_name not in refs:
+            raise ConversionError(f"missing tensor {hf_name!r}: the checkpoint is incomplete (a shard missing?)")
+        ref = refs[hf_name]
+        check_shape(hf_name, ref.shape, shape, "config.json")
+        if kind == "norm1":
+            plan.append(norm_plan(gg_name, shape, ref))
+            continue
+        load = (lambda r=ref, t=transform: t(r.to_f32())) if transform else ref.to_f32
+        plan.append(TensorPlan(gg_name, shape, GGMLQuantizationType.F32 if kind == "f32" else pick_qtype(shape, qtype),
+                               load))
+    return plan

@@ -12,7 +12,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from .. import safetensors_io
-from .common import ConversionError, TensorPlan, check_shape, llama3_rope_divisors, pick_qtype
+from .common import ConversionError, TensorPlan, config_value, llama3_rope_divisors, plan_checkpoint
 
 ARCHS = {"qwen3": "qwen3", "llama": "llama"}  # config model_type -> llama.cpp architecture
 
@@ -36,9 +36,7 @@ class DecoderHparams:
     @classmethod
     def from_config(cls, cfg: dict, where: Path) -> "DecoderHparams":
         def need(key: str):
-            if key not in cfg:
-                raise ConversionError(f"{where}: {cfg.get('model_type')} config lacks {key!r}; is it complete?")
-            return cfg[key]
+            return config_value(cfg, key, where, cfg.get("model_type"))
 
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
             raise ConversionError(f"{where}: attention or MLP biases are not converted; use llama.cpp's "
@@ -79,39 +77,30 @@ def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp: DecoderHparams, 
     q, kv = hp.n_head * D, hp.n_head_kv * D
     perm_q = _permute(hp.n_head) if hp.arch == "llama" else None
     perm_k = _permute(hp.n_head_kv) if hp.arch == "llama" else None
-    expected = {"model.embed_tokens.weight": ("token_embd.weight", (hp.n_vocab, H), None, False),
-                "model.norm.weight": ("output_norm.weight", (H,), None, True)}
+    # (GGUF name, shape, kind, transform): norms hold w (w*x), stored as they are
+    expected = {"model.embed_tokens.weight": ("token_embd.weight", (hp.n_vocab, H), "matrix", None),
+                "model.norm.weight": ("output_norm.weight", (H,), "f32", None)}
     if not hp.tied:
-        expected["lm_head.weight"] = ("output.weight", (hp.n_vocab, H), None, False)
+        expected["lm_head.weight"] = ("output.weight", (hp.n_vocab, H), "matrix", None)
     for i in range(hp.n_layer):
         p, g = f"model.layers.{i}.", f"blk.{i}."
         layer = {
-            "input_layernorm.weight": ("attn_norm.weight", (H,), None, True),
-            "self_attn.q_proj.weight": ("attn_q.weight", (q, H), perm_q, False),
-            "self_attn.k_proj.weight": ("attn_k.weight", (kv, H), perm_k, False),
-            "self_attn.v_proj.weight": ("attn_v.weight", (kv, H), None, False),
-            "self_attn.o_proj.weight": ("attn_output.weight", (H, q), None, False),
-            "post_attention_layernorm.weight": ("ffn_norm.weight", (H,), None, True),
-            "mlp.gate_proj.weight": ("ffn_gate.weight", (I, H), None, False),
-            "mlp.up_proj.weight": ("ffn_up.weight", (I, H), None, False),
-            "mlp.down_proj.weight": ("ffn_down.weight", (H, I), None, False),
+            "input_layernorm.weight": ("attn_norm.weight", (H,), "f32", None),
+            "self_attn.q_proj.weight": ("attn_q.weight", (q, H), "matrix", perm_q),
+            "self_attn.k_proj.weight": ("attn_k.weight", (kv, H), "matrix", perm_k),
+            "self_attn.v_proj.weight": ("attn_v.weight", (kv, H), "matrix", None),
+            "self_attn.o_proj.weight": ("attn_output.weight", (H, q), "matrix", None),
+            "post_attention_layernorm.weight": ("ffn_norm.weight", (H,), "f32", None),
+            "mlp.gate_proj.weight": ("ffn_gate.weight", (I, H), "matrix", None),
+            "mlp.up_proj.weight": ("ffn_up.weight", (I, H), "matrix", None),
+            "mlp.down_proj.weight": ("ffn_down.weight", (H, I), "matrix", None),
         }
         if hp.arch == "qwen3":
-            layer["self_attn.q_norm.weight"] = ("attn_q_norm.weight", (D,), None, True)
-            layer["self_attn.k_norm.weight"] = ("attn_k_norm.weight", (D,), None, True)
+            layer["self_attn.q_norm.weight"] = ("attn_q_norm.weight", (D,), "f32", None)
+            layer["self_attn.k_norm.weight"] = ("attn_k_norm.weight", (D,), "f32", None)
         expected.update({p + k: (g + v[0], *v[1:]) for k, v in layer.items()})
-    for name, ref in refs.items():
-        if name not in expected and not (hp.tied and name == "lm_head.weight"):
-            raise ConversionError(f"unknown tensor {name!r} in {ref.path.name}: not part of a {hp.arch} model with "
-                                  f"{hp.n_layer} layers; is config.json the one of these weights?")
-    plan = []
-    for hf_name, (gg, shape, transform, is_norm) in expected.items():
-        if hf_name not in refs:
-            raise ConversionError(f"missing tensor {hf_name!r}: the checkpoint is incomplete (a shard missing?)")
-        ref = refs[hf_name]
-        check_shape(hf_name, ref.shape, shape, "config.json")
-        load = (lambda r=ref, t=transform: t(r.to_f32())) if transform else ref.to_f32
-        plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32 if is_norm else pick_qtype(shape, qtype), load))
+    plan = plan_checkpoint(refs, expected, qtype, f"a {hp.arch} model with {hp.n_layer} layers",
+                           ("lm_head.weight",) if hp.tied else ())
     freqs = hp.rope_freqs()
     if freqs is not None:
         plan.append(TensorPlan("rope_freqs.weight", freqs.shape, GGMLQuantizationType.F32, lambda: freqs))

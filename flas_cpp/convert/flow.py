@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from .. import gguf_names as N
 from .. import safetensors_io
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     llama3_rope_divisors, norm_plan, pick_qtype, read_json, read_safetensors, summarize, write_gguf)
+                     config_value, llama3_rope_divisors, norm_plan, pick_qtype, read_json, read_safetensors, summarize, write_gguf)
 
 
 @dataclass
@@ -69,9 +69,7 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
     text = cfg.get("text_config") or cfg
 
     def need(key: str):
-        if key not in text:
-            raise ConversionError(f"{where}: {model_type} config lacks {key!r}; is it complete?")
-        return text[key]
+        return config_value(text, key, where, model_type)
 
     family = SUPPORTED_FAMILIES[model_type]
     n_head = int(need("num_attention_heads"))
