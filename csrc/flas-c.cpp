@@ -283,17 +283,13 @@ int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t *
     return guarded([&] {
         need(model != nullptr && finish != nullptr && (tokens != nullptr || n_max == 0),
              "flas_poll: model, tokens and finish must not be NULL");
-        bool ended;
+        bool ended, have;
         {
             std::lock_guard<std::mutex> lk(model->mutex);
             ended = model->ended.count(id) != 0;
+            have  = !model->pending[id].empty();
         }
         if (!ended) {
-            bool have;
-            {
-                std::lock_guard<std::mutex> lk(model->mutex);
-                have = !model->pending[id].empty();
-            }
             flas_update u;
             try {
                 u = model->engine->wait(id, have ? 0 : std::max(0, timeout_ms));
