@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Gemma-2 and FLAS flow checkpoints -> GGUF. Same as the installed `flas-convert` command."""
+"""Base model and FLAS flow checkpoints -> GGUF. Same as the installed `flas-convert` command."""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""`flas-convert` (also `python convert_weights.py`): Gemma-2 and FLAS checkpoints -> GGUF."""
+"""`flas-convert` (also `python convert_weights.py`): base model and FLAS flow checkpoints -> GGUF.
+
+Base models: Gemma-2, Gemma-3 text, and Qwen3/Llama with a SentencePiece vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="{base,flow}")
 
-    b = sub.add_parser("base", help="a Hugging Face Gemma-2 checkpoint directory -> llama.cpp GGUF")
+    b = sub.add_parser("base", help="a Hugging Face gemma2, gemma3_text, qwen3 or llama checkpoint directory "
+                                        "(SentencePiece vocabulary) -> llama.cpp GGUF")
     b.add_argument("hf_dir", help="directory with config.json, *.safetensors, tokenizer.model, tokenizer_config.json")
     b.add_argument("--outtype", default="f16", metavar="TYPE",
                    help=f"one of {', '.join(BASE_OUTTYPES)} (K-quants through llama.cpp's quantizer); default f16")
@@ -32,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("flow", help="the flow .safetensors file")
     f.add_argument("--config", help="the flow's config.json (default: config.json beside the file)")
     f.add_argument("--base-config", help="the base model's HF config.json; needed unless the flow's model_id "
-                                         "is a released Gemma-2 (google/gemma-2-2b-it, ...)")
+                                         "is a local checkpoint directory or a known base (google/gemma-2-2b-it, "
+                                         "google/gemma-3-270m, ...)")
     f.add_argument("--outtype", default="bf16", choices=["f32", "f16", "bf16", "q8_0"],
                    help="matrix type; norms, gates and biases stay f32 (default bf16)")
 
