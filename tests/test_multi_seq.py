@@ -143,7 +143,9 @@ def test_a_request_submitted_while_others_decode(four, solo):
 
 def test_cancel_frees_the_sequence_within_one_decode_step(tiny_base_f32, flow):
     m = FlasModel(tiny_base_f32, flow, n_ctx=2 * 256, n_seq=2, exact=True)
-    running = [m.submit(prompt=p, concept=PIRATE, max_tokens=200, temperature=0.0) for p in PROMPTS[:2]]
+    # queued together, so that both start in the same step: submitted one by one, the first could
+    # produce a token before the second was admitted (then two would still be queued below)
+    running = m._submit_all([dict(prompt=p, concept=PIRATE, max_tokens=200, temperature=0.0) for p in PROMPTS[:2]])
     waiting = m.submit(prompt=PROMPTS[2], concept=NOIR, max_tokens=4, temperature=0.0)
     while not running[0].poll():
         pass
