@@ -29,6 +29,7 @@ from flas_cpp._native import core
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import CONCEPT, FLOWTIME, machine, prepare_models, token_stream  # noqa: E402
+from direct import DirectModel  # noqa: E402
 from sections import replace_section  # noqa: E402
 
 N_STEPS = 2
@@ -115,8 +116,8 @@ class PlainRPC:
 
 class SteeredRPC:
     def __init__(self, base: Path, flow: Path, endpoint: str, n_ctx: int, n_batch: int, threads: int, n_seq: int = 1):
-        self.rt = core().Runtime(str(base), str(flow), n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, n_threads=threads,
-                                 n_gpu_layers=-1, rpc_servers=[endpoint])
+        self.rt = DirectModel(base, flow, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, n_threads=threads,
+                              n_gpu_layers=-1, rpc_servers=[endpoint])
         for seq in range(n_seq):
             self.rt.set_steering(seq, CONCEPT, FLOWTIME, N_STEPS)
         self.n_vocab = self.rt.n_vocab
@@ -188,7 +189,7 @@ def budget_table(base: Path, flow: Path, threads: int) -> list[dict]:
             server = Server(threads)
             try:
                 cfg = SteeredRPC(base, flow, server.endpoint, n_ctx * n_seq, 512, threads, n_seq=n_seq)
-                cfg.rt.reserve_steering(N_STEPS)
+                cfg.rt.reserve(N_STEPS)
                 dev = next(r for r in cfg.rt.memory() if r["device"] != "CPU")
                 rows.append({"n_ctx_seq": n_ctx, "n_seq": n_seq, **dev})
                 print(f"n_ctx {n_ctx} x {n_seq}: device total {dev['total'] / MiB:.0f} MiB", file=sys.stderr)

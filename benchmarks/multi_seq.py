@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flas_cpp._native import core
+from direct import DirectModel
 
 CONCEPTS = ["Talk like a pirate", "Respond as a noir detective", "Use legal terminology", "Speak like Shakespeare",
             "Answer as a pirate captain", "Use mathematical notation", "Speak in programming terms",
@@ -66,8 +66,7 @@ class SteeredBatch:
 
     def __init__(self, base: Path, flow: Path, n_seq: int, n_ctx_seq: int, n_batch: int, n_threads: int,
                  flowtime: float, n_steps: int):
-        self.rt = core().Runtime(str(base), str(flow), n_ctx=n_seq * n_ctx_seq, n_batch=n_batch, n_seq=n_seq,
-                                 n_threads=n_threads)
+        self.rt = DirectModel(base, flow, n_ctx=n_seq * n_ctx_seq, n_batch=n_batch, n_seq=n_seq, n_threads=n_threads)
         for seq in range(n_seq):
             self.rt.set_steering(seq, CONCEPTS[seq % len(CONCEPTS)], flowtime, n_steps)
         self.n_vocab = self.rt.n_vocab
@@ -76,7 +75,7 @@ class SteeredBatch:
         self.rt.decode(entries)
 
     def close(self) -> None:
-        self.rt = None
+        self.rt.close()
 
 
 def prefill(cfg, n_seq: int, n_prompt: int, n_batch: int) -> None:

@@ -24,12 +24,12 @@ import numpy as np
 
 import flas_cpp
 from flas_cpp import FlasModel
-from flas_cpp._native import core
 from flas_cpp.convert import convert_base, convert_flow
 from flas_cpp.testing.make_models import make_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from multi_seq import markdown_multi, measure_multi, measure_rss_multi, rss_multi_child, targets_multi  # noqa: E402
+from direct import DirectModel  # noqa: E402
 from sections import kept_sections  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,11 +99,12 @@ class Plain:
 
 
 class Steered:
-    """The steering runtime itself (no engine thread), one sequence, timed like plain llama.cpp."""
+    """The steering runtime through the C API's direct sequence calls (no scheduler between steps),
+    one sequence, timed like plain llama.cpp."""
 
     def __init__(self, base: Path, flow: Path, n_ctx: int, n_batch: int, n_threads: int, n_steps: int, flowtime: float):
         t0 = time.perf_counter()
-        self.rt = core().Runtime(str(base), str(flow), n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+        self.rt = DirectModel(base, flow, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
         self.load_seconds = time.perf_counter() - t0
         self.n_vocab = self.rt.n_vocab
         t0 = time.perf_counter()
@@ -216,13 +217,10 @@ def concept_switch(a: Args, paths: dict, base: str, flow: str) -> dict:
     times = []
     concepts = ["Respond as a noir detective", "Use mathematical notation", "Speak in programming terms"]
 
-    def switch():
-        for concept in concepts:  # each a new text: encoded, not found in the concept cache
-            t0 = time.perf_counter()
-            m._rt.set_steering(0, concept, FLOWTIME, 3)
-            times.append(time.perf_counter() - t0)
-
-    m._engine.exclusive(switch)
+    for concept in concepts:  # each a new text: encoded, not found in the concept cache
+        t0 = time.perf_counter()
+        m.encode_concept(concept)
+        times.append(time.perf_counter() - t0)
     g = m.generate("Tell me about your day.", concept=concepts[-1], flowtime=FLOWTIME, n_steps=3,
                    max_tokens=a.gen_tokens, temperature=0.0)
     gen_seconds = g.seconds / max(len(g.tokens), 1) * a.gen_tokens  # scaled to exactly gen_tokens if it stopped early

@@ -1,98 +1,84 @@
-// The Python module flas_cpp._core: the only file that includes pybind11. It copies arguments
-// into the C++ types and releases the GIL around long calls; std::invalid_argument becomes
-// ValueError and std::runtime_error RuntimeError (pybind11's defaults).
-#include "flas-info.h"
-#include "flas-engine.h"
-#include "flas-runtime.h"
+// The Python module flas_cpp._core: a thin layer over the C API (include/flas.h), the only path
+// into the core. Status codes become exceptions (invalid argument / not found: ValueError,
+// runtime: RuntimeError, device lost: flas_cpp.DeviceLostError) with flas_last_error()'s
+// message; the GIL is released around every call that may wait.
+#include "flas.h"
 
-#include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace py = pybind11;
 
-static py::dict build_info_dict() {
-    const flas_build_info bi = flas_build_info_get();
-    py::list devices;
-    for (const auto & d : bi.devices) {
-        py::dict dev;
-        dev["name"] = d.name;
-        dev["description"] = d.description;
-        dev["type"] = d.type;
-        dev["memory_free"] = d.memory_free;
-        dev["memory_total"] = d.memory_total;
-        devices.append(dev);
+struct device_lost : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Raises the exception of a negative status; returns non-negative values.
+template <typename T>
+static T check(T status) {
+    if (status >= 0) {
+        return status;
     }
-    py::dict out;
-    out["ggml_version"] = bi.ggml_version;
-    out["ggml_commit"] = bi.ggml_commit;
-    out["system_info"] = bi.system_info;
-    out["backends"] = bi.backends;
-    out["devices"] = devices;
-    out["libllama"] = bi.libllama_path;
-    out["libggml"] = bi.libggml_path;
-    out["libggml_base"] = bi.libggml_base_path;
-    return out;
-}
-
-static py::dict flow_hparams_dict(const flas_flow_hparams & hp) {
-    py::dict d;
-    d["base_model_id"] = hp.base_model_id;
-    d["prompt_format"] = hp.prompt_format;
-    d["family"] = hp.base_arch;
-    d["format_version"] = hp.format_version;
-    d["softcap"] = hp.softcap;
-    d["activation"] = hp.silu ? "silu" : "gelu_tanh";
-    d["rope_freq_base"] = hp.rope_freq_base;
-    d["rope_freq_scale"] = hp.rope_freq_scale;
-    d["layer"] = hp.layer;
-    d["num_blocks"] = hp.n_block;
-    d["n_steps"] = hp.n_steps;
-    d["t_min"] = hp.t_min;
-    d["t_max"] = hp.t_max;
-    d["concept_max_len"] = hp.concept_max_len;
-    d["has_cross_attn"] = hp.has_cross_attn;
-    d["has_self_attn"] = hp.has_self_attn;
-    d["has_mlp"] = hp.has_mlp;
-    d["n_embd"] = hp.n_embd;
-    d["n_head"] = hp.n_head;
-    d["n_head_kv"] = hp.n_head_kv;
-    d["head_dim"] = hp.head_dim;
-    return d;
-}
-
-static py::array_t<float> rows_array(const std::vector<float> & v, int n_embd) {
-    py::array_t<float> a({(py::ssize_t) (v.size() / n_embd), (py::ssize_t) n_embd});
-    std::copy(v.begin(), v.end(), a.mutable_data());
-    return a;
-}
-
-// A Python callable f(rows: ndarray[n, H], pos0: int) -> ndarray[n, H] as a steering hook.
-// Python exceptions are turned into std::runtime_error while the GIL is held.
-static flas_steer_hook python_hook(py::object fn, int n_embd) {
-    if (fn.is_none()) {
-        return {};
+    const std::string msg = flas_last_error();
+    switch ((int) status) {
+        case FLAS_ERR_INVALID_ARGUMENT:
+        case FLAS_ERR_NOT_FOUND:   throw py::value_error(msg);
+        case FLAS_ERR_DEVICE_LOST: throw device_lost(msg);
+        default:                   throw std::runtime_error(msg);
     }
-    return [fn, n_embd](const float * in, float * out, int n, int pos0) {
-        py::gil_scoped_acquire gil;
-        try {
-            py::array_t<float> rows({(py::ssize_t) n, (py::ssize_t) n_embd});
-            std::copy(in, in + (size_t) n * n_embd, rows.mutable_data());
-            auto res = py::array_t<float, py::array::c_style | py::array::forcecast>(fn(rows, pos0));
-            if (res.ndim() != 2 || res.shape(0) != n || res.shape(1) != n_embd) {
-                throw std::runtime_error("steer hook returned an array of the wrong shape");
-            }
-            std::copy(res.data(), res.data() + (size_t) n * n_embd, out);
-        } catch (py::error_already_set & e) {
-            throw std::runtime_error(std::string("steer hook raised: ") + e.what());
+}
+
+static const char * finish_name(enum flas_finish f) {
+    switch (f) {
+        case FLAS_FINISH_EOG:        return "eog";
+        case FLAS_FINISH_MAX_TOKENS: return "max_tokens";
+        case FLAS_FINISH_CONTEXT:    return "context";
+        case FLAS_FINISH_CANCELLED:  return "cancelled";
+        case FLAS_FINISH_ERROR:      return "error";
+        default:                     return "";
+    }
+}
+
+// The C parameters from Python's: strings and the split are kept alive by the holder.
+struct model_params {
+    std::string base, flow, rpc;
+    std::vector<float> split;
+    struct flas_model_params p = flas_model_default_params();
+
+    model_params(std::string base_, std::string flow_, int n_ctx, int n_batch, int n_seq, int concept_cache,
+                 int n_gpu_layers, int n_threads, bool exact, bool verbose, const std::vector<std::string> & rpc_servers,
+                 int main_gpu, std::vector<float> tensor_split)
+        : base(std::move(base_)), flow(std::move(flow_)), split(std::move(tensor_split)) {
+        for (const std::string & e : rpc_servers) {
+            rpc += (rpc.empty() ? "" : ",") + e;
         }
-    };
-}
+        p.base_path      = base.c_str();
+        p.flow_path      = flow.c_str();
+        p.n_ctx          = n_ctx;
+        p.n_batch        = n_batch;
+        p.n_seq          = n_seq;
+        p.concept_cache  = concept_cache;
+        p.n_gpu_layers   = n_gpu_layers;
+        p.n_threads      = n_threads;
+        p.exact          = exact;
+        p.verbose        = verbose;
+        p.rpc_servers    = rpc.empty() ? nullptr : rpc.c_str();
+        p.main_gpu       = main_gpu;
+        p.tensor_split   = split.empty() ? nullptr : split.data();
+        p.n_tensor_split = (int32_t) split.size();
+    }
+};
 
-static py::list memory_list(const std::vector<flas_device_memory> & rows) {
+static py::list memory_list(const std::vector<flas_memory_row> & rows) {
     py::list out;
-    for (const flas_device_memory & r : rows) {
+    for (const flas_memory_row & r : rows) {
         py::dict d;
         d["device"] = r.device;
         d["type"] = r.type;
@@ -103,226 +89,485 @@ static py::list memory_list(const std::vector<flas_device_memory> & rows) {
         d["flow_weights"] = r.flow_weights;
         d["flow_caches"] = r.flow_caches;
         d["flow_compute"] = r.flow_compute;
-        d["total"] = r.total();
+        d["total"] = r.total;
         out.append(d);
     }
     return out;
 }
 
-static flas_runtime_params runtime_params(const std::string & base, const std::string & flow, int n_ctx, int n_batch,
-                                          int n_seq, int concept_cache, int n_gpu_layers, int n_threads, bool exact,
-                                          bool verbose, const std::vector<std::string> & rpc_servers, int main_gpu,
-                                          const std::vector<float> & tensor_split) {
-    flas_runtime_params p;
-    p.base_path = base;
-    p.flow_path = flow;
-    p.n_ctx = n_ctx;
-    p.n_batch = n_batch;
-    p.n_seq = n_seq;
-    p.concept_cache = concept_cache;
-    p.n_gpu_layers = n_gpu_layers;
-    p.n_threads = n_threads;
-    p.exact = exact;
-    p.verbose = verbose;
-    p.rpc_servers = rpc_servers;
-    p.main_gpu = main_gpu;
-    p.tensor_split = tensor_split;
-    return p;
+// Reads a variable-length result: f(buffer, n_max) returns the length needed.
+template <typename T, typename F>
+static std::vector<T> read_all(F && f) {
+    std::vector<T> out(256);
+    for (;;) {
+        const auto n = check(f(out.data(), (decltype(f(nullptr, 0))) out.size()));
+        if ((size_t) n <= out.size()) {
+            out.resize((size_t) n);
+            return out;
+        }
+        out.resize((size_t) n);
+    }
 }
 
-#define RUNTIME_ARGS                                                                                              \
+static py::array_t<float> float_array(std::vector<float> v, py::ssize_t n_cols) {
+    const py::ssize_t n_rows = n_cols > 0 ? (py::ssize_t) v.size() / n_cols : (py::ssize_t) v.size();
+    py::array_t<float> a = n_cols > 0 ? py::array_t<float>({n_rows, n_cols}) : py::array_t<float>(n_rows);
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+// A Python callable f(rows: ndarray[n, H], pos0) -> ndarray[n, H], called on the decoding thread.
+struct steer_hook {
+    py::object fn;
+
+    static bool call(const float * in, float * out, int32_t n, int32_t n_embd, int32_t pos0, void * user_data) {
+        py::gil_scoped_acquire gil;
+        try {
+            py::array_t<float> rows({(py::ssize_t) n, (py::ssize_t) n_embd});
+            std::copy(in, in + (size_t) n * n_embd, rows.mutable_data());
+            auto res = py::array_t<float, py::array::c_style | py::array::forcecast>(
+                static_cast<steer_hook *>(user_data)->fn(rows, pos0));
+            if (res.ndim() != 2 || res.shape(0) != n || res.shape(1) != n_embd) {
+                PyErr_SetString(PyExc_ValueError, "the steer hook returned an array of the wrong shape");
+                PyErr_WriteUnraisable(static_cast<steer_hook *>(user_data)->fn.ptr());
+                return false;
+            }
+            std::copy(res.data(), res.data() + (size_t) n * n_embd, out);
+            return true;
+        } catch (py::error_already_set & e) {
+            e.restore();
+            PyErr_WriteUnraisable(static_cast<steer_hook *>(user_data)->fn.ptr());  // the traceback, on stderr
+            return false;
+        }
+    }
+};
+
+// A loaded model. close() drops the handle; a call in flight on another thread holds its own
+// reference, so the model (and the steer hook it calls) is freed when the last one ends.
+class model {
+    struct loaded {
+        flas_model * m = nullptr;
+        std::unique_ptr<steer_hook> hook;
+        ~loaded() {  // with the GIL held, as every reference is dropped
+            {
+                py::gil_scoped_release release;  // the scheduler may be waiting for it in a hook
+                flas_model_free(m);
+            }
+            hook.reset();  // no call of it can be under way any more
+        }
+    };
+
+  public:
+    explicit model(const model_params & mp) : handle_(std::make_shared<loaded>()) {
+        py::gil_scoped_release release;
+        check(flas_model_load(&mp.p, &handle_->m));
+    }
+
+    void close() {
+        std::shared_ptr<loaded> h;
+        {
+            std::lock_guard<std::mutex> lk(mutex_);
+            h = std::move(handle_);
+        }
+    }
+
+    std::shared_ptr<flas_model> get() const {
+        std::shared_ptr<loaded> l = get_loaded();
+        return std::shared_ptr<flas_model>(l, l->m);  // shares the ownership of the holder
+    }
+
+    void set_steer_hook(py::object fn) {
+        std::shared_ptr<loaded> l = get_loaded();
+        std::unique_ptr<steer_hook> next;
+        if (!fn.is_none()) {
+            next = std::make_unique<steer_hook>(steer_hook{std::move(fn)});
+        }
+        {
+            py::gil_scoped_release release;
+            check(flas_set_steer_hook(l->m, next ? &steer_hook::call : nullptr, next.get()));
+        }
+        l->hook = std::move(next);  // the old one is no longer called
+    }
+
+  private:
+    std::shared_ptr<loaded> get_loaded() const {
+        std::lock_guard<std::mutex> lk(mutex_);
+        if (!handle_) {
+            throw std::runtime_error("this FlasModel is closed; load a new one");
+        }
+        return handle_;
+    }
+
+    mutable std::mutex mutex_;
+    std::shared_ptr<loaded> handle_;
+};
+
+static py::dict flow_info_dict(const flas_flow_info & fi) {
+    py::dict d;
+    d["base_model_id"] = fi.base_model_id;
+    d["prompt_format"] = fi.prompt_format;
+    d["family"] = fi.family;
+    d["activation"] = fi.activation;
+    d["format_version"] = fi.format_version;
+    d["layer"] = fi.layer;
+    d["num_blocks"] = fi.n_block;
+    d["n_steps"] = fi.n_steps;
+    d["t_min"] = fi.t_min;
+    d["t_max"] = fi.t_max;
+    d["concept_max_len"] = fi.concept_max_len;
+    d["has_cross_attn"] = fi.has_cross_attn;
+    d["has_self_attn"] = fi.has_self_attn;
+    d["has_mlp"] = fi.has_mlp;
+    d["n_embd"] = fi.n_embd;
+    d["n_head"] = fi.n_head;
+    d["n_head_kv"] = fi.n_head_kv;
+    d["head_dim"] = fi.head_dim;
+    d["softcap"] = fi.softcap;
+    d["rope_freq_base"] = fi.rope_freq_base;
+    d["rope_freq_scale"] = fi.rope_freq_scale;
+    return d;
+}
+
+// One request of FlasModel (generation.py's _Settings), as the C parameters.
+struct request {
+    std::vector<int32_t> prompt;
+    std::string concept;
+    float flowtime = 0.0f;
+    int n_steps = 0, max_tokens = 128, top_k = 0;
+    float temperature = 0.0f, top_p = 1.0f;
+    uint32_t seed = 0;
+    bool trace = false;
+
+    struct flas_request_params params() const {
+        struct flas_request_params p = flas_request_default_params();
+        p.prompt      = prompt.data();
+        p.n_prompt    = (int32_t) prompt.size();
+        p.concept     = concept.c_str();
+        p.flowtime    = flowtime;
+        p.n_steps     = n_steps;
+        p.max_tokens  = max_tokens;
+        p.temperature = temperature;
+        p.top_k       = top_k;
+        p.top_p       = top_p;
+        p.seed        = seed;
+        p.trace       = trace;
+        return p;
+    }
+};
+
+// fn() inside flas_exclusive; a Python exception is raised again after it.
+static void run_exclusive(flas_model * m, py::function fn) {
+    struct call {
+        py::function fn;
+        std::exception_ptr error;  // what fn raised
+    } c{std::move(fn), nullptr};
+    auto trampoline = [](flas_model *, void * user_data) {
+        call & c = *static_cast<call *>(user_data);
+        py::gil_scoped_acquire gil;
+        try {
+            c.fn();
+        } catch (...) {
+            c.error = std::current_exception();
+        }
+    };
+    int status;
+    {
+        py::gil_scoped_release release;  // the scheduler may be in a hook that needs the GIL
+        status = flas_exclusive(m, trampoline, &c);
+    }
+    if (c.error) {
+        std::rethrow_exception(c.error);
+    }
+    check(status);
+}
+
+#define MODEL_ARGS                                                                                                \
     py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_seq") = 1,   \
         py::arg("concept_cache") = 16, py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0,                    \
         py::arg("exact") = false, py::arg("verbose") = false, py::arg("rpc_servers") = std::vector<std::string>(),  \
         py::arg("main_gpu") = 0, py::arg("tensor_split") = std::vector<float>()
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "flas-cpp native core (llama.cpp + ggml)";
-    llama_backend_init();  // idempotent; llama-cpp-python does the same on import
+    m.doc() = "flas-cpp: Python over the C API (flas.h)";
 
-    // flas_device_lost -> flas_cpp.DeviceLostError (a RuntimeError)
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) {
                 std::rethrow_exception(p);
             }
-        } catch (const flas_device_lost & e) {
+        } catch (const device_lost & e) {
             py::object cls = py::module_::import("flas_cpp.generation").attr("DeviceLostError");
             PyErr_SetString(cls.ptr(), e.what());
         }
     });
-    m.attr("MAX_STEPS") = FLAS_MAX_STEPS;  // flas.h: one definition for C, C++ and Python
-    m.def("build_info", &build_info_dict,
-          "ggml/llama.cpp version, registered backends and devices, and the paths of the loaded libraries.");
-    m.def("model_quantize", &flas_model_quantize, py::arg("path_in"), py::arg("path_out"), py::arg("ftype"),
-          py::arg("nthread") = 0, py::call_guard<py::gil_scoped_release>(),
-          "Quantize a GGUF file with llama.cpp's quantizer (llama_model_quantize); ftype is a llama_ftype.");
+    m.attr("MAX_STEPS") = FLAS_MAX_STEPS;
 
-    m.def("rpc_serve", &flas_rpc_serve, py::arg("endpoint"), py::arg("n_threads"), py::arg("cache_dir") = "",
-          py::call_guard<py::gil_scoped_release>(),
-          "Serve this machine's backend to ggml RPC clients at endpoint (host:port); returns only on error.");
+    m.def("model_default_params", [] {
+        const struct flas_model_params p = flas_model_default_params();
+        py::dict d;
+        d["n_ctx"] = p.n_ctx;
+        d["n_batch"] = p.n_batch;
+        d["n_seq"] = p.n_seq;
+        d["concept_cache"] = p.concept_cache;
+        d["n_gpu_layers"] = p.n_gpu_layers;
+        d["main_gpu"] = p.main_gpu;
+        d["n_threads"] = p.n_threads;
+        d["exact"] = p.exact;
+        d["verbose"] = p.verbose;
+        return d;
+    }, "flas_model_default_params(): the defaults every interface shares.");
+    m.def("default_threads", &flas_default_threads, "The threads n_threads = 0 selects: one per physical core.");
+
+    m.def("build_info", [] {
+        const struct flas_build_info * bi = flas_build_info();
+        py::list devices, backends;
+        for (int32_t i = 0; i < bi->n_devices; ++i) {
+            const flas_device_info & d = bi->devices[i];
+            py::dict dev;
+            dev["name"] = d.name;
+            dev["description"] = d.description;
+            dev["type"] = d.type;
+            dev["memory_free"] = d.memory_free;
+            dev["memory_total"] = d.memory_total;
+            devices.append(dev);
+        }
+        for (const std::string b : py::str(bi->backends).attr("split")(",").cast<std::vector<std::string>>()) {
+            backends.append(b);
+        }
+        py::dict out;
+        out["ggml_version"] = bi->ggml_version;
+        out["ggml_commit"] = bi->ggml_commit;
+        out["system_info"] = bi->system_info;
+        out["backends"] = backends;
+        out["devices"] = devices;
+        out["libllama"] = bi->libllama;
+        out["libggml"] = bi->libggml;
+        out["libggml_base"] = bi->libggml_base;
+        return out;
+    }, "ggml/llama.cpp version, registered backends and devices, and the paths of the loaded libraries.");
+
+    m.def("quantize", [](const std::string & in, const std::string & out, int ftype, int n_threads) {
+        py::gil_scoped_release release;
+        check(flas_quantize(in.c_str(), out.c_str(), ftype, n_threads));
+    }, py::arg("path_in"), py::arg("path_out"), py::arg("ftype"), py::arg("n_threads") = 0,
+       "llama.cpp's quantizer on a GGUF file; ftype is a llama_ftype.");
+    m.def("rpc_serve", [](const std::string & endpoint, int n_threads, const std::string & cache_dir) {
+        py::gil_scoped_release release;
+        check(flas_rpc_serve(endpoint.c_str(), n_threads, cache_dir.empty() ? nullptr : cache_dir.c_str()));
+    }, py::arg("endpoint"), py::arg("n_threads") = 0, py::arg("cache_dir") = "",
+       "Serve this machine's backend to ggml RPC clients at endpoint (host:port); returns only on error.");
+    m.def("endpoint_reachable", [](const std::string & endpoint, int timeout_ms) {
+        py::gil_scoped_release release;
+        return flas_endpoint_reachable(endpoint.c_str(), timeout_ms);
+    }, py::arg("endpoint"), py::arg("timeout_ms") = 1000);
     m.def("rpc_device_handles", [](const std::vector<std::string> & endpoints) {
-              std::vector<uintptr_t> out;
-              for (ggml_backend_dev_t d : flas_rpc_devices(endpoints)) {
-                  out.push_back(reinterpret_cast<uintptr_t>(d));
-              }
-              return out;
-          }, py::arg("endpoints"),
-          "ggml_backend_dev_t pointers of the RPC servers' devices (for llama_model_params.devices in benchmarks).");
-    m.def("endpoint_reachable", &flas_endpoint_reachable, py::arg("endpoint"), py::arg("timeout_ms") = 1000,
-          py::call_guard<py::gil_scoped_release>());
+        std::vector<uintptr_t> out;
+        for (const std::string & e : endpoints) {
+            void * dev = flas_rpc_device(e.c_str());
+            if (dev == nullptr) {
+                check(FLAS_ERR_INVALID_ARGUMENT);
+            }
+            out.push_back(reinterpret_cast<uintptr_t>(dev));
+        }
+        return out;
+    }, py::arg("endpoints"), "ggml_backend_dev_t pointers of RPC servers (for llama_model_params.devices).");
 
     m.def("estimate_memory", [](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
                                 int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose,
                                 const std::vector<std::string> & rpc_servers, int main_gpu,
                                 const std::vector<float> & tensor_split, int n_steps) {
-              const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache, n_gpu_layers,
-                                                           n_threads, exact, verbose, rpc_servers, main_gpu, tensor_split);
-              std::vector<flas_device_memory> rows;
-              {
-                  py::gil_scoped_release release;
-                  rows = flas_estimate_memory(p, n_steps);
-              }
-              return memory_list(rows);
-          }, RUNTIME_ARGS, py::arg("n_steps") = 1,
-          "Bytes per device a model of these parameters would hold, from simulated buffers (nothing is allocated; "
-          "flow_compute is not estimated).");
+        const model_params mp(base, flow, n_ctx, n_batch, n_seq, concept_cache, n_gpu_layers, n_threads, exact, verbose,
+                              rpc_servers, main_gpu, tensor_split);
+        std::vector<flas_memory_row> rows;
+        {
+            py::gil_scoped_release release;
+            rows = read_all<flas_memory_row>([&](flas_memory_row * r, int32_t n) {
+                return flas_estimate_memory(&mp.p, n_steps, r, n);
+            });
+        }
+        return memory_list(rows);
+    }, MODEL_ARGS, py::arg("n_steps") = 1,
+       "Bytes per device a model of these parameters would hold (simulated buffers; flow_compute not estimated).");
 
-    using R = flas_runtime;
-    py::class_<R>(m, "Runtime")
+    py::class_<request>(m, "Request")
+        .def(py::init<>())
+        .def_readwrite("prompt", &request::prompt)
+        .def_readwrite("concept", &request::concept)
+        .def_readwrite("flowtime", &request::flowtime)
+        .def_readwrite("n_steps", &request::n_steps)
+        .def_readwrite("max_tokens", &request::max_tokens)
+        .def_readwrite("temperature", &request::temperature)
+        .def_readwrite("top_k", &request::top_k)
+        .def_readwrite("top_p", &request::top_p)
+        .def_readwrite("seed", &request::seed)
+        .def_readwrite("trace", &request::trace);
+
+    py::class_<model>(m, "Model")
         .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
                          int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose,
                          const std::vector<std::string> & rpc_servers, int main_gpu, const std::vector<float> & tensor_split) {
-                 const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
-                                                              n_gpu_layers, n_threads, exact, verbose, rpc_servers,
-                                                              main_gpu, tensor_split);
-                 py::gil_scoped_release release;
-                 return new flas_runtime(p);
-             }),
-             RUNTIME_ARGS)
-        .def("tokenize", &R::tokenize, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
-        .def("token_to_piece", [](const R & r, llama_token t) { return py::bytes(r.token_to_piece(t)); })
-        .def("is_eog", &R::is_eog)
-        .def("apply_chat_template", &R::apply_chat_template, py::arg("messages"))
-        .def("set_steering", &R::set_steering, py::arg("seq"), py::arg("concept"), py::arg("flowtime"),
-             py::arg("n_steps"), py::call_guard<py::gil_scoped_release>())
-        .def("prepare_concept", &R::prepare_concept, py::arg("concept"), py::call_guard<py::gil_scoped_release>())
-        .def("set_trace", &R::set_trace, py::arg("seq"), py::arg("on"))
-        .def("set_steer_hook", [](R & r, py::object fn) { r.set_steer_hook(python_hook(fn, r.n_embd())); })
-        .def("reset", &R::reset, py::arg("seq"))
-        .def("rewind", &R::rewind, py::arg("seq"), py::arg("n_keep"))
-        .def("decode", [](R & r, const std::vector<std::pair<int, std::vector<llama_token>>> & entries) {
-                 std::vector<flas_seq_tokens> batch;
-                 for (const auto & e : entries) {
-                     batch.push_back({e.first, e.second});
-                 }
-                 py::gil_scoped_release release;
-                 r.decode(batch);
-             }, py::arg("batch"), "Append tokens to sequences in one llama_decode: [(seq, [tokens...]), ...].")
-        .def("logits", [](const R & r, int seq) { return py::array_t<float>(py::cast(r.logits(seq))); }, py::arg("seq"))
-        .def("sampler_init", &R::sampler_init, py::arg("seq"), py::arg("temperature"), py::arg("top_k"),
-             py::arg("top_p"), py::arg("seed"))
-        .def("sample", &R::sample, py::arg("seq"), py::call_guard<py::gil_scoped_release>())
-        .def("n_past", &R::n_past, py::arg("seq"))
-        .def("concept_tokens", &R::concept_tokens, py::arg("seq"))
-        .def("trace_unsteered", [](const R & r, int seq) { return rows_array(r.trace_unsteered(seq), r.n_embd()); },
-             py::arg("seq"))
-        .def("trace_steered", [](const R & r, int seq) { return rows_array(r.trace_steered(seq), r.n_embd()); },
-             py::arg("seq"))
-        .def("stats", [](const R & r) {
-                 const flas_stats st = r.stats();
-                 py::dict d;
-                 d["concepts_encoded"] = st.concepts_encoded;
-                 d["concept_hits"] = st.concept_hits;
-                 d["concepts_cached"] = st.concepts_cached;
-                 return d;
-             })
-        .def_property_readonly("n_vocab", &R::n_vocab)
-        .def_property_readonly("n_embd", &R::n_embd)
-        .def_property_readonly("n_ctx", &R::n_ctx)
-        .def_property_readonly("n_ctx_seq", &R::n_ctx_seq)
-        .def_property_readonly("n_seq", &R::n_seq)
-        .def_property_readonly("flow_backend", &R::flow_backend)
-        .def_property_readonly("flow_device", &R::flow_device)
-        .def("reserve_steering", &R::reserve_steering, py::arg("n_steps"), py::call_guard<py::gil_scoped_release>())
-        .def("memory", [](const R & r) { return memory_list(r.memory()); },
-             "Bytes per device: base_weights, kv_cache, base_compute, flow_weights, flow_caches, flow_compute.")
-        .def_property_readonly("flow_hparams", [](const R & r) { return flow_hparams_dict(r.flow_hparams()); });
-
-    py::class_<flas_request>(m, "EngineRequest")
-        .def(py::init<>())
-        .def_readwrite("prompt", &flas_request::prompt)
-        .def_readwrite("concept", &flas_request::concept)
-        .def_readwrite("flowtime", &flas_request::flowtime)
-        .def_readwrite("n_steps", &flas_request::n_steps)
-        .def_readwrite("max_tokens", &flas_request::max_tokens)
-        .def_readwrite("temperature", &flas_request::temperature)
-        .def_readwrite("top_k", &flas_request::top_k)
-        .def_readwrite("top_p", &flas_request::top_p)
-        .def_readwrite("seed", &flas_request::seed)
-        .def_readwrite("trace", &flas_request::trace);
-
-    using E = flas_engine;
-    py::class_<E>(m, "Engine")
-        .def(py::init<R &>(), py::arg("runtime"), py::keep_alive<1, 2>())
-        .def_static("load", [](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,
-                               int concept_cache, int n_gpu_layers, int n_threads, bool exact, bool verbose,
-                         const std::vector<std::string> & rpc_servers, int main_gpu, const std::vector<float> & tensor_split) {
-                 const flas_runtime_params p = runtime_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
-                                                              n_gpu_layers, n_threads, exact, verbose, rpc_servers,
-                                                              main_gpu, tensor_split);
-                 py::gil_scoped_release release;
-                 return std::make_unique<E>(p);
-             }, RUNTIME_ARGS, "An engine that loads its own runtime on its worker thread (as FlasModel does).")
-        .def_property_readonly("lost", &E::lost, "Empty, or why the engine stopped for good (an RPC server lost).")
-        .def_property_readonly("runtime", [](E & e) -> R & { return e.runtime(); },
-                               py::return_value_policy::reference_internal)
-        .def("submit", &E::submit, py::arg("request"))
-        .def("submit_many", &E::submit_many, py::arg("requests"))
-        .def("wait", [](E & e, uint64_t id, int timeout_ms) {
-                 flas_update u;
-                 {
-                     py::gil_scoped_release release;
-                     u = e.wait(id, timeout_ms);
-                 }
-                 py::dict d;
-                 d["tokens"] = u.tokens;
-                 d["done"] = u.done;
-                 if (u.done) {
-                     d["finish"] = u.finish;
-                     d["error"] = u.error;
-                     d["n_prompt"] = u.n_prompt;
-                     d["n_cached"] = u.n_cached;
-                     d["prompt_seconds"] = u.prompt_seconds;
-                     d["seconds"] = u.seconds;
-                     const int H = e.runtime().n_embd();
-                     d["trace_in"] = rows_array(u.trace_in, H);
-                     d["trace_out"] = rows_array(u.trace_out, H);
-                     d["prompt_logits"] = py::array_t<float>(py::cast(u.prompt_logits));
-                 }
-                 return d;
-             }, py::arg("id"), py::arg("timeout_ms"))
-        .def("wait_any", &E::wait_any, py::arg("ids"), py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
-        .def("cancel", &E::cancel, py::arg("id"))
-        .def("release", &E::release, py::arg("id"))
-        .def("stats", [](const E & e) {
-                 const flas_engine_stats st = e.stats();
-                 py::dict d;
-                 d["active"] = st.n_active;
-                 d["queued"] = st.n_queued;
-                 d["tokens_decoded"] = st.n_decoded;
-                 d["decode_calls"] = st.n_steps;
-                 d["concepts_encoded"] = st.concepts.concepts_encoded;
-                 d["concept_hits"] = st.concepts.concept_hits;
-                 d["concepts_cached"] = st.concepts.concepts_cached;
-                 return d;
-             })
-        .def("exclusive", [](E & e, py::function fn) {
-                 // the worker may be in a hook that needs the GIL: wait for the step without it
-                 py::gil_scoped_release release;
-                 e.run_exclusive([&] {
-                     py::gil_scoped_acquire gil;
-                     fn();
-                 });
-             }, py::arg("fn"), "Run fn() between two decode steps, with the runtime to itself.");
+                 return std::make_unique<model>(model_params(base, flow, n_ctx, n_batch, n_seq, concept_cache,
+                                                             n_gpu_layers, n_threads, exact, verbose, rpc_servers,
+                                                             main_gpu, tensor_split));
+             }), MODEL_ARGS, "flas_model_load: the base model, the flow, and the scheduler's thread.")
+        .def("close", &model::close, "flas_model_free (once no call is under way on another thread).")
+        .def_property_readonly("n_vocab", [](const model & s) { return flas_model_n_vocab(s.get().get()); })
+        .def_property_readonly("n_embd", [](const model & s) { return flas_model_n_embd(s.get().get()); })
+        .def_property_readonly("n_ctx", [](const model & s) { return flas_model_n_ctx(s.get().get()); })
+        .def_property_readonly("n_ctx_seq", [](const model & s) { return flas_model_n_ctx_seq(s.get().get()); })
+        .def_property_readonly("n_seq", [](const model & s) { return flas_model_n_seq(s.get().get()); })
+        .def_property_readonly("flow_device", [](const model & s) { return std::string(flas_model_flow_device(s.get().get())); })
+        .def_property_readonly("flow_info", [](const model & s) { return flow_info_dict(*flas_model_flow_info(s.get().get())); })
+        .def("memory", [](const model & s) {
+            auto h = s.get();
+            return memory_list(read_all<flas_memory_row>([&](flas_memory_row * r, int32_t n) {
+                return flas_model_memory(h.get(), r, n);
+            }));
+        })
+        .def("reserve", [](const model & s, int n_steps) {
+            auto h = s.get();
+            py::gil_scoped_release release;
+            check(flas_model_reserve(h.get(), n_steps));
+        }, py::arg("n_steps"))
+        .def("tokenize", [](const model & s, const std::string & text, bool add_special, bool parse_special) {
+            auto h = s.get();
+            return read_all<int32_t>([&](int32_t * t, int32_t n) {
+                return flas_tokenize(h.get(), text.c_str(), add_special, parse_special, t, n);
+            });
+        }, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
+        .def("chat_template", [](const model & s, const std::vector<std::pair<std::string, std::string>> & turns) {
+            auto h = s.get();
+            std::vector<flas_chat_message> msgs;
+            for (const auto & t : turns) {
+                msgs.push_back({t.first.c_str(), t.second.c_str()});
+            }
+            std::vector<char> buf(1024);
+            int32_t n = check(flas_chat_template(h.get(), msgs.data(), (int32_t) msgs.size(), buf.data(), (int32_t) buf.size()));
+            if (n >= (int32_t) buf.size()) {
+                buf.resize((size_t) n + 1);
+                n = check(flas_chat_template(h.get(), msgs.data(), (int32_t) msgs.size(), buf.data(), (int32_t) buf.size()));
+            }
+            return std::string(buf.data(), (size_t) n);
+        }, py::arg("messages"))
+        .def("token_to_piece", [](const model & s, int32_t token) {
+            auto h = s.get();
+            std::vector<char> buf(64);
+            int32_t n = flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size());
+            if (n < 0 && n != FLAS_ERR_INVALID_ARGUMENT) {
+                buf.resize((size_t) -n);
+                n = flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size());
+            }
+            return py::bytes(buf.data(), (size_t) check(n));
+        }, py::arg("token"))
+        .def("encode_concept", [](const model & s, const std::string & concept) {
+            auto h = s.get();
+            py::gil_scoped_release release;
+            return check(flas_encode_concept(h.get(), concept.c_str()));
+        }, py::arg("concept"))
+        .def("submit_many", [](const model & s, const std::vector<request> & reqs) {
+            auto h = s.get();
+            std::vector<struct flas_request_params> params;
+            for (const request & r : reqs) {
+                params.push_back(r.params());
+            }
+            std::vector<uint64_t> ids(reqs.size());
+            check(flas_submit_many(h.get(), params.data(), (int32_t) params.size(), ids.data()));
+            return ids;
+        }, py::arg("requests"))
+        .def("poll", [](const model & s, uint64_t id, int timeout_ms) {
+            auto h = s.get();
+            std::vector<int32_t> tokens(256);
+            struct flas_result res{};
+            int32_t n;
+            std::string error;
+            {
+                py::gil_scoped_release release;
+                n = flas_poll(h.get(), id, timeout_ms, tokens.data(), (int32_t) tokens.size(), &res);
+                error = flas_last_error();
+            }
+            tokens.resize((size_t) check(n));
+            py::dict d;
+            d["tokens"] = tokens;
+            d["done"] = res.finish != FLAS_FINISH_NONE;
+            if (res.finish != FLAS_FINISH_NONE) {
+                d["finish"] = finish_name(res.finish);
+                d["error"] = res.finish == FLAS_FINISH_ERROR ? error : std::string();
+                d["n_prompt"] = res.n_prompt;
+                d["n_cached"] = res.n_cached;
+                d["prompt_seconds"] = res.prompt_seconds;
+                d["seconds"] = res.seconds;
+            }
+            return d;
+        }, py::arg("id"), py::arg("timeout_ms"), "flas_poll: up to 256 new tokens; once done, how it ended.")
+        .def("wait_any", [](const model & s, const std::vector<uint64_t> & ids, int timeout_ms) {
+            auto h = s.get();
+            uint64_t ready = 0;
+            py::gil_scoped_release release;
+            check(flas_wait_any(h.get(), ids.data(), (int32_t) ids.size(), timeout_ms, &ready));
+            return ready;
+        }, py::arg("ids"), py::arg("timeout_ms"))
+        .def("trace", [](const model & s, uint64_t id) {
+            auto h = s.get();
+            auto get = [&](enum flas_trace_kind kind) {
+                return read_all<float>([&](float * out, int64_t n) { return flas_trace(h.get(), id, kind, out, n); });
+            };
+            const py::ssize_t H = flas_model_n_embd(h.get());
+            py::dict d;
+            d["unsteered"] = float_array(get(FLAS_TRACE_UNSTEERED), H);
+            d["steered"] = float_array(get(FLAS_TRACE_STEERED), H);
+            d["logits"] = float_array(get(FLAS_TRACE_LOGITS), 0);
+            return d;
+        }, py::arg("id"), "A finished traced request's rows (unsteered, steered: [n, H]) and prompt logits.")
+        .def("cancel", [](const model & s, uint64_t id) { check(flas_cancel(s.get().get(), id)); }, py::arg("id"))
+        .def("release", [](const model & s, uint64_t id) { check(flas_release(s.get().get(), id)); }, py::arg("id"))
+        .def("stats", [](const model & s) {
+            struct flas_stats st{};
+            check(flas_model_stats(s.get().get(), &st));
+            py::dict d;
+            d["active"] = st.n_active;
+            d["queued"] = st.n_queued;
+            d["tokens_decoded"] = st.n_decoded;
+            d["decode_calls"] = st.n_decode_calls;
+            d["concepts_encoded"] = st.concepts_encoded;
+            d["concept_hits"] = st.concept_hits;
+            d["concepts_cached"] = st.concepts_cached;
+            return d;
+        })
+        .def("set_steer_hook", &model::set_steer_hook, py::arg("fn"),
+             "fn(rows [n, H] float32, pos0) -> rows replaces the flow; None restores it.")
+        .def("exclusive", [](const model & s, py::function fn) { run_exclusive(s.get().get(), std::move(fn)); },
+             py::arg("fn"), "flas_exclusive: fn() between two decode steps; the seq_* methods work inside it.")
+        .def("seq_set_steering", [](const model & s, int seq, const std::string & concept, float flowtime, int n_steps) {
+            auto h = s.get();
+            py::gil_scoped_release release;
+            return check(flas_seq_set_steering(h.get(), seq, concept.c_str(), flowtime, n_steps));
+        }, py::arg("seq"), py::arg("concept"), py::arg("flowtime"), py::arg("n_steps"))
+        .def("seq_decode", [](const model & s, const std::vector<std::pair<int32_t, std::vector<int32_t>>> & batch) {
+            auto h = s.get();
+            std::vector<int32_t> seqs, counts;
+            std::vector<const int32_t *> tokens;
+            for (const auto & e : batch) {
+                seqs.push_back(e.first);
+                tokens.push_back(e.second.data());
+                counts.push_back((int32_t) e.second.size());
+            }
+            py::gil_scoped_release release;
+            check(flas_seq_decode(h.get(), (int32_t) batch.size(), seqs.data(), tokens.data(), counts.data()));
+        }, py::arg("batch"), "[(seq, [tokens...]), ...] in one llama_decode.")
+        .def("seq_reset", [](const model & s, int seq) { check(flas_seq_reset(s.get().get(), seq)); }, py::arg("seq"))
+        .def("seq_rewind", [](const model & s, int seq, int n_keep) { check(flas_seq_rewind(s.get().get(), seq, n_keep)); },
+             py::arg("seq"), py::arg("n_keep"))
+        .def("seq_set_trace", [](const model & s, int seq, bool on) { check(flas_seq_set_trace(s.get().get(), seq, on)); },
+             py::arg("seq"), py::arg("on"))
+        .def("seq_get", [](const model & s, int seq, const std::string & what) {
+            auto h = s.get();
+            const enum flas_trace_kind kind = what == "logits" ? FLAS_TRACE_LOGITS
+                                            : what == "steered" ? FLAS_TRACE_STEERED
+                                            : what == "unsteered" ? FLAS_TRACE_UNSTEERED
+                                            : throw py::value_error("seq_get: what is logits, steered or unsteered");
+            std::vector<float> v = read_all<float>([&](float * out, int64_t n) {
+                return flas_seq_get(h.get(), seq, kind, out, n);
+            });
+            return float_array(std::move(v), kind == FLAS_TRACE_LOGITS ? 0 : flas_model_n_embd(h.get()));
+        }, py::arg("seq"), py::arg("what"), "Its last-token logits, or its traced steered/unsteered rows [n, H].");
 }

@@ -273,7 +273,7 @@ bool flas_runtime::holds_steering(int seq, const std::string & concept, float fl
     return s.steered() && concepts_.slots[s.slot].text == concept && s.flowtime == flowtime && s.n_steps == n_steps;
 }
 
-void flas_runtime::set_steer_hook(flas_steer_hook hook) {
+void flas_runtime::set_steer_hook(flas_row_hook hook) {
     hook_ = std::move(hook);
     for (int seq = 0; seq < n_seq(); ++seq) {
         reset(seq);
@@ -292,8 +292,8 @@ int flas_runtime::concept_tokens(int seq) const {
     return s.slot >= 0 ? concepts_.slots[s.slot].n_tokens : 0;
 }
 
-flas_stats flas_runtime::stats() const {
-    flas_stats st;
+flas_concept_stats flas_runtime::stats() const {
+    flas_concept_stats st;
     st.concepts_encoded = concepts_.n_encoded;
     st.concept_hits = concepts_.n_hits;
     st.concepts_cached = concepts_.n_cached();

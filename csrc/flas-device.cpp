@@ -159,7 +159,7 @@ flas_tcp flas_endpoint_probe(const std::string & endpoint, int timeout_ms) {
     return split_endpoint(endpoint, host, port) ? flas_tcp_probe(host, port, timeout_ms) : flas_tcp::refused;
 }
 
-bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms) {
+bool flas_endpoint_open(const std::string & endpoint, int timeout_ms) {
     return flas_endpoint_probe(endpoint, timeout_ms) == flas_tcp::open;
 }
 
@@ -221,7 +221,7 @@ std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> 
     return devices;
 }
 
-void flas_rpc_serve(const std::string & endpoint, int n_threads, const std::string & cache_dir) {
+void flas_serve_rpc(const std::string & endpoint, int n_threads, const std::string & cache_dir) {
     std::string host, port;
     if (!split_endpoint(endpoint, host, port)) {
         throw std::invalid_argument("endpoint '" + endpoint + "' is not host:port");

@@ -30,11 +30,11 @@ struct flas_device_lost : std::runtime_error {
 std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> & endpoints);
 // Whether a TCP connection to endpoint ("host:port") opens within timeout_ms.
 flas_tcp flas_endpoint_probe(const std::string & endpoint, int timeout_ms);
-bool flas_endpoint_reachable(const std::string & endpoint, int timeout_ms);
+bool flas_endpoint_open(const std::string & endpoint, int timeout_ms);
 // This machine's GPUs (the RPC devices are not registered, so never among them).
 std::vector<ggml_backend_dev_t> flas_local_accelerators();
 // Serves this machine's CPU backend to RPC clients; returns only on error (never on success).
-void flas_rpc_serve(const std::string & endpoint, int n_threads, const std::string & cache_dir);
+void flas_serve_rpc(const std::string & endpoint, int n_threads, const std::string & cache_dir);
 
 // ---- device loss ----
 struct flas_device_guard {  // RPC aborts on this thread throw flas_device_lost while it lives

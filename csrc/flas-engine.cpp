@@ -312,6 +312,9 @@ void flas_engine::run_exclusive(const std::function<void()> & fn) {
         s.trusted = false;
     }
     fn();
+    const flas_concept_stats concepts = rt_->stats();  // fn may have encoded concepts
+    std::lock_guard<std::mutex> lk(mutex_);
+    stats_.concepts = concepts;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,7 +358,7 @@ void flas_engine::run() {
             admit(j);
         }
         if (!admitted.empty()) {  // the runtime is the worker's: others read its figures here
-            const flas_stats concepts = rt_->stats();
+            const flas_concept_stats concepts = rt_->stats();
             std::lock_guard<std::mutex> lk(mutex_);
             stats_.concepts = concepts;
         }

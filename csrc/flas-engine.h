@@ -54,7 +54,7 @@ struct flas_engine_stats {
     int     n_queued  = 0;            // requests waiting for a sequence
     int64_t n_decoded = 0;            // tokens through llama_decode
     int64_t n_steps   = 0;            // llama_decode calls
-    flas_stats concepts;              // the runtime's concept table, as of the last admission
+    flas_concept_stats concepts;      // the runtime's concept table, as of the last admission or exclusive call
 };
 
 class flas_engine {

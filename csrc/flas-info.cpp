@@ -19,8 +19,8 @@ const char * flas_device_type_name(int type) {
     }
 }
 
-flas_build_info flas_build_info_get() {
-    flas_build_info bi;
+flas_build_facts flas_build_facts_get() {
+    flas_build_facts bi;
     bi.ggml_version = ggml_version();
     bi.ggml_commit  = ggml_commit();
     bi.system_info  = llama_print_system_info();
@@ -29,7 +29,7 @@ flas_build_info flas_build_info_get() {
     }
     for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
         ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        flas_device_info d;
+        flas_device_facts d;
         d.name        = ggml_backend_dev_name(dev);
         d.description = ggml_backend_dev_description(dev);
         d.type        = flas_device_type_name(ggml_backend_dev_type(dev));

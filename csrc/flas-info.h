@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-struct flas_device_info {
+struct flas_device_facts {
     std::string name;         // ggml device name, e.g. "CPU", "CUDA0"
     std::string description;  // human-readable, e.g. the GPU model
     std::string type;         // "cpu", "gpu", "igpu" or "accel"
@@ -12,18 +12,18 @@ struct flas_device_info {
     size_t      memory_total;
 };
 
-struct flas_build_info {
+struct flas_build_facts {
     std::string ggml_version;           // ggml_version(), e.g. "0.25.3"
     std::string ggml_commit;            // ggml_commit()
     std::string system_info;            // llama_print_system_info(): CPU features, backends
     std::vector<std::string> backends;  // registered ggml backends, e.g. {"CPU"} or {"CUDA", "CPU"}
-    std::vector<flas_device_info> devices;
+    std::vector<flas_device_facts> devices;
     std::string libllama_path;          // the shared objects actually loaded in this process
     std::string libggml_path;
     std::string libggml_base_path;
 };
 
-flas_build_info flas_build_info_get();
+flas_build_facts flas_build_facts_get();
 
 // "cpu", "gpu", "igpu", "accel" or "unknown"
 const char * flas_device_type_name(int ggml_backend_dev_type);

@@ -123,7 +123,8 @@ void flas_runtime::reserve_steering(int n_steps) {
 // the memory a placement would take, without allocating it
 // ---------------------------------------------------------------------------------------------
 
-std::vector<flas_device_memory> flas_estimate_memory(const flas_runtime_params & params, int n_steps) {
+std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params & params, int n_steps) {
+    flas_check_params(params);
     flas_log_init(params.verbose);
     flas_device_guard guard;
     std::vector<ggml_backend_dev_t> devices;

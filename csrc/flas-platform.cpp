@@ -8,7 +8,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <fstream>
+#include <set>
+#include <thread>
+#if defined(__linux__)
+#    include <sched.h>
+#endif
 
 flas_tcp flas_tcp_probe(const std::string & host, const std::string & port, int timeout_ms) {
     addrinfo hints{};
@@ -50,4 +57,28 @@ std::string flas_shared_object_of(const void * symbol) {
         return "";
     }
     return info.dli_fname;
+}
+
+int flas_physical_cores() {
+    const int n_hw = (int) std::max(1u, std::thread::hardware_concurrency());
+#if defined(__linux__)
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) != 0) {
+        return n_hw;
+    }
+    std::set<std::string> cores;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (!CPU_ISSET(cpu, &cpus)) {
+            continue;
+        }
+        const std::string topo = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+        std::string package, core;
+        std::ifstream(topo + "physical_package_id") >> package;
+        std::ifstream(topo + "core_id") >> core;
+        cores.insert(package.empty() || core.empty() ? "cpu" + std::to_string(cpu) : package + ":" + core);
+    }
+    return cores.empty() ? n_hw : (int) cores.size();
+#else
+    return n_hw;
+#endif
 }

@@ -1,5 +1,5 @@
 // What depends on the operating system, in one place: a TCP connection probe and the path of
-// a loaded shared object. POSIX (Linux, macOS) today; a Windows port replaces flas-platform.cpp.
+// a loaded shared object, the physical cores. POSIX (Linux, macOS) today; a Windows port replaces flas-platform.cpp.
 #pragma once
 
 #include <string>
@@ -9,3 +9,5 @@ enum class flas_tcp { open, refused, timeout };
 flas_tcp flas_tcp_probe(const std::string & host, const std::string & port, int timeout_ms);
 // The file of the shared object holding `symbol` ("" if unknown).
 std::string flas_shared_object_of(const void * symbol);
+// Cores this process may run on, hyper-thread siblings counted once (llama.cpp's thread default).
+int flas_physical_cores();

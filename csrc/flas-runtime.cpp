@@ -1,6 +1,7 @@
 #include "flas-runtime.h"
 
 #include "flas-graph.h"
+#include "flas-platform.h"
 #include "gguf.h"
 
 #include <cmath>
@@ -63,7 +64,7 @@ static void require_file(const std::string & path, const char * what) {
     }
 }
 
-flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params) {
+void flas_check_params(const flas_runtime_params & params) {
     const int max_seq = (int) llama_max_parallel_sequences();
     if (params.n_seq < 1 || params.n_seq > max_seq) {
         throw std::invalid_argument("n_seq must be in 1.." + std::to_string(max_seq) + ", got " +
@@ -78,17 +79,24 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     if (params.n_batch < 1 || params.concept_cache < 1) {
         throw std::invalid_argument("n_batch and concept_cache must be >= 1");
     }
+    if (params.n_threads < 0) {
+        throw std::invalid_argument("n_threads must be >= 0 (0: one per physical core), got " + std::to_string(params.n_threads));
+    }
     if (params.model == nullptr) {
         require_file(params.base_path, "base model GGUF");
     }
     require_file(params.flow_path, "flow GGUF");
+}
+
+flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params) {
+    flas_check_params(params);
     if (params.set_llama_log) {
         flas_log_init(params.verbose);
     }
     llama_backend_init();
     flas_device_guard guard;  // an RPC server lost while loading: an exception, not an abort
 
-    n_threads_ = params.n_threads > 0 ? params.n_threads : (int) std::max(1u, std::thread::hardware_concurrency());
+    n_threads_ = params.n_threads > 0 ? params.n_threads : flas_physical_cores();
 
     if (params.model != nullptr) {
         model_ = params.model;

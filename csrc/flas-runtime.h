@@ -48,7 +48,7 @@ struct flas_runtime_params {
     ggml_backend_sched_eval_callback cb_eval = nullptr;
     void * cb_eval_user_data = nullptr;
     bool set_llama_log = true;  // route llama.cpp's log through flas-cpp's (false: leave the app's)
-    int  n_threads    = 0;      // 0: hardware threads
+    int  n_threads    = 0;      // 0: one per physical core (flas_physical_cores)
     bool exact        = false;  // f32 KV caches and no flash attention (parity with float32 references)
     bool verbose      = false;  // llama.cpp's informational log
 };
@@ -59,6 +59,9 @@ struct flas_seq_tokens {
     std::vector<llama_token> tokens;
 };
 
+// Throws std::invalid_argument naming the first bad parameter (sizes, missing files).
+void flas_check_params(const flas_runtime_params & params);
+
 // llama.cpp's log through flas-cpp: errors only, or everything when verbose.
 void flas_log_init(bool verbose);
 // Where flas-cpp's log goes: callback (NULL: stderr).
@@ -67,13 +70,13 @@ void flas_log_route(ggml_log_callback callback, void * user_data);
 // What a runtime of `params` would hold per device, from llama.cpp's simulated buffers (no_alloc)
 // and the flow's tensor sizes on the device of layer L, with every sequence steered with
 // n_steps; nothing is allocated. The flow's compute buffer is not included (flow_compute 0).
-std::vector<flas_device_memory> flas_estimate_memory(const flas_runtime_params & params, int n_steps);
+std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params & params, int n_steps);
 
 // Replaces the flow (tests drive the runtime with an independent reference through it):
 // rows_in/rows_out are [n_rows, H] row-major, for positions pos0 .. pos0+n_rows-1 of one sequence.
-using flas_steer_hook = std::function<void(const float * rows_in, float * rows_out, int n_rows, int pos0)>;
+using flas_row_hook = std::function<void(const float * rows_in, float * rows_out, int n_rows, int pos0)>;
 
-struct flas_stats {
+struct flas_concept_stats {
     int64_t concepts_encoded = 0;  // concept encodings run (cache misses)
     int64_t concept_hits     = 0;  // steerings that found their concept encoded
     int     concepts_cached  = 0;
@@ -104,7 +107,7 @@ struct flas_runtime {
     void release(int seq);
     // Whether the sequence is steered as given (and so holds rows computed under it).
     bool holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const;
-    void set_steer_hook(flas_steer_hook hook);  // every sequence; empty function: back to the ggml flow
+    void set_steer_hook(flas_row_hook hook);  // every sequence; empty function: back to the ggml flow
     void set_trace(int seq, bool on);           // record its layer-L rows before/after steering
 
     // ---- sequences ----
@@ -129,7 +132,7 @@ struct flas_runtime {
     int n_seq() const { return (int) seqs_.size(); }
     int n_batch() const { return params_.n_batch; }
     int concept_tokens(int seq) const;               // K of its concept; 0: none
-    flas_stats stats() const;
+    flas_concept_stats stats() const;
     std::string flow_backend() const;
     std::string flow_device() const;                 // the ggml device computing layer L and the flow
     const std::vector<std::string> & rpc_servers() const { return params_.rpc_servers; }
@@ -190,7 +193,7 @@ struct flas_runtime {
     std::vector<uint8_t> graph_meta_;   // no_alloc context memory for graph building
     std::vector<float> output_norm_;    // base model's final norm weight (1 + w), [H]
 
-    flas_steer_hook hook_;
+    flas_row_hook hook_;
     std::string target_name_;           // "l_out-<L>"
     std::vector<batch_entry> entries_;  // the llama_decode under way
     int cursor_ = 0;                    // batch row of the next row the callback will see

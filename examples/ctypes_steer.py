@@ -14,13 +14,19 @@ class ModelParams(C.Structure):
     _fields_ = [("base_path", C.c_char_p), ("flow_path", C.c_char_p), ("n_ctx", C.c_int32), ("n_batch", C.c_int32),
                 ("n_seq", C.c_int32), ("concept_cache", C.c_int32), ("n_gpu_layers", C.c_int32),
                 ("main_gpu", C.c_int32), ("n_threads", C.c_int32), ("rpc_servers", C.c_char_p),
-                ("exact", C.c_bool), ("verbose", C.c_bool), ("cb_eval", C.c_void_p), ("cb_eval_user_data", C.c_void_p)]
+                ("tensor_split", C.POINTER(C.c_float)), ("n_tensor_split", C.c_int32), ("exact", C.c_bool), ("verbose", C.c_bool), ("cb_eval", C.c_void_p), ("cb_eval_user_data", C.c_void_p)]
 
 
 class RequestParams(C.Structure):
     _fields_ = [("prompt", C.POINTER(C.c_int32)), ("n_prompt", C.c_int32), ("concept", C.c_char_p),
                 ("flowtime", C.c_float), ("n_steps", C.c_int32), ("max_tokens", C.c_int32),
-                ("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("seed", C.c_uint32)]
+                ("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("seed", C.c_uint32),
+                ("trace", C.c_bool)]
+
+
+class Result(C.Structure):
+    _fields_ = [("finish", C.c_int), ("n_prompt", C.c_int32), ("n_cached", C.c_int32),
+                ("prompt_seconds", C.c_double), ("seconds", C.c_double)]
 
 
 def load(path: str) -> C.CDLL:
@@ -32,7 +38,7 @@ def load(path: str) -> C.CDLL:
     lib.flas_model_free.argtypes = [C.c_void_p]
     lib.flas_prompt_tokens.argtypes = [C.c_void_p, C.c_char_p, C.POINTER(C.c_int32), C.c_int32]
     lib.flas_submit.argtypes = [C.c_void_p, C.POINTER(RequestParams), C.POINTER(C.c_uint64)]
-    lib.flas_poll.argtypes = [C.c_void_p, C.c_uint64, C.c_int32, C.POINTER(C.c_int32), C.c_int32, C.POINTER(C.c_int)]
+    lib.flas_poll.argtypes = [C.c_void_p, C.c_uint64, C.c_int32, C.POINTER(C.c_int32), C.c_int32, C.POINTER(Result)]
     return lib
 
 
@@ -56,15 +62,15 @@ def main(argv: list[str]) -> int:
         if lib.flas_submit(model, C.byref(rp), C.byref(rid)) != 0:
             print(f"submit: {lib.flas_last_error().decode()}", file=sys.stderr)
             return 1
-        finish, out = C.c_int(0), (C.c_int32 * 64)()
-        while finish.value == 0:
-            got = lib.flas_poll(model, rid, 1000, out, 64, C.byref(finish))
+        res, out = Result(), (C.c_int32 * 64)()
+        while res.finish == 0:
+            got = lib.flas_poll(model, rid, 1000, out, 64, C.byref(res))
             if got < 0:
                 print(f"poll: {lib.flas_last_error().decode()}", file=sys.stderr)
                 return 1
             for i in range(got):
                 print(out[i])
-        return 0 if finish.value != 5 else 1
+        return 0 if res.finish != 5 else 1
     finally:
         lib.flas_model_free(model)
 

@@ -52,10 +52,10 @@ int main(int argc, char ** argv) {
         return fail("submit");
     }
 
-    enum flas_finish finish = FLAS_FINISH_NONE;
-    while (finish == FLAS_FINISH_NONE) {
+    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
+    while (res.finish == FLAS_FINISH_NONE) {
         int32_t tokens[64];
-        const int32_t n = flas_poll(model, id, 1000, tokens, 64, &finish);
+        const int32_t n = flas_poll(model, id, 1000, tokens, 64, &res);
         if (n < 0) {
             flas_model_free(model);
             return fail("poll");
@@ -75,5 +75,5 @@ int main(int argc, char ** argv) {
         printf("\n");
     }
     flas_model_free(model);
-    return finish == FLAS_FINISH_ERROR ? fail("generation") : 0;
+    return res.finish == FLAS_FINISH_ERROR ? fail("generation") : 0;
 }

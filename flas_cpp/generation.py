@@ -93,7 +93,7 @@ class _Settings:
     trace: bool = False
 
     def engine_request(self, core: Any) -> Any:
-        r = core.EngineRequest()
+        r = core.Request()
         r.prompt, r.concept, r.flowtime, r.n_steps = self.tokens, self.concept or "", self.flowtime, self.n_steps
         r.max_tokens, r.temperature, r.top_k, r.top_p = self.max_tokens, self.temperature, self.top_k, self.top_p
         r.seed, r.trace = self.seed & 0xFFFFFFFF, self.trace
@@ -104,8 +104,8 @@ class Handle:
     """A request submitted to the model's engine. Iterate it for the text pieces as they decode,
     or call result(); cancel() frees its sequence within one decode step. One consumer per handle."""
 
-    def __init__(self, engine: Any, rt: Any, settings: _Settings, id: int):
-        self._engine, self._rt, self._s = engine, rt, settings
+    def __init__(self, model: Any, settings: _Settings, id: int):
+        self._m, self._s = model, settings
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._tokens: list[int] = []
         self._text: list[str] = []
@@ -115,7 +115,7 @@ class Handle:
 
     def __del__(self) -> None:
         try:  # an abandoned request stops decoding, and the engine forgets it
-            self._engine.release(self.id)
+            self._m.release(self.id)
         except Exception:
             pass
 
@@ -125,18 +125,18 @@ class Handle:
 
     def cancel(self) -> None:
         if self._final is None:
-            self._engine.cancel(self.id)
+            self._m.cancel(self.id)
 
     def poll(self, timeout_ms: int = _WAIT_MS) -> str:
         """The text decoded since the last poll (waiting up to timeout_ms for some)."""
         with self._lock:
             if self._final is not None:
                 return ""
-            update = self._engine.wait(self.id, timeout_ms)
+            update = self._m.poll(self.id, timeout_ms)
             pieces = []
             for tok in update["tokens"]:
                 self._tokens.append(tok)
-                pieces.append(self._utf8.decode(self._rt.token_to_piece(tok)))
+                pieces.append(self._utf8.decode(self._m.token_to_piece(tok)))
             if update["done"]:
                 pieces.append(self._utf8.decode(b"", final=True))
                 self._final = update
@@ -170,5 +170,4 @@ class Handle:
     def trace(self) -> dict[str, np.ndarray]:
         """Layer-L rows before/after steering and the prompt's logits (traced requests, once done)."""
         self.result()
-        return {"unsteered": self._final["trace_in"], "steered": self._final["trace_out"],
-                "logits": np.asarray(self._final["prompt_logits"], dtype=np.float32)}
+        return self._m.trace(self.id)

@@ -18,22 +18,6 @@ from .generation import ContextLengthError, DeviceLostError, Generation, Handle,
 from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
 
 
-def physical_cores() -> int:
-    """Cores this process may run on, hyper-thread siblings counted once (llama.cpp's default)."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add((topo / "physical_package_id").read_text().strip() + ":" + (topo / "core_id").read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
-
-
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
     """["host:port", ...] from a list or llama.cpp's comma-separated form; checked."""
     if rpc_servers is None:
@@ -47,13 +31,6 @@ def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
             raise ValueError(f"rpc server {e!r} is not host:port (e.g. 127.0.0.1:50052)")
         out.append(e)
     return out
-
-
-class _Closed:
-    """Stands in for the engine and runtime of a closed model."""
-
-    def __getattr__(self, name: str):
-        raise RuntimeError("this FlasModel is closed; load a new one")
 
 
 class FlasModel:
@@ -93,23 +70,22 @@ class FlasModel:
             raise ValueError(f"concept_cache must be an integer >= 1, got {concept_cache!r}")
         self.rpc_servers: list[str] = parse_rpc_servers(rpc_servers)
         params = dict(n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq, concept_cache=concept_cache,
-                      n_threads=n_threads or physical_cores(), exact=exact, verbose=verbose,
+                      n_threads=n_threads or 0, exact=exact, verbose=verbose,
                       rpc_servers=self.rpc_servers, main_gpu=main_gpu, tensor_split=list(tensor_split or []))
         self.placement: str = ""
         if gpu_memory is None:
-            # the engine loads the model on its own thread, the one every decode then runs on
-            self._engine = core().Engine.load(str(base), str(flow), n_gpu_layers=n_gpu_layers, **params)
+            # loaded on the scheduler's own thread, the one every decode then runs on
+            self._m = core().Model(str(base), str(flow), n_gpu_layers=n_gpu_layers, **params)
         else:
             if n_gpu_layers:
                 raise ValueError("give n_gpu_layers or gpu_memory, not both")
             n_gpu_layers = self._load_within(str(base), str(flow), parse_size(gpu_memory), params)
-        self._rt = self._engine.runtime
-        self.flow_info: dict = dict(self._rt.flow_hparams)
-        self.n_ctx: int = self._rt.n_ctx
+        self.flow_info: dict = self._m.flow_info
+        self.n_ctx: int = self._m.n_ctx
         self.n_seq: int = n_seq
-        self.n_ctx_seq: int = self._rt.n_ctx_seq  # tokens one sequence holds
+        self.n_ctx_seq: int = self._m.n_ctx_seq  # tokens one sequence holds
         self.n_gpu_layers: int = n_gpu_layers
-        self.flow_device: str = self._rt.flow_device  # the ggml device computing layer L and the flow
+        self.flow_device: str = self._m.flow_device  # the ggml device computing layer L and the flow
         self.family: str = self.flow_info["family"]  # the base model's family: gemma2, gemma3, qwen3 or llama
 
     def _load_within(self, base: str, flow: str, budget: int, params: dict) -> int:
@@ -118,17 +94,15 @@ class FlasModel:
         n_steps = int(GGUFReader(flow).get_field("flas.n_steps").contents())
         ngl, _ = fit_gpu_layers(base, flow, budget, n_steps, **params)
         while True:
-            self._engine = core().Engine.load(base, flow, n_gpu_layers=ngl, **params)
-            rt = self._engine.runtime
-            self._engine.exclusive(lambda: rt.reserve_steering(n_steps))
-            used = device_total(rt.memory())
+            self._m = core().Model(base, flow, n_gpu_layers=ngl, **params)
+            self.reserve_steering(n_steps)
+            used = device_total(self._m.memory())
             if used <= budget or ngl == 0:
                 break
-            del rt
-            self._engine = None  # the estimate leaves out the flow's compute buffer: one layer fewer
+            self._m.close()  # the estimate leaves out the flow's compute buffer: one layer fewer
             ngl -= 1
         n_layer = base_layer_count(flow)
-        dev = rt.flow_device
+        dev = self._m.flow_device
         self.placement = (f"gpu_memory {gib(budget)}: n_gpu_layers {min(ngl, n_layer + 1)} of {n_layer + 1} "
                           f"(layers and output), the flow on {dev}; the offload device holds {gib(used)}")
         print(f"flas-cpp: {self.placement}", file=sys.stderr)
@@ -137,9 +111,7 @@ class FlasModel:
     def close(self) -> None:
         """Free the model, its context, the flow and every device buffer now (not when garbage
         collected). Requests still running end as cancelled; using the model afterwards raises."""
-        engine = self._engine
-        self._rt = self._engine = _Closed()
-        del engine
+        self._m.close()
 
     def __enter__(self) -> "FlasModel":
         return self
@@ -152,7 +124,12 @@ class FlasModel:
         kv_cache, base_compute (llama.cpp's own accounting), flow_weights, flow_caches (concepts,
         time embeddings, every steered sequence's flow KV cache), flow_compute, total. Flow caches
         and compute grow when a sequence is first steered with more Euler steps."""
-        return self._rt.memory()
+        return self._m.memory()
+
+    def reserve_steering(self, n_steps: int) -> None:
+        """Allocate now what steering every sequence with n_steps Euler steps holds (flow caches and
+        compute buffer), so that memory() shows the model's full size before any request."""
+        self._m.reserve(n_steps)
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
@@ -162,14 +139,14 @@ class FlasModel:
         if self.flow_info["prompt_format"] == "alpaca":
             text = alpaca_prompt(turns)
         else:
-            text = self._rt.apply_chat_template(turns)
-        return self._rt.tokenize(text, True, True)
+            text = self._m.chat_template(turns)
+        return self._m.tokenize(text, True, True)
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
-        return self._rt.tokenize(text, add_bos, special)
+        return self._m.tokenize(text, add_bos, special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._rt.token_to_piece(t) for t in tokens).decode("utf-8", errors="replace")
+        return b"".join(self._m.token_to_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -208,7 +185,7 @@ class FlasModel:
         live = {h.id: (i, h) for i, h in enumerate(handles)}
         try:
             while live:
-                ready = self._engine.wait_any(list(live), 100)
+                ready = self._m.wait_any(list(live), 100)
                 if ready == 0:
                     continue
                 i, h = live[ready]
@@ -267,19 +244,17 @@ class FlasModel:
         in the concept cache, as repeated concepts do). Returns its token count."""
         if not isinstance(concept, str) or not concept.strip():
             raise ValueError("concept is empty; describe it in words, e.g. \"Talk like a pirate\"")
-        n: list[int] = []
-        self._engine.exclusive(lambda: n.append(self._rt.prepare_concept(concept)))
-        return n[0]
+        return self._m.encode_concept(concept)
 
     def set_steer_hook(self, fn: Callable[[np.ndarray, int], np.ndarray] | None) -> None:
         """Advanced: replace the flow by fn(rows [n, H], first_position) -> steered rows, called in
         llama.cpp's forward pass for every sequence's layer-L rows (testing, research). None
         restores the flow. fn runs on the engine's thread."""
-        self._engine.exclusive(lambda: self._rt.set_steer_hook(fn))
+        self._m.set_steer_hook(fn)
 
     def stats(self) -> dict:
         """Concept encodings run and reused, sequences active, requests queued, tokens decoded."""
-        return self._engine.stats()
+        return self._m.stats()
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -293,11 +268,11 @@ class FlasModel:
         if r.raw:
             if not isinstance(r.prompt, str) or r.messages is not None:
                 raise ValueError("a raw request takes a prompt string and no messages")
-            tokens = self._rt.tokenize(r.prompt, True, True)
+            tokens = self._m.tokenize(r.prompt, True, True)
         else:
             tokens = self.prompt_tokens(r.prompt, r.messages)
         if concept is not None:
-            n_concept, limit = len(self._rt.tokenize(concept, True, True)), self.flow_info["concept_max_len"]
+            n_concept, limit = len(self._m.tokenize(concept, True, True)), self.flow_info["concept_max_len"]
             if n_concept > limit:
                 warnings.warn(f"the concept is {n_concept} tokens; only the first {limit} are used, as in training",
                               stacklevel=4)
@@ -328,8 +303,8 @@ class FlasModel:
 
     def _start(self, settings: list[_Settings]) -> list[Handle]:
         """Queue them together: free sequences take them in the same decode step."""
-        ids = self._engine.submit_many([s.engine_request(core()) for s in settings])
-        return [Handle(self._engine, self._rt, s, i) for s, i in zip(settings, ids)]
+        ids = self._m.submit_many([s.engine_request(core()) for s in settings])
+        return [Handle(self._m, s, i) for s, i in zip(settings, ids)]
 
     def _stream(self, handle: Handle) -> Iterator[str]:
         yield from handle

@@ -68,8 +68,11 @@ struct flas_model_params {
     int32_t concept_cache;      /* encoded concepts kept (16) */
     int32_t n_gpu_layers;       /* layers on the offload devices; -1: all (0) */
     int32_t main_gpu;           /* llama.cpp's main_gpu (0) */
-    int32_t n_threads;          /* 0: one per hardware thread */
+    int32_t n_threads;          /* 0: one per physical core, as llama.cpp (0) */
     const char * rpc_servers;   /* "host:port[,host:port]" of ggml RPC servers, or NULL */
+    const float * tensor_split; /* proportions per offload device (n_tensor_split of them), or NULL:
+                                   by free memory; copied */
+    int32_t n_tensor_split;
     bool exact;                 /* f32 KV caches, no flash attention (false) */
     bool verbose;               /* llama.cpp's informational log on stderr (false) */
     /* the application's own eval callback on the steered context, chained: it is asked about
@@ -89,13 +92,19 @@ struct flas_request_params {
     int32_t top_k;              /* 0: off (0) */
     float   top_p;              /* 1: off (1.0) */
     uint32_t seed;              /* (0) */
+    bool    trace;              /* record every layer-L row before and after steering and the
+                                   prompt's logits (from an empty sequence; end-of-generation is
+                                   ignored); the request is then kept for flas_trace until
+                                   flas_release (false) */
 };
 
-struct flas_memory_row {
-    char   device[64];          /* ggml device name: "CPU", "CUDA0", "RPC0", ... */
-    char   type[16];            /* "cpu", "gpu", ... */
-    char   description[128];
-    size_t base_weights, kv_cache, base_compute, flow_weights, flow_caches, flow_compute, total;
+/* How a request went: finish is FLAS_FINISH_NONE while it runs; the rest is set once it ends. */
+struct flas_result {
+    enum flas_finish finish;
+    int32_t n_prompt;
+    int32_t n_cached;           /* prompt tokens its sequence already held (prefix reuse) */
+    double  prompt_seconds;     /* from admission to its first token */
+    double  seconds;            /* from admission to the end */
 };
 
 /* ---- errors and information ---- */
@@ -104,6 +113,29 @@ struct flas_memory_row {
 FLAS_API const char * flas_last_error(void);
 /* ggml version, backends and devices, one line; valid for the life of the process. */
 FLAS_API const char * flas_system_info(void);
+
+struct flas_device_info {
+    char   name[64];            /* ggml device name: "CPU", "CUDA0", "RPC0", ... */
+    char   description[128];    /* e.g. the GPU model */
+    char   type[16];            /* "cpu", "gpu", "igpu", "accel" */
+    size_t memory_free;         /* bytes, as the backend reports them (0: unknown) */
+    size_t memory_total;
+};
+
+struct flas_build_info {
+    const char * ggml_version;  /* ggml_version(), e.g. "0.9.4" */
+    const char * ggml_commit;
+    const char * system_info;   /* llama_print_system_info(): CPU features, backends */
+    const char * backends;      /* registered ggml backends, comma-separated: "RPC,CPU" */
+    const char * libllama;      /* the shared objects loaded in this process */
+    const char * libggml;
+    const char * libggml_base;
+    int32_t n_devices;
+    const struct flas_device_info * devices;
+};
+/* The llama.cpp/ggml this library runs on. Owned by the library; valid until the next call
+ * (each call reads the devices' free memory anew). */
+FLAS_API const struct flas_build_info * flas_build_info(void);
 
 /* Where the log of models loaded with flas_model_load goes (llama.cpp's messages, filtered to
  * errors unless params.verbose): level is a ggml_log_level; NULL restores stderr. Attached
@@ -114,6 +146,8 @@ FLAS_API void flas_log_set(flas_log_callback callback, void * user_data);
 /* ---- models ---- */
 
 FLAS_API struct flas_model_params flas_model_default_params(void);
+/* The threads n_threads = 0 selects: one per physical core this process may run on. */
+FLAS_API int32_t flas_default_threads(void);
 /* Loads the base model and the flow and starts the scheduler. On success *out is a model the
  * caller owns and frees with flas_model_free; on failure *out is NULL. */
 FLAS_API int flas_model_load(const struct flas_model_params * params, flas_model ** out);
@@ -129,10 +163,49 @@ FLAS_API void flas_model_free(flas_model * model);
 /* The base family ("gemma2", "gemma3", "qwen3", "llama"); valid while the model lives. */
 FLAS_API const char * flas_model_family(const flas_model * model);
 FLAS_API int32_t flas_model_n_vocab(const flas_model * model);
+FLAS_API int32_t flas_model_n_embd(const flas_model * model);     /* H, the width of a layer-L row */
+FLAS_API int32_t flas_model_n_ctx(const flas_model * model);      /* llama.cpp's whole context */
 FLAS_API int32_t flas_model_n_ctx_seq(const flas_model * model);  /* tokens one sequence holds */
+FLAS_API int32_t flas_model_n_seq(const flas_model * model);
+/* The ggml device computing layer L and the flow ("CPU", "RPC0", ...); valid while the model lives. */
+FLAS_API const char * flas_model_flow_device(const flas_model * model);
+
+/* What the flow GGUF says about itself (docs/FLOW_GGUF.md). */
+struct flas_flow_info {
+    const char * base_model_id;
+    const char * prompt_format;  /* "chat" or "alpaca" */
+    const char * family;         /* the base family */
+    const char * activation;     /* "gelu_tanh" or "silu" */
+    int32_t format_version;
+    int32_t layer;               /* steering layer L, 0-based */
+    int32_t n_block;
+    int32_t n_steps;             /* the default N */
+    float   t_min, t_max;        /* the flowtimes it was trained on */
+    int32_t concept_max_len;     /* concept tokens used, BOS included */
+    bool    has_cross_attn, has_self_attn, has_mlp;
+    int32_t n_embd, n_head, n_head_kv, head_dim;
+    float   softcap;             /* 0: none */
+    float   rope_freq_base, rope_freq_scale;
+};
+/* Owned by the model; valid while it lives. NULL for a NULL model. */
+FLAS_API const struct flas_flow_info * flas_model_flow_info(const flas_model * model);
+
+struct flas_memory_row {
+    char   device[64];          /* ggml device name: "CPU", "CUDA0", "RPC0", ... */
+    char   type[16];            /* "cpu", "gpu", ... */
+    char   description[128];
+    size_t base_weights, kv_cache, base_compute, flow_weights, flow_caches, flow_compute, total;
+};
 /* Bytes per device, as FlasModel.memory(): writes up to n_max rows, returns how many there are
  * (more than n_max: call again with room for them), or a negative flas_status. */
 FLAS_API int32_t flas_model_memory(const flas_model * model, struct flas_memory_row * rows, int32_t n_max);
+/* What a model of these params would hold per device with every sequence steered at n_steps,
+ * from llama.cpp's simulated buffers (nothing is allocated; flow_compute is 0). As flas_model_memory. */
+FLAS_API int32_t flas_estimate_memory(const struct flas_model_params * params, int32_t n_steps,
+                                      struct flas_memory_row * rows, int32_t n_max);
+/* Allocates now what steering every sequence with n_steps holds (flow caches, compute buffer),
+ * between two decode steps. */
+FLAS_API int flas_model_reserve(flas_model * model, int32_t n_steps);
 
 /* ---- tokens ---- */
 
@@ -140,6 +213,20 @@ FLAS_API int32_t flas_model_memory(const flas_model * model, struct flas_memory_
  * alpaca), BOS first. Returns the token count; if it exceeds n_max, nothing useful is written
  * and the count says how much room is needed. Negative: a flas_status. */
 FLAS_API int32_t flas_prompt_tokens(const flas_model * model, const char * prompt, int32_t * tokens, int32_t n_max);
+/* llama.cpp's tokenizer on text as it is (add_special: BOS; parse_special: control tokens in the
+ * text). Returns as flas_prompt_tokens. */
+FLAS_API int32_t flas_tokenize(const flas_model * model, const char * text, bool add_special, bool parse_special,
+                               int32_t * tokens, int32_t n_max);
+/* One turn of a conversation (llama_chat_message's layout). */
+struct flas_chat_message {
+    const char * role;          /* "system", "user", "assistant" */
+    const char * content;
+};
+/* The model's chat template applied to the messages, with the generation prompt. Returns the
+ * length in bytes; if it is >= size, nothing useful is written (call again with length + 1);
+ * otherwise buf is NUL-terminated. Negative: a flas_status. */
+FLAS_API int32_t flas_chat_template(const flas_model * model, const struct flas_chat_message * messages,
+                                    int32_t n_messages, char * buf, int32_t size);
 /* The text of a token (raw bytes; a piece may end inside a UTF-8 character). Returns the byte
  * count written (not NUL-terminated), or -(bytes needed) when buf is too small. */
 FLAS_API int32_t flas_token_to_piece(const flas_model * model, int32_t token, char * buf, int32_t size);
@@ -155,16 +242,85 @@ FLAS_API int32_t flas_encode_concept(flas_model * model, const char * concept);
 FLAS_API struct flas_request_params flas_request_default_params(void);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);
+/* Queues n requests at once (free sequences take them in the same decode step); every one is
+ * checked before any is queued. ids receives their n ids. */
+FLAS_API int flas_submit_many(flas_model * model, const struct flas_request_params * params, int32_t n, uint64_t * ids);
 /* Waits up to timeout_ms (0: do not wait) for news of request id. Writes up to n_max new
  * tokens (kept for the next call if there are more) and returns how many, or a negative
- * flas_status. *finish becomes the flas_finish of a request that has ended and handed over
- * all its tokens; the id is then gone. */
+ * flas_status. result->finish becomes the flas_finish of a request that has ended and handed
+ * over all its tokens, with its counts and times; the id is then gone, unless the request was
+ * traced (flas_release forgets it). */
 FLAS_API int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t * tokens, int32_t n_max,
-                           enum flas_finish * finish);
+                           struct flas_result * result);
+/* Waits up to timeout_ms until one of the n requests has news; *ready is its id, or 0. */
+FLAS_API int flas_wait_any(flas_model * model, const uint64_t * ids, int32_t n, int32_t timeout_ms, uint64_t * ready);
 /* Ends a request (it finishes as FLAS_FINISH_CANCELLED within one decode step). */
 FLAS_API int flas_cancel(flas_model * model, uint64_t id);
 /* Cancels the request and forgets its id (for a caller that will not poll it again). */
 FLAS_API int flas_release(flas_model * model, uint64_t id);
+
+enum flas_trace_kind {
+    FLAS_TRACE_UNSTEERED = 0,   /* layer-L rows before the flow, [n_rows, n_embd] */
+    FLAS_TRACE_STEERED   = 1,   /* after it */
+    FLAS_TRACE_LOGITS    = 2,   /* last-token logits, [n_vocab] (of the prompt, for a request) */
+};
+/* What a finished traced request recorded: writes up to n_max floats, returns how many there are
+ * (more than n_max: call again with room), or a negative flas_status. */
+FLAS_API int64_t flas_trace(flas_model * model, uint64_t id, enum flas_trace_kind kind, float * out, int64_t n_max);
+
+struct flas_stats {
+    int32_t n_active;           /* sequences decoding */
+    int32_t n_queued;           /* requests waiting for a sequence */
+    int64_t n_decoded;          /* tokens through llama_decode */
+    int64_t n_decode_calls;     /* llama_decode calls */
+    int64_t concepts_encoded;   /* concept encodings run (cache misses) */
+    int64_t concept_hits;       /* steerings that found their concept encoded */
+    int32_t concepts_cached;
+};
+FLAS_API int flas_model_stats(const flas_model * model, struct flas_stats * out);
+
+/* ---- advanced: replacing the flow, and driving the sequences yourself ---- */
+
+/* Replaces the flow for every sequence: rows_in/rows_out are [n_rows, n_embd] row-major, the
+ * layer-L rows of positions pos0 .. pos0+n_rows-1 of one sequence, inside llama.cpp's forward
+ * pass (on the thread that decodes). Return false to fail that decode. NULL restores the flow. */
+typedef bool (*flas_steer_hook)(const float * rows_in, float * rows_out, int32_t n_rows, int32_t n_embd,
+                                int32_t pos0, void * user_data);
+FLAS_API int flas_set_steer_hook(flas_model * model, flas_steer_hook hook, void * user_data);
+
+/* Runs fn(model, user_data) on the calling thread between two decode steps, with the sequences
+ * to itself: the flas_seq_* functions work only inside it, on that thread. The scheduler trusts
+ * no sequence's content for prefix reuse afterwards. */
+typedef void (*flas_exclusive_fn)(flas_model * model, void * user_data);
+FLAS_API int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * user_data);
+
+/* Steers sequence seq (0 .. n_seq-1) with concept at flowtime over n_steps (concept NULL or
+ * flowtime 0: unsteered) and empties it. Returns the concept's token count (0 without one). */
+FLAS_API int32_t flas_seq_set_steering(flas_model * model, int32_t seq, const char * concept, float flowtime,
+                                       int32_t n_steps);
+/* Appends tokens to sequences in one llama_decode: entry i appends n_tokens[i] tokens to seqs[i]
+ * (distinct sequences; more than n_batch tokens only for a single entry) and computes the
+ * logits of each entry's last token. */
+FLAS_API int flas_seq_decode(flas_model * model, int32_t n_entries, const int32_t * seqs,
+                             const int32_t * const * tokens, const int32_t * n_tokens);
+FLAS_API int flas_seq_reset(flas_model * model, int32_t seq);                   /* empties it */
+FLAS_API int flas_seq_rewind(flas_model * model, int32_t seq, int32_t n_keep);  /* keeps positions < n_keep */
+FLAS_API int flas_seq_set_trace(flas_model * model, int32_t seq, bool on);
+/* Its last-token logits, or the rows traced since set_trace: as flas_trace. */
+FLAS_API int64_t flas_seq_get(flas_model * model, int32_t seq, enum flas_trace_kind kind, float * out, int64_t n_max);
+
+/* ---- utilities ---- */
+
+/* llama.cpp's quantizer on a GGUF file (ftype: a llama_ftype; n_threads <= 0: all cores). */
+FLAS_API int flas_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads);
+/* Serves this machine's backend to ggml RPC clients at endpoint "host:port" (cache_dir: a
+ * tensor cache directory, or NULL); returns only on error. */
+FLAS_API int flas_rpc_serve(const char * endpoint, int32_t n_threads, const char * cache_dir);
+/* Whether a TCP connection to endpoint "host:port" opens within timeout_ms. */
+FLAS_API bool flas_endpoint_reachable(const char * endpoint, int32_t timeout_ms);
+/* The ggml device (a ggml_backend_dev_t, for llama_model_params.devices) of the RPC server at
+ * endpoint, or NULL with flas_last_error() set. Owned by ggml. */
+FLAS_API void * flas_rpc_device(const char * endpoint);
 
 #ifdef __cplusplus
 }

@@ -44,6 +44,18 @@ def test_one_copy_of_ggml_with_llama_cpp_imported_too():
 
 
 def test_default_threads_count_physical_cores():
-    from flas_cpp.model import physical_cores
+    """n_threads 0 (the default of C, pybind and Python alike) is one thread per physical core this
+    process may run on: hyper-thread siblings (same package and core id in /sys) counted once."""
+    from pathlib import Path
 
-    assert 1 <= physical_cores() <= os.cpu_count()
+    from flas_cpp._native import core
+
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo / "physical_package_id").read_text().strip() + ":" + (topo / "core_id").read_text().strip())
+        except OSError:
+            cores.add(f"cpu{cpu}")
+    assert core().default_threads() == len(cores)
+    assert core().model_default_params()["n_threads"] == 0

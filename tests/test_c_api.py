@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import flas_cpp
@@ -23,7 +24,7 @@ EXAMPLES = REPO / "examples"
 OUTSIDE = tempfile.gettempdir()
 PROMPT, PIRATE = "Tell me about your day.", "Talk like a pirate"
 sys.path.insert(0, str(EXAMPLES))
-from ctypes_steer import ModelParams, load  # noqa: E402
+from ctypes_steer import ModelParams, RequestParams, Result, load  # noqa: E402
 from flas_cpp import gguf_names as N  # noqa: E402
 from test_families import rewrite  # noqa: E402
 
@@ -148,16 +149,17 @@ def test_bad_requests_and_ids_are_error_codes(lib, tiny_base_f32, flow):
         assert submit(top_p=0.0) == -1 and "top_p" in error(lib)
         big = (C.c_int32 * 1)(10**6)
         assert submit(prompt=big, n_prompt=1) == -1 and "outside the vocabulary" in error(lib)
-        finish, out = C.c_int(0), (C.c_int32 * 8)()
-        assert lib.flas_poll(model, 12345, 0, out, 8, C.byref(finish)) == -4 and "unknown request" in error(lib)
+        res, out = Result(), (C.c_int32 * 8)()
+        assert lib.flas_poll(model, 12345, 0, out, 8, C.byref(res)) == -4 and "unknown request" in error(lib)
         assert submit() == 0
         got = []
-        while finish.value == 0:
-            k = lib.flas_poll(model, rid, 1000, out, 1, C.byref(finish))  # one at a time: the rest is kept
+        while res.finish == 0:
+            k = lib.flas_poll(model, rid, 1000, out, 1, C.byref(res))  # one at a time: the rest is kept
             assert k >= 0, error(lib)
             got += out[:k]
-        assert finish.value == 2 and len(got) == 4  # FLAS_FINISH_MAX_TOKENS
-        assert lib.flas_poll(model, rid, 0, out, 8, C.byref(finish)) == -4  # the id is gone
+        assert res.finish == 2 and len(got) == 4  # FLAS_FINISH_MAX_TOKENS
+        assert res.n_prompt == n and res.seconds >= res.prompt_seconds > 0
+        assert lib.flas_poll(model, rid, 0, out, 8, C.byref(res)) == -4  # the id is gone
         buf = C.create_string_buffer(1)
         assert lib.flas_token_to_piece(model, got[0], buf, 0) <= 0
         assert lib.flas_token_to_piece(model, -5, buf, 1) == -1 and "outside the vocabulary" in error(lib)
@@ -221,10 +223,180 @@ def test_concepts_encode_ahead_of_requests(lib, tiny_base_f32, flow, expected):
         lib.flas_model_free(model)
     with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
         assert m.encode_concept(PIRATE) > 1
-        assert m._rt.stats()["concepts_encoded"] == 1
+        assert m.stats()["concepts_encoded"] == 1
         g = m.generate(PROMPT, concept=PIRATE, flowtime=2.0, temperature=0.0, max_tokens=24)
         assert g.tokens == expected  # steered with the concept encoded ahead
-        st = m._rt.stats()
+        st = m.stats()
         assert st["concepts_encoded"] == 1 and st["concept_hits"] >= 1  # found, not encoded again
         with pytest.raises(ValueError, match="concept is empty"):
             m.encode_concept(" ")
+
+
+class FlowInfo(C.Structure):
+    _fields_ = [("base_model_id", C.c_char_p), ("prompt_format", C.c_char_p), ("family", C.c_char_p),
+                ("activation", C.c_char_p), ("format_version", C.c_int32), ("layer", C.c_int32),
+                ("n_block", C.c_int32), ("n_steps", C.c_int32), ("t_min", C.c_float), ("t_max", C.c_float),
+                ("concept_max_len", C.c_int32), ("has_cross_attn", C.c_bool), ("has_self_attn", C.c_bool),
+                ("has_mlp", C.c_bool), ("n_embd", C.c_int32), ("n_head", C.c_int32), ("n_head_kv", C.c_int32),
+                ("head_dim", C.c_int32), ("softcap", C.c_float), ("rope_freq_base", C.c_float),
+                ("rope_freq_scale", C.c_float)]
+
+
+class BuildInfo(C.Structure):
+    _fields_ = [(k, C.c_char_p) for k in ("ggml_version", "ggml_commit", "system_info", "backends", "libllama",
+                                          "libggml", "libggml_base")] + [("n_devices", C.c_int32),
+                                                                        ("devices", C.c_void_p)]
+
+
+class ChatMessage(C.Structure):
+    _fields_ = [("role", C.c_char_p), ("content", C.c_char_p)]
+
+
+EXCLUSIVE_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p)
+STEER_HOOK = C.CFUNCTYPE(C.c_bool, C.POINTER(C.c_float), C.POINTER(C.c_float), C.c_int32, C.c_int32, C.c_int32,
+                         C.c_void_p)
+
+
+def declare(lib) -> None:
+    lib.flas_model_flow_info.restype = C.POINTER(FlowInfo)
+    lib.flas_model_flow_info.argtypes = [C.c_void_p]
+    lib.flas_build_info.restype = C.POINTER(BuildInfo)
+    lib.flas_model_flow_device.restype = C.c_char_p
+    lib.flas_model_flow_device.argtypes = [C.c_void_p]
+    lib.flas_submit_many.argtypes = [C.c_void_p, C.c_void_p, C.c_int32, C.POINTER(C.c_uint64)]
+    lib.flas_wait_any.argtypes = [C.c_void_p, C.POINTER(C.c_uint64), C.c_int32, C.c_int32, C.POINTER(C.c_uint64)]
+    lib.flas_trace.restype = C.c_int64
+    lib.flas_trace.argtypes = [C.c_void_p, C.c_uint64, C.c_int, C.POINTER(C.c_float), C.c_int64]
+    lib.flas_release.argtypes = [C.c_void_p, C.c_uint64]
+    lib.flas_exclusive.argtypes = [C.c_void_p, EXCLUSIVE_FN, C.c_void_p]
+    lib.flas_set_steer_hook.argtypes = [C.c_void_p, STEER_HOOK, C.c_void_p]
+    lib.flas_seq_set_steering.argtypes = [C.c_void_p, C.c_int32, C.c_char_p, C.c_float, C.c_int32]
+    lib.flas_seq_decode.argtypes = [C.c_void_p, C.c_int32, C.POINTER(C.c_int32), C.POINTER(C.POINTER(C.c_int32)),
+                                    C.POINTER(C.c_int32)]
+    lib.flas_seq_get.restype = C.c_int64
+    lib.flas_seq_get.argtypes = [C.c_void_p, C.c_int32, C.c_int, C.POINTER(C.c_float), C.c_int64]
+    lib.flas_chat_template.argtypes = [C.c_void_p, C.POINTER(ChatMessage), C.c_int32, C.c_char_p, C.c_int32]
+    lib.flas_tokenize.argtypes = [C.c_void_p, C.c_char_p, C.c_bool, C.c_bool, C.POINTER(C.c_int32), C.c_int32]
+    lib.flas_estimate_memory.argtypes = [C.POINTER(ModelParams), C.c_int32, C.c_void_p, C.c_int32]
+
+
+def run_to_end(lib, model, rid) -> tuple[list[int], Result]:
+    res, out, got = Result(), (C.c_int32 * 8)(), []
+    while res.finish == 0:
+        k = lib.flas_poll(model, rid, 1000, out, 8, C.byref(res))
+        assert k >= 0, error(lib)
+        got += out[:k]
+    return got, res
+
+
+def test_the_whole_c_api_surface_traces_batches_hooks_and_direct_sequences(lib, tiny_base_f32, flow, expected):
+    """What FlasModel uses, through libflas alone: batched submission, traces, the steer hook and
+    the exclusive sequence calls, checked against FlasModel's own results on the same files."""
+    declare(lib)
+    with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
+        baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=24).tokens
+        traced = m.trace(PROMPT, concept=PIRATE, flowtime=2.0, n_decode=23)
+    model = C.c_void_p()
+    mp = params(lib, tiny_base_f32, flow)
+    mp.n_ctx, mp.n_seq = 1024, 2
+    assert lib.flas_model_load(C.byref(mp), C.byref(model)) == 0, error(lib)
+    try:
+        info = lib.flas_model_flow_info(model).contents
+        assert info.family == b"gemma2" and info.n_embd == traced["steered"].shape[1] and info.n_steps >= 1
+        assert lib.flas_model_flow_device(model) == b"CPU"
+        bi = lib.flas_build_info().contents
+        assert b"CPU" in bi.backends.split(b",") and bi.n_devices >= 1 and b"libllama.so" in bi.libllama
+        H = info.n_embd
+
+        ids = (C.c_int32 * 64)()
+        n = lib.flas_prompt_tokens(model, PROMPT.encode(), ids, 64)
+        template = f"<start_of_turn>user\n{PROMPT}<end_of_turn>\n<start_of_turn>model\n"  # Gemma-2's format
+        msgs = (ChatMessage * 1)(ChatMessage(b"user", PROMPT.encode()))
+        small = C.create_string_buffer(4)
+        length = lib.flas_chat_template(model, msgs, 1, small, 4)
+        assert length == len(template.encode())  # the room it needs
+        buf = C.create_string_buffer(length + 1)
+        assert lib.flas_chat_template(model, msgs, 1, buf, length + 1) == length and buf.value == template.encode()
+        toks = (C.c_int32 * 64)()
+        assert lib.flas_tokenize(model, buf.value, True, True, toks, 64) == n and toks[:n] == ids[:n]
+
+        reqs = (RequestParams * 2)()
+        for i, (concept, trace) in enumerate(((PIRATE.encode(), True), (None, False))):
+            reqs[i] = lib.flas_request_default_params()
+            reqs[i].prompt, reqs[i].n_prompt, reqs[i].concept, reqs[i].max_tokens = ids, n, concept, 24
+            reqs[i].flowtime, reqs[i].trace = (2.0 if concept else 0.0), trace
+        rids = (C.c_uint64 * 2)()
+        assert lib.flas_submit_many(model, reqs, 2, rids) == 0, error(lib)
+        ready = C.c_uint64()
+        assert lib.flas_wait_any(model, rids, 2, 5000, C.byref(ready)) == 0 and ready.value in list(rids)
+        steered, res = run_to_end(lib, model, rids[0])
+        assert steered == expected and res.finish == 2 and res.n_prompt == n
+        assert run_to_end(lib, model, rids[1])[0] == baseline  # decoded beside it, in the same batch
+
+        rows = lib.flas_trace(model, rids[0], 1, None, 0)
+        assert rows == (n + 23) * H  # prompt and 23 decoded tokens (the last one sampled is not decoded)
+        out = (C.c_float * rows)()
+        assert lib.flas_trace(model, rids[0], 1, out, rows) == rows
+        ours = np.frombuffer(out, dtype=np.float32).reshape(-1, H)
+        assert np.array_equal(ours[:n], traced["steered"][:n])  # the prompt alone: the very same computation
+        assert np.abs(ours - traced["steered"]).max() < 1e-3 * np.abs(traced["steered"]).max()  # decoded in a batch of 2
+        logits = (C.c_float * lib.flas_model_n_vocab(model))()
+        assert lib.flas_trace(model, rids[0], 2, logits, len(logits)) == len(logits)
+        assert np.abs(np.frombuffer(logits, dtype=np.float32) - traced["logits"]).max() < 1e-4 * np.abs(traced["logits"]).max()
+        assert lib.flas_trace(model, rids[1], 1, out, rows) == -4 and "not a finished traced request" in error(lib)
+        assert lib.flas_release(model, rids[0]) == 0
+        assert lib.flas_trace(model, rids[0], 1, out, rows) == -4  # released
+
+        # the sequences driven directly: only inside flas_exclusive
+        prompt = (C.c_int32 * n)(*ids[:n])
+        seqs, counts, ptrs = (C.c_int32 * 1)(1), (C.c_int32 * 1)(n), (C.POINTER(C.c_int32) * 1)(prompt)
+        assert lib.flas_seq_decode(model, 1, seqs, ptrs, counts) == -1 and "only inside flas_exclusive" in error(lib)
+        direct = {}
+
+        @EXCLUSIVE_FN
+        def steps(handle, _):
+            direct["steer"] = lib.flas_seq_set_steering(handle, 1, PIRATE.encode(), 2.0, info.n_steps)
+            direct["decode"] = lib.flas_seq_decode(handle, 1, seqs, ptrs, counts)
+            lg = (C.c_float * len(logits))()
+            direct["logits"] = lib.flas_seq_get(handle, 1, 2, lg, len(lg)), list(lg)
+            direct["bad seq"] = lib.flas_seq_reset(handle, 7)
+
+        assert lib.flas_exclusive(model, steps, None) == 0, error(lib)
+        assert direct["steer"] > 1 and direct["decode"] == 0 and direct["bad seq"] == -1
+        assert direct["logits"][0] == len(logits)
+        assert max(range(len(logits)), key=direct["logits"][1].__getitem__) == expected[0]  # greedy first token
+
+        # the steer hook: rows passed through unchanged are the unsteered model
+        calls = []
+
+        @STEER_HOOK
+        def identity(rows_in, rows_out, n_rows, n_embd, pos0, _):
+            C.memmove(rows_out, rows_in, n_rows * n_embd * 4)
+            calls.append((n_rows, n_embd, pos0))
+            return True
+
+        assert lib.flas_set_steer_hook(model, identity, None) == 0, error(lib)
+        rid = C.c_uint64()
+        assert lib.flas_submit(model, C.byref(reqs[0]), C.byref(rid)) == 0
+        assert run_to_end(lib, model, rid)[0] == baseline
+        assert calls[0] == (n, H, 0) and calls[1] == (1, H, n)
+        lib.flas_release(model, rid)
+
+        @STEER_HOOK
+        def failing(rows_in, rows_out, n_rows, n_embd, pos0, _):
+            return False
+
+        assert lib.flas_set_steer_hook(model, failing, None) == 0
+        assert lib.flas_submit(model, C.byref(reqs[0]), C.byref(rid)) == 0
+        got, res = run_to_end(lib, model, rid)
+        assert res.finish == 5 and "the steer hook failed" in error(lib)
+        assert lib.flas_set_steer_hook(model, C.cast(None, STEER_HOOK), None) == 0  # the flow again
+        assert lib.flas_submit(model, C.byref(reqs[0]), C.byref(rid)) == 0
+        assert run_to_end(lib, model, rid)[0] == expected
+
+        mem = (C.c_byte * 4096)()
+        assert lib.flas_estimate_memory(C.byref(mp), 3, mem, 0) >= 1
+        mp.n_seq = 0
+        assert lib.flas_estimate_memory(C.byref(mp), 3, mem, 0) == -1 and "n_seq" in error(lib)
+    finally:
+        lib.flas_model_free(model)

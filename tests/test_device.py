@@ -278,7 +278,7 @@ def test_gpu_memory_estimate_equals_the_real_buffers(tiny_base_f32, flow, server
     est = {r["device"]: r for r in core().estimate_memory(str(tiny_base_f32), str(flow), n_gpu_layers=3, n_steps=3,
                                                           n_batch=32, exact=True, **kw)}
     with load(tiny_base_f32, flow, n_gpu_layers=3, **kw) as m:
-        m._engine.exclusive(lambda: m._rt.reserve_steering(3))
+        m.reserve_steering(3)
         real = {r["device"]: r for r in m.memory()}
     dev = next(d for d in real if d.startswith("RPC"))
     for part in ("base_weights", "kv_cache", "base_compute", "flow_weights", "flow_caches"):

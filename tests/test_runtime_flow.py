@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import convert_tiny_flow
 from flas_cpp import FlasModel
+from flas_cpp._native import core
 from flas_cpp.testing import make_models as mm
 from flow_reference import FlowReference, generate_driven_by_reference
 
@@ -120,27 +121,28 @@ def test_second_generation_starts_from_clean_caches(tiny_base_f32, flows, models
     np.testing.assert_array_equal(second["logits"], fresh["logits"])
 
 
-def test_rewind_keeps_the_flow_caches_in_step_with_llama_cpp(models):
-    rt = models["f32"]._rt  # the C++ runtime itself, between two steps of the engine
+def test_rewind_keeps_the_flow_caches_in_step_with_llama_cpp(tiny_base_f32, flows, models):
     m = models["f32"]
     prompt = m.prompt_tokens(PROMPT)
     a, b = m.tokenize("Arr, the sea!", add_bos=False), m.tokenize("Aye, the wind.", add_bos=False)
+    direct = core().Model(str(tiny_base_f32), str(flows["f32"][0]), n_ctx=256, exact=True)  # the C API's sequences
     out = {}
 
-    def direct():
-        rt.set_steering(0, CONCEPT, 2.0, 3)
-        rt.decode([(0, prompt + a)])
-        rt.rewind(0, len(prompt))  # drop A from llama.cpp's cache and, with it, from the flow's
-        rt.set_trace(0, True)
-        rt.decode([(0, b)])
-        out["rewound"] = rt.trace_steered(0), rt.logits(0)
-        rt.reset(0)
-        rt.set_trace(0, True)
-        rt.decode([(0, prompt + b)])
-        out["fresh"] = rt.trace_steered(0)[len(prompt):], rt.logits(0)
-        rt.set_trace(0, False)
+    def steps():
+        direct.seq_set_steering(0, CONCEPT, 2.0, 3)
+        direct.seq_decode([(0, prompt + a)])
+        direct.seq_rewind(0, len(prompt))  # drop A from llama.cpp's cache and, with it, from the flow's
+        direct.seq_set_trace(0, True)
+        direct.seq_decode([(0, b)])
+        out["rewound"] = direct.seq_get(0, "steered"), direct.seq_get(0, "logits")
+        direct.seq_reset(0)
+        direct.seq_set_trace(0, True)
+        direct.seq_decode([(0, prompt + b)])
+        out["fresh"] = direct.seq_get(0, "steered")[len(prompt):], direct.seq_get(0, "logits")
 
-    m._engine.exclusive(direct)
+    direct.exclusive(steps)
+    direct.close()
+    assert out["rewound"][0].shape == (len(b), m.flow_info["n_embd"])
     assert normalized_error(out["rewound"][0], out["fresh"][0]) < 1e-5
     assert normalized_error(out["rewound"][1], out["fresh"][1]) < 1e-5
 

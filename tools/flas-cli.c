@@ -98,10 +98,10 @@ static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, c
         fprintf(stderr, "flas-cli: %s\n", flas_last_error());
         return 1;
     }
-    enum flas_finish finish = FLAS_FINISH_NONE;
-    while (finish == FLAS_FINISH_NONE) {
+    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
+    while (res.finish == FLAS_FINISH_NONE) {
         int32_t tokens[32];
-        const int32_t n = flas_poll(model, id, 1000, tokens, 32, &finish);
+        const int32_t n = flas_poll(model, id, 1000, tokens, 32, &res);
         if (n < 0) {
             fprintf(stderr, "flas-cli: %s\n", flas_last_error());
             return 1;
@@ -116,7 +116,7 @@ static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, c
         fflush(stdout);
     }
     printf("\n");
-    if (finish == FLAS_FINISH_ERROR) {
+    if (res.finish == FLAS_FINISH_ERROR) {
         fprintf(stderr, "flas-cli: %s\n", flas_last_error());
         return 1;
     }

@@ -41,12 +41,12 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "%s\n", flas_last_error());
         return 1;
     }
-    enum flas_finish finish = FLAS_FINISH_NONE;
+    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
     int n_tokens = 0;
     double first = 0.0, last = 0.0;
-    while (finish == FLAS_FINISH_NONE) {
+    while (res.finish == FLAS_FINISH_NONE) {
         int32_t tokens[8];
-        const int32_t n = flas_poll(model, id, 1000, tokens, 8, &finish);
+        const int32_t n = flas_poll(model, id, 1000, tokens, 8, &res);
         if (n < 0) {
             return 1;
         }

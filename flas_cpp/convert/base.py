@@ -337,7 +337,7 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
             from .._native import core  # the quantizer is llama.cpp's own, reached through the extension
             with temp_beside(out, f".{stage}.part") as staged:
                 write_stage(staged, plan, hp, vocab, cfg, tok_cfg, name, int(PYTHON_FILE_TYPES[stage]), progress)
-                core().model_quantize(str(staged), str(tmp), LLAMA_QUANT_FTYPES[key], threads)
+                core().quantize(str(staged), str(tmp), LLAMA_QUANT_FTYPES[key], threads)
     if key in PYTHON_OUTTYPES:
         return summary.line(out, dry_run=False)
     return summarize_file(out).line(out, dry_run=False) + f" [{key}, by llama.cpp's quantizer]"

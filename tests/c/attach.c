@@ -53,10 +53,10 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "submit: %s\n", flas_last_error());
         return 1;
     }
-    enum flas_finish finish = FLAS_FINISH_NONE;
-    while (finish == FLAS_FINISH_NONE) {
+    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
+    while (res.finish == FLAS_FINISH_NONE) {
         int32_t tokens[16];
-        const int32_t n = flas_poll(model, id, 1000, tokens, 16, &finish);
+        const int32_t n = flas_poll(model, id, 1000, tokens, 16, &res);
         for (int32_t i = 0; i < n; ++i) {
             printf("%d\n", tokens[i]);
         }

@@ -53,10 +53,10 @@ int main(void) {
         remove("smoke-not-a-gguf.gguf");
     }
 
-    enum flas_finish finish;
+    struct flas_result res;
     int32_t tokens[4];
     uint64_t id = 0;
-    CHECK(flas_poll(NULL, 1, 0, tokens, 4, &finish) == FLAS_ERR_INVALID_ARGUMENT && finish == FLAS_FINISH_NONE, "poll NULL");
+    CHECK(flas_poll(NULL, 1, 0, tokens, 4, &res) == FLAS_ERR_INVALID_ARGUMENT && res.finish == FLAS_FINISH_NONE, "poll NULL");
     CHECK(flas_submit(NULL, &rp, &id) == FLAS_ERR_INVALID_ARGUMENT, "submit NULL");
     CHECK(flas_prompt_tokens(NULL, "x", tokens, 4) == FLAS_ERR_INVALID_ARGUMENT, "prompt NULL");
     CHECK(flas_cancel(NULL, 1) == FLAS_ERR_INVALID_ARGUMENT, "cancel NULL");

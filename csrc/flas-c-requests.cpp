@@ -1,0 +1,328 @@
+// The C API (include/flas.h), part two: requests on the scheduler, their traces, the steer hook
+// and the exclusive calls that drive sequences directly.
+#include "flas-c.h"
+
+#include <algorithm>
+#include <cmath>
+
+// The model whose flas_exclusive runs on this thread (flas_seq_* work only there).
+static thread_local flas_model * t_exclusive = nullptr;
+
+static flas_request engine_request(const flas_model & m, const struct flas_request_params & params) {
+    flas_need(params.prompt != nullptr && params.n_prompt > 0, "the prompt has no tokens");
+    const bool has_concept = params.concept != nullptr && params.concept[0] != '\0';
+    flas_need(std::isfinite(params.flowtime) && params.flowtime >= 0.0f,
+              "flowtime must be a finite number >= 0 (0: unsteered)");
+    flas_need(!(params.flowtime > 0.0f && !has_concept),
+              "steering (flowtime > 0) needs a concept, e.g. \"Talk like a pirate\"; use flowtime 0 for the "
+              "unsteered model");
+    flas_request r;
+    r.prompt.assign(params.prompt, params.prompt + params.n_prompt);
+    r.concept     = has_concept ? params.concept : "";
+    r.flowtime    = has_concept ? params.flowtime : 0.0f;
+    r.n_steps     = params.n_steps == 0 ? m.flow_info.n_steps : params.n_steps;
+    r.max_tokens  = params.max_tokens;
+    r.temperature = params.temperature;
+    r.top_k       = params.top_k;
+    r.top_p       = params.top_p;
+    r.seed        = params.seed;
+    r.trace       = params.trace;
+    return r;
+}
+
+static enum flas_finish finish_of(const std::string & reason) {
+    if (reason == "eog")        return FLAS_FINISH_EOG;
+    if (reason == "max_tokens") return FLAS_FINISH_MAX_TOKENS;
+    if (reason == "context")    return FLAS_FINISH_CONTEXT;
+    if (reason == "cancelled")  return FLAS_FINISH_CANCELLED;
+    return FLAS_FINISH_ERROR;
+}
+
+static flas_runtime & exclusive_runtime(flas_model * model, const char * fn) {
+    flas_need(model != nullptr, "the model is NULL");
+    if (t_exclusive != model) {
+        throw std::invalid_argument(std::string(fn) + " works only inside flas_exclusive, on its thread");
+    }
+    return model->engine->runtime();
+}
+
+static int64_t copy_floats(const std::vector<float> & v, float * out, int64_t n_max) {
+    flas_need(out != nullptr || n_max == 0, "out is NULL");
+    return flas_copy_out(v, out, n_max);
+}
+
+extern "C" {
+
+struct flas_request_params flas_request_default_params(void) {
+    const flas_request d;
+    struct flas_request_params p;
+    p.prompt      = nullptr;
+    p.n_prompt    = 0;
+    p.concept     = nullptr;
+    p.flowtime    = 2.0f;
+    p.n_steps     = 0;
+    p.max_tokens  = d.max_tokens;
+    p.temperature = d.temperature;
+    p.top_k       = d.top_k;
+    p.top_p       = d.top_p;
+    p.seed        = d.seed;
+    p.trace       = d.trace;
+    return p;
+}
+
+int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id) {
+    return flas_submit_many(model, params, 1, id);
+}
+
+int flas_submit_many(flas_model * model, const struct flas_request_params * params, int32_t n, uint64_t * ids) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr && params != nullptr && ids != nullptr, "flas_submit: model, params and id must not be NULL");
+        flas_need(n >= 1, "flas_submit_many: n must be >= 1");
+        std::vector<flas_request> reqs;
+        for (int32_t i = 0; i < n; ++i) {
+            try {
+                reqs.push_back(engine_request(*model, params[i]));
+            } catch (const std::invalid_argument & e) {
+                throw std::invalid_argument(n == 1 ? std::string("flas_submit: ") + e.what()
+                                                   : "request " + std::to_string(i) + ": " + e.what());
+            }
+        }
+        const std::vector<uint64_t> got = n == 1 ? std::vector<uint64_t>{model->engine->submit(std::move(reqs[0]))}
+                                                 : model->engine->submit_many(std::move(reqs));
+        std::copy(got.begin(), got.end(), ids);
+        std::lock_guard<std::mutex> lk(model->mutex);
+        for (int32_t i = 0; i < n; ++i) {
+            if (params[i].trace) {
+                model->tracing.insert(got[i]);
+            }
+        }
+        return (int) FLAS_OK;
+    });
+}
+
+int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t * tokens, int32_t n_max,
+                  struct flas_result * result) {
+    if (result != nullptr) {
+        *result = {};
+    }
+    return flas_guarded([&] {
+        flas_need(model != nullptr && result != nullptr && (tokens != nullptr || n_max == 0),
+                  "flas_poll: model, tokens and result must not be NULL");
+        bool ended, have;
+        {
+            std::lock_guard<std::mutex> lk(model->mutex);
+            ended = model->ended.count(id) != 0;
+            have  = !model->pending[id].empty();
+        }
+        if (!ended) {
+            flas_update u;
+            try {
+                u = model->engine->wait(id, have ? 0 : std::max(0, timeout_ms));
+            } catch (const std::invalid_argument & e) {
+                std::lock_guard<std::mutex> lk(model->mutex);
+                model->pending.erase(id);
+                flas_error_slot() = e.what();
+                return (int32_t) FLAS_ERR_NOT_FOUND;
+            }
+            std::lock_guard<std::mutex> lk(model->mutex);
+            std::deque<llama_token> & q = model->pending[id];
+            q.insert(q.end(), u.tokens.begin(), u.tokens.end());
+            if (u.done) {
+                model->ended[id] = std::move(u);
+            }
+        }
+        std::lock_guard<std::mutex> lk(model->mutex);
+        std::deque<llama_token> & q = model->pending[id];
+        const int32_t n = std::min<int32_t>(n_max, (int32_t) q.size());
+        std::copy(q.begin(), q.begin() + n, tokens);
+        q.erase(q.begin(), q.begin() + n);
+        auto it = model->ended.find(id);
+        if (q.empty() && it != model->ended.end()) {
+            flas_update & u = it->second;
+            result->finish         = finish_of(u.finish);
+            result->n_prompt       = u.n_prompt;
+            result->n_cached       = u.n_cached;
+            result->prompt_seconds = u.prompt_seconds;
+            result->seconds        = u.seconds;
+            if (result->finish == FLAS_FINISH_ERROR) {
+                flas_error_slot() = u.error;
+            }
+            if (model->tracing.erase(id) != 0) {
+                model->traced[id] = std::move(u);
+            }
+            model->ended.erase(it);
+            model->pending.erase(id);
+        }
+        return n;
+    });
+}
+
+int flas_wait_any(flas_model * model, const uint64_t * ids, int32_t n, int32_t timeout_ms, uint64_t * ready) {
+    if (ready != nullptr) {
+        *ready = 0;
+    }
+    return flas_guarded([&] {
+        flas_need(model != nullptr && ready != nullptr && (ids != nullptr || n == 0),
+                  "flas_wait_any: model, ids and ready must not be NULL");
+        const std::vector<uint64_t> list(ids, ids + n);
+        {
+            std::lock_guard<std::mutex> lk(model->mutex);  // news already handed over counts as news
+            for (uint64_t id : list) {
+                auto it = model->pending.find(id);
+                if ((it != model->pending.end() && !it->second.empty()) || model->ended.count(id) != 0) {
+                    *ready = id;
+                    return (int) FLAS_OK;
+                }
+            }
+        }
+        *ready = model->engine->wait_any(list, std::max(0, timeout_ms));
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_cancel(flas_model * model, uint64_t id) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr, "flas_cancel: model is NULL");
+        model->engine->cancel(id);
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_release(flas_model * model, uint64_t id) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr, "flas_release: model is NULL");
+        model->engine->release(id);
+        std::lock_guard<std::mutex> lk(model->mutex);
+        model->pending.erase(id);
+        model->ended.erase(id);
+        model->tracing.erase(id);
+        model->traced.erase(id);
+        return (int) FLAS_OK;
+    });
+}
+
+int64_t flas_trace(flas_model * model, uint64_t id, enum flas_trace_kind kind, float * out, int64_t n_max) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr, "flas_trace: model is NULL");
+        std::lock_guard<std::mutex> lk(model->mutex);
+        auto it = model->traced.find(id);
+        if (it == model->traced.end()) {
+            flas_error_slot() = "flas_trace: request " + std::to_string(id) +
+                                " is not a finished traced request (submit it with trace = true and poll it to its end)";
+            return (int64_t) FLAS_ERR_NOT_FOUND;
+        }
+        const flas_update & u = it->second;
+        switch (kind) {
+            case FLAS_TRACE_UNSTEERED: return copy_floats(u.trace_in, out, n_max);
+            case FLAS_TRACE_STEERED:   return copy_floats(u.trace_out, out, n_max);
+            case FLAS_TRACE_LOGITS:    return copy_floats(u.prompt_logits, out, n_max);
+        }
+        throw std::invalid_argument("flas_trace: unknown kind " + std::to_string((int) kind));
+    });
+}
+
+int flas_model_stats(const flas_model * model, struct flas_stats * out) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr && out != nullptr, "flas_model_stats: model and out must not be NULL");
+        const flas_engine_stats st = model->engine->stats();
+        out->n_active         = st.n_active;
+        out->n_queued         = st.n_queued;
+        out->n_decoded        = st.n_decoded;
+        out->n_decode_calls   = st.n_steps;
+        out->concepts_encoded = st.concepts.concepts_encoded;
+        out->concept_hits     = st.concepts.concept_hits;
+        out->concepts_cached  = st.concepts.concepts_cached;
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_set_steer_hook(flas_model * model, flas_steer_hook hook, void * user_data) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr, "flas_set_steer_hook: model is NULL");
+        flas_row_hook row_hook;
+        if (hook != nullptr) {
+            const int32_t n_embd = model->flow_info.n_embd;
+            row_hook = [hook, user_data, n_embd](const float * in, float * out, int n, int pos0) {
+                if (!hook(in, out, n, n_embd, pos0, user_data)) {
+                    throw std::runtime_error("the steer hook failed (it returned false)");
+                }
+            };
+        }
+        model->engine->run_exclusive([&] { model->engine->runtime().set_steer_hook(row_hook); });
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * user_data) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr && fn != nullptr, "flas_exclusive: model and fn must not be NULL");
+        flas_need(t_exclusive == nullptr, "flas_exclusive: already inside flas_exclusive on this thread");
+        model->engine->run_exclusive([&] {
+            struct scope {
+                explicit scope(flas_model * m) { t_exclusive = m; }
+                ~scope() { t_exclusive = nullptr; }
+            } in(model);
+            fn(model, user_data);
+        });
+        return (int) FLAS_OK;
+    });
+}
+
+int32_t flas_seq_set_steering(flas_model * model, int32_t seq, const char * concept, float flowtime, int32_t n_steps) {
+    return flas_guarded([&] {
+        flas_runtime & rt = exclusive_runtime(model, "flas_seq_set_steering");
+        flas_need(std::isfinite(flowtime) && flowtime >= 0.0f, "flas_seq_set_steering: flowtime must be finite and >= 0");
+        return (int32_t) rt.set_steering(seq, concept != nullptr ? concept : "", flowtime, n_steps);
+    });
+}
+
+int flas_seq_decode(flas_model * model, int32_t n_entries, const int32_t * seqs, const int32_t * const * tokens,
+                    const int32_t * n_tokens) {
+    return flas_guarded([&] {
+        flas_runtime & rt = exclusive_runtime(model, "flas_seq_decode");
+        flas_need(n_entries >= 1 && seqs != nullptr && tokens != nullptr && n_tokens != nullptr,
+                  "flas_seq_decode: no entries, or seqs, tokens or n_tokens is NULL");
+        std::vector<flas_seq_tokens> batch;
+        for (int32_t i = 0; i < n_entries; ++i) {
+            flas_need(tokens[i] != nullptr && n_tokens[i] > 0, "flas_seq_decode: an entry has no tokens");
+            batch.push_back({seqs[i], std::vector<llama_token>(tokens[i], tokens[i] + n_tokens[i])});
+        }
+        rt.decode(batch);
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_seq_reset(flas_model * model, int32_t seq) {
+    return flas_guarded([&] {
+        exclusive_runtime(model, "flas_seq_reset").reset(seq);
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_seq_rewind(flas_model * model, int32_t seq, int32_t n_keep) {
+    return flas_guarded([&] {
+        exclusive_runtime(model, "flas_seq_rewind").rewind(seq, n_keep);
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_seq_set_trace(flas_model * model, int32_t seq, bool on) {
+    return flas_guarded([&] {
+        exclusive_runtime(model, "flas_seq_set_trace").set_trace(seq, on);
+        return (int) FLAS_OK;
+    });
+}
+
+int64_t flas_seq_get(flas_model * model, int32_t seq, enum flas_trace_kind kind, float * out, int64_t n_max) {
+    return flas_guarded([&] {
+        flas_runtime & rt = exclusive_runtime(model, "flas_seq_get");
+        switch (kind) {
+            case FLAS_TRACE_UNSTEERED: return copy_floats(rt.trace_unsteered(seq), out, n_max);
+            case FLAS_TRACE_STEERED:   return copy_floats(rt.trace_steered(seq), out, n_max);
+            case FLAS_TRACE_LOGITS:    return copy_floats(rt.logits(seq), out, n_max);
+        }
+        throw std::invalid_argument("flas_seq_get: unknown kind " + std::to_string((int) kind));
+    });
+}
+
+}  // extern "C"
