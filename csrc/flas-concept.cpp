@@ -1,59 +1,35 @@
-// The parts of the runtime that depend only on the concept or on (T, N): the concept table,
-// concept encoding through the base model, cross-attention K/V, time embeddings, and the
-// steering of a sequence.
+// The concept encoder (flas-concept.h).
+#include "flas-concept.h"
+
 #include "flas-graph.h"
-#include "flas-runtime.h"
+#include "flas-log.h"
+
+#include "llama-cpp.h"
 
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
-
-extern bool flas_log_quiet;
+#include <string>
 
 static bool concept_callback(ggml_tensor * t, bool ask, void * user_data) {
-    return static_cast<flas_runtime *>(user_data)->on_concept_node(t, ask);
+    return static_cast<flas_concept_encoder *>(user_data)->on_node(t, ask);
 }
 
-// Only layers 0 and 1 matter: stop the side pass once l_out-1 is captured.
+// Stops the side pass once l_out-1 is captured.
 static bool concept_abort(void * user_data) {
-    return static_cast<flas_runtime *>(user_data)->concept_captured();
+    return static_cast<flas_concept_encoder *>(user_data)->captured();
 }
 
-// Runs a small one-off graph (concept K/V, time embeddings) on the flow backend.
-static void compute_once(ggml_backend_t backend, ggml_cgraph * gf, const std::function<void()> & set_inputs) {
-    ggml_gallocr_ptr allocr(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend)));
-    if (!ggml_gallocr_alloc_graph(allocr.get(), gf)) {
-        throw std::runtime_error("cannot allocate a flow compute buffer");
-    }
-    set_inputs();
-    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) {
-        throw std::runtime_error(std::string("a flow graph failed to compute on ") + ggml_backend_name(backend));
+flas_concept_encoder::flas_concept_encoder(llama_model * model, const flas_flow & flow, ggml_backend_t backend,
+                                           llama_context_params cparams, std::vector<float> output_norm)
+    : model_(model), flow_(flow), backend_(backend), cparams_(cparams), output_norm_(std::move(output_norm)) {
+    if ((int) output_norm_.size() != flow.hp.n_embd) {
+        throw std::invalid_argument("the base model's final norm has " + std::to_string(output_norm_.size()) +
+                                    " values, the flow's width is " + std::to_string(flow.hp.n_embd));
     }
 }
 
-static ggml_context_ptr graph_context(size_t n_nodes) {
-    ggml_init_params ip = { n_nodes * ggml_tensor_overhead() + ggml_graph_overhead_custom(n_nodes, false), nullptr, true };
-    return ggml_context_ptr(ggml_init(ip));
-}
-
-// A side context on the same model, for one concept: it lives only while the concept is
-// encoded (a few ms to create), so its KV cache and compute buffer do not stay resident.
-llama_context_ptr flas_runtime::concept_context() {
-    // a concept is at most concept_max_len tokens: that many cells and one ubatch of that size
-    const int n_ctx = flow_.hp.concept_max_len;
-    llama_context_params cparams = context_params(n_ctx, n_ctx, 1);
-    cparams.cb_eval = concept_callback;
-    cparams.cb_eval_user_data = this;
-    cparams.abort_callback = concept_abort;
-    cparams.abort_callback_data = this;
-    llama_context_ptr ctx(llama_init_from_model(model_, cparams));
-    if (!ctx) {
-        throw std::runtime_error("llama.cpp could not create the concept-encoding context");
-    }
-    return ctx;
-}
-
-bool flas_runtime::on_concept_node(ggml_tensor * t, bool ask) noexcept {
+bool flas_concept_encoder::on_node(ggml_tensor * t, bool ask) noexcept {
     if (strcmp(t->name, "l_out-1") != 0) {
         return false;
     }
@@ -61,109 +37,39 @@ bool flas_runtime::on_concept_node(ggml_tensor * t, bool ask) noexcept {
         return true;
     }
     if (t->type == GGML_TYPE_F32 && t->ne[0] == flow_.hp.n_embd && ggml_is_contiguous(t)) {
-        concept_rows_.resize(ggml_nelements(t));
-        ggml_backend_tensor_get(t, concept_rows_.data(), 0, ggml_nbytes(t));
-        concept_captured_ = true;
+        rows_.resize(ggml_nelements(t));
+        ggml_backend_tensor_get(t, rows_.data(), 0, ggml_nbytes(t));
+        captured_ = true;
     }
     return true;
 }
 
-// ---------------------------------------------------------------------------------------------
-// the concept table
-// ---------------------------------------------------------------------------------------------
-
-int flas_concept_table::find(const std::string & text) const {
-    for (size_t i = 0; i < slots.size(); ++i) {
-        if (!slots[i].text.empty() && slots[i].text == text) {
-            return (int) i;
-        }
-    }
-    return -1;
-}
-
-int flas_concept_table::n_cached() const {
-    int n = 0;
-    for (const flas_concept_entry & e : slots) {
-        n += e.text.empty() ? 0 : 1;
-    }
-    return n;
-}
-
-// Below the bound: a free slot. At the bound: the least recently used concept nobody steers
-// with, else (all in use) a free slot beyond the bound.
-int flas_concept_table::victim() const {
-    int free_slot = -1, lru = -1;
-    for (size_t i = 0; i < slots.size(); ++i) {
-        if (slots[i].text.empty()) {
-            free_slot = free_slot < 0 ? (int) i : free_slot;
-        } else if (slots[i].n_users == 0 && (lru < 0 || slots[i].last_use < slots[lru].last_use)) {
-            lru = (int) i;
-        }
-    }
-    if (n_cached() < bound && free_slot >= 0) {
-        return free_slot;
-    }
-    return lru >= 0 ? lru : free_slot;
-}
-
-// The slot holding `text`, encoding it into the least recently used free slot on a miss.
-// The caller becomes one of its users.
-int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
-    std::vector<llama_token> tokens = tokenize(text, /*add_special =*/ true, /*parse_special =*/ true);
-    n_total = (int) tokens.size();
-    if (text.find_first_not_of(" \t\r\n") == std::string::npos || tokens.empty()) {
-        throw std::invalid_argument("the concept is empty; describe it in words, e.g. \"Talk like a pirate\"");
-    }
-    int slot = concepts_.find(text);
-    if (slot >= 0) {
-        concepts_.n_hits++;
-    } else {
-        slot = concepts_.victim();
-        if (slot < 0) {  // cannot happen: there are at least n_seq slots
-            throw std::runtime_error("every concept slot is in use");
-        }
-        flas_concept_entry & entry = concepts_.slots[slot];
-        for (int seq = 0; seq < n_seq(); ++seq) {  // idle sequences steered by the evicted concept
-            if (seqs_[seq].slot == slot) {
-                seqs_[seq].slot = -1;
-                reset(seq);
-            }
-        }
-        entry.text.clear();  // until it holds the new concept
-        const int K = std::min(n_total, flow_.hp.concept_max_len);  // as trained: the first concept_max_len tokens
-        tokens.resize(K);
-        encode_concept(std::move(tokens), slot);
-        entry.text = text;
-        entry.n_tokens = K;
-        concepts_.n_encoded++;
-    }
-    concepts_.slots[slot].n_users++;
-    concepts_.touch(slot);
-    return slot;
-}
-
-int flas_runtime::prepare_concept(const std::string & concept) {
-    int n_total = 0;
-    const int slot = acquire_concept(concept, n_total);
-    concepts_.slots[slot].n_users--;  // encoded, not pinned: no sequence uses it yet
-    return n_total;
-}
-
-void flas_runtime::encode_concept(std::vector<llama_token> tokens, int slot) {
+void flas_concept_encoder::encode(std::vector<llama_token> tokens, flas_concept_state & state, int slot) {
     const flas_flow_hparams & hp = flow_.hp;
     const int K = (int) tokens.size();
-    llama_context_ptr ctx = concept_context();
-    concept_captured_ = false;
+    // a side context for this concept only: at most concept_max_len cells and one ubatch of that size
+    llama_context_params cparams = cparams_;
+    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = hp.concept_max_len;
+    cparams.n_seq_max = 1;
+    cparams.cb_eval = concept_callback;
+    cparams.cb_eval_user_data = this;
+    cparams.abort_callback = concept_abort;  // only layers 0 and 1 matter
+    cparams.abort_callback_data = this;
+    llama_context_ptr ctx(llama_init_from_model(model_, cparams));
+    if (!ctx) {
+        throw std::runtime_error("llama.cpp could not create the concept-encoding context");
+    }
+    captured_ = false;
     flas_log_quiet = true;  // the abort after layer 1 is logged as a failed compute
     const int32_t ret = llama_decode(ctx.get(), llama_batch_get_one(tokens.data(), K));
     flas_log_quiet = false;
-    if (!concept_captured_ || (ret != 0 && ret != 2) || (int) concept_rows_.size() != K * hp.n_embd) {
+    if (!captured_ || (ret != 0 && ret != 2) || (int) rows_.size() != K * hp.n_embd) {
         throw std::runtime_error("concept encoding failed (llama_decode status " + std::to_string(ret) + ")");
     }
-    // c = final_norm(layer1(layer0(...))) in float32, Gemma form (the weight holds 1 + w)
-    std::vector<float> c(concept_rows_.size());
+    // c = final_norm(layer1(layer0(...))) in float32, with the weight as the family stores it
+    std::vector<float> c(rows_.size());
     for (int r = 0; r < K; ++r) {
-        const float * x = concept_rows_.data() + (size_t) r * hp.n_embd;
+        const float * x = rows_.data() + (size_t) r * hp.n_embd;
         double ss = 0.0;
         for (int i = 0; i < hp.n_embd; ++i) {
             ss += (double) x[i] * x[i];
@@ -176,126 +82,22 @@ void flas_runtime::encode_concept(std::vector<llama_token> tokens, int slot) {
 
     if (hp.has_cross_attn) {
         const size_t n_nodes = 32 * (size_t) hp.n_block + 16;
-        ggml_context_ptr ctx = graph_context(n_nodes);
-        ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), n_nodes, false);
-        ggml_tensor * c_in = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, hp.n_embd, K);
-        ggml_tensor * pos  = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I32, K);
+        ggml_context_ptr gctx = flas_graph_context(n_nodes);
+        ggml_cgraph * gf = ggml_new_graph_custom(gctx.get(), n_nodes, false);
+        ggml_tensor * c_in = ggml_new_tensor_2d(gctx.get(), GGML_TYPE_F32, hp.n_embd, K);
+        ggml_tensor * pos  = ggml_new_tensor_1d(gctx.get(), GGML_TYPE_I32, K);
         ggml_set_input(c_in);
         ggml_set_input(pos);
         for (int b = 0; b < hp.n_block; ++b) {
-            flas_build_concept_kv(ctx.get(), gf, flow_, concept_, b, slot, c_in, pos);
+            flas_build_concept_kv(gctx.get(), gf, flow_, state, b, slot, c_in, pos);
         }
         std::vector<int32_t> positions(K);
         for (int i = 0; i < K; ++i) {
             positions[i] = i;  // the concept's own positions
         }
-        compute_once(backend_.get(), gf, [&] {
+        flas_compute_once(backend_, gf, [&] {
             ggml_backend_tensor_set(c_in, c.data(), 0, ggml_nbytes(c_in));
             ggml_backend_tensor_set(pos, positions.data(), 0, ggml_nbytes(pos));
         });
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// steering of a sequence
-// ---------------------------------------------------------------------------------------------
-
-int flas_runtime::set_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
-    flas_seq & s = seqs_[check_seq(seq)];
-    if (!std::isfinite(flowtime) || flowtime < 0.0f) {
-        throw std::invalid_argument("flowtime must be a finite number >= 0, got " + std::to_string(flowtime));
-    }
-    if (n_steps < 1 || n_steps > FLAS_MAX_STEPS) {
-        throw std::invalid_argument("n_steps must be in 1.." + std::to_string(FLAS_MAX_STEPS) + ", got " +
-                                    std::to_string(n_steps));
-    }
-    release(seq);  // first: with n_seq slots, every other one may be in use
-    s.slot = -1;
-    s.flowtime = 0.0f;
-    reset(seq);  // its rows were computed under the old steering
-    int n_total = 0;
-    if (!concept.empty() && flowtime > 0.0f) {  // T = 0 is the unsteered model: no concept needed
-        s.slot = acquire_concept(concept, n_total);
-        s.pinned = true;
-    }
-    s.flowtime = flowtime;
-    s.n_steps  = n_steps;
-    if (s.steered()) {
-        if (s.cache.n_steps < n_steps) {
-            flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
-                                 params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
-            reserve_flow(seq);
-        }
-        compute_time_embeddings(seq);
-    }
-    return n_total;
-}
-
-// Columns seq*MAX .. seq*MAX+N-1 of the concept state's time_emb: time_embed(k * T / N) (FLAS_SPEC.md 4).
-void flas_runtime::compute_time_embeddings(int seq) {
-    const flas_flow_hparams & hp = flow_.hp;
-    const flas_seq & sq = seqs_[seq];
-    const int F = hp.time_freq_dim, half = F / 2, N = sq.n_steps;
-    const float dt = sq.flowtime / N;
-    std::vector<float> sinusoids((size_t) F * N);
-    for (int k = 0; k < N; ++k) {
-        const float t = k * dt;
-        for (int j = 0; j < half; ++j) {
-            const float freq = expf((float) -std::log(10000.0) * (float) j / (float) half);
-            sinusoids[(size_t) k * F + j]        = sinf(t * freq);  // sin first
-            sinusoids[(size_t) k * F + half + j] = cosf(t * freq);
-        }
-    }
-    ggml_context_ptr ctx = graph_context(32);
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), 32, false);
-    ggml_tensor * s = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, F, N);
-    ggml_set_input(s);
-    ggml_tensor * emb = flas_build_time_embedding(ctx.get(), flow_, s);
-    ggml_tensor * dst = ggml_view_2d(ctx.get(), concept_.time_emb, hp.n_embd, N, concept_.time_emb->nb[1],
-                                     (size_t) seq * FLAS_MAX_STEPS * concept_.time_emb->nb[1]);
-    ggml_build_forward_expand(gf, ggml_cpy(ctx.get(), emb, dst));
-    compute_once(backend_.get(), gf, [&] { ggml_backend_tensor_set(s, sinusoids.data(), 0, ggml_nbytes(s)); });
-}
-
-void flas_runtime::release(int seq) {
-    flas_seq & s = seqs_[check_seq(seq)];
-    if (s.pinned && s.slot >= 0) {
-        concepts_.slots[s.slot].n_users--;
-    }
-    s.pinned = false;
-}
-
-bool flas_runtime::holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const {
-    const flas_seq & s = seqs_.at(check_seq(seq));
-    if (concept.empty() || flowtime == 0.0f) {
-        return !s.steered();
-    }
-    return s.steered() && concepts_.slots[s.slot].text == concept && s.flowtime == flowtime && s.n_steps == n_steps;
-}
-
-void flas_runtime::set_steer_hook(flas_row_hook hook) {
-    hook_ = std::move(hook);
-    for (int seq = 0; seq < n_seq(); ++seq) {
-        reset(seq);
-    }
-}
-
-void flas_runtime::set_trace(int seq, bool on) {
-    flas_seq & s = seqs_[check_seq(seq)];
-    s.trace = on;
-    s.trace_in.clear();
-    s.trace_out.clear();
-}
-
-int flas_runtime::concept_tokens(int seq) const {
-    const flas_seq & s = seqs_.at(check_seq(seq));
-    return s.slot >= 0 ? concepts_.slots[s.slot].n_tokens : 0;
-}
-
-flas_concept_stats flas_runtime::stats() const {
-    flas_concept_stats st;
-    st.concepts_encoded = concepts_.n_encoded;
-    st.concept_hits = concepts_.n_hits;
-    st.concepts_cached = concepts_.n_cached();
-    return st;
 }

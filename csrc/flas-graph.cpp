@@ -1,5 +1,10 @@
 #include "flas-graph.h"
 
+#include "ggml-alloc.h"
+
+#include <stdexcept>
+#include <string>
+
 #include <cmath>
 
 namespace {
@@ -200,4 +205,20 @@ void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow
 
 size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg) {
     return (size_t) n_steps * (size_t) flow.hp.n_block * (96 + 24 * (size_t) n_seg) + (size_t) n_steps * 16 + 64;
+}
+
+ggml_context_ptr flas_graph_context(size_t n_nodes) {
+    ggml_init_params ip = { n_nodes * ggml_tensor_overhead() + ggml_graph_overhead_custom(n_nodes, false), nullptr, true };
+    return ggml_context_ptr(ggml_init(ip));
+}
+
+void flas_compute_once(ggml_backend_t backend, ggml_cgraph * gf, const std::function<void()> & set_inputs) {
+    ggml_gallocr_ptr allocr(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend)));
+    if (!ggml_gallocr_alloc_graph(allocr.get(), gf)) {
+        throw std::runtime_error("cannot allocate a flow compute buffer");
+    }
+    set_inputs();
+    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) {
+        throw std::runtime_error(std::string("a flow graph failed to compute on ") + ggml_backend_name(backend));
+    }
 }

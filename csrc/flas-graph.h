@@ -5,6 +5,9 @@
 #include "flas-flow.h"
 #include "flas-state.h"
 
+#include "ggml-cpp.h"
+
+#include <functional>
 #include <vector>
 
 // The rows of one sequence in a pass: pass rows r0 .. r0+n-1 at positions p0 .. p0+n-1.
@@ -50,3 +53,8 @@ void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow
 
 // Worst-case node count of flas_build_euler for n_seg segments, for sizing graphs.
 size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg);
+
+// A no_alloc context with room for a graph of n_nodes.
+ggml_context_ptr flas_graph_context(size_t n_nodes);
+// Allocates gf on backend's default buffer type, calls set_inputs, computes it; throws on failure.
+void flas_compute_once(ggml_backend_t backend, ggml_cgraph * gf, const std::function<void()> & set_inputs);

@@ -1,6 +1,7 @@
 #include "flas-runtime.h"
 
 #include "flas-graph.h"
+#include "flas-log.h"
 #include "flas-platform.h"
 #include "gguf.h"
 
@@ -11,34 +12,8 @@
 #include <thread>
 
 // ---------------------------------------------------------------------------------------------
-// logging and callbacks
+// callbacks
 // ---------------------------------------------------------------------------------------------
-
-static bool g_verbose = false;
-bool flas_log_quiet = false;  // set while a pass is aborted on purpose (concept encoding)
-
-static ggml_log_callback g_app_log = nullptr;  // an application's choice (flas_log_set), else stderr
-static void * g_app_log_data = nullptr;
-
-void flas_log_route(ggml_log_callback callback, void * user_data) {
-    g_app_log = callback;
-    g_app_log_data = user_data;
-}
-
-static void log_callback(enum ggml_log_level level, const char * text, void *) {
-    if (g_verbose || (!flas_log_quiet && level == GGML_LOG_LEVEL_ERROR)) {
-        if (g_app_log != nullptr) {
-            g_app_log(level, text, g_app_log_data);
-        } else {
-            fputs(text, stderr);
-        }
-    }
-}
-
-void flas_log_init(bool verbose) {
-    g_verbose = verbose;
-    llama_log_set(log_callback, nullptr);
-}
 
 static bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * rt = static_cast<flas_runtime *>(user_data);
@@ -144,6 +119,8 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
         throw std::invalid_argument("the application's model has no final norm the concept encoder can use");
     }
 
+    encoder_ = std::make_unique<flas_concept_encoder>(model_, flow_, backend_.get(), context_params(1, 1, 1),
+                                                      std::move(output_norm_));
     concepts_.bound = params.concept_cache;
     concepts_.slots.resize(std::max(params.concept_cache, params.n_seq));
     flas_concept_state_init(concept_, flow_, backend_.get(), (int) concepts_.slots.size(), params.n_seq);

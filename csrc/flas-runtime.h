@@ -9,8 +9,10 @@
 // sequences are llama.cpp's sequence ids 0 .. n_seq-1.
 #pragma once
 
+#include "flas-concept.h"
 #include "flas-device.h"
 #include "flas-flow.h"
+#include "flas-log.h"
 #include "flas-seq.h"
 #include "flas-state.h"
 
@@ -21,6 +23,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -62,10 +65,6 @@ struct flas_seq_tokens {
 // Throws std::invalid_argument naming the first bad parameter (sizes, missing files).
 void flas_check_params(const flas_runtime_params & params);
 
-// llama.cpp's log through flas-cpp: errors only, or everything when verbose.
-void flas_log_init(bool verbose);
-// Where flas-cpp's log goes: callback (NULL: stderr).
-void flas_log_route(ggml_log_callback callback, void * user_data);
 
 // What a runtime of `params` would hold per device, from llama.cpp's simulated buffers (no_alloc)
 // and the flow's tensor sizes on the device of layer L, with every sequence steered with
@@ -148,8 +147,6 @@ struct flas_runtime {
     bool wants(const ggml_tensor * t) const;
     bool app_eval(ggml_tensor * t, bool ask);  // the application's chained callback
     void on_layer_output(ggml_tensor * t) noexcept;
-    bool on_concept_node(ggml_tensor * t, bool ask) noexcept;
-    bool concept_captured() const { return concept_captured_; }
 
   private:
     // The rows of one sequence in the llama_decode under way.
@@ -163,9 +160,7 @@ struct flas_runtime {
     ggml_backend_dev_t probe_layer_device();
     void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
-    llama_context_ptr concept_context();
     int  acquire_concept(const std::string & text, int & n_total);  // -> slot
-    void encode_concept(std::vector<llama_token> tokens, int slot);  // tokens: llama_batch takes them non-const
     void compute_time_embeddings(int seq);
     void decode_one(const std::vector<batch_entry> & entries, llama_batch & batch);
     bool steering_active() const;
@@ -188,10 +183,11 @@ struct flas_runtime {
     flas_flow          flow_;
     flas_concept_state concept_;
     flas_concept_table concepts_;
+    std::unique_ptr<flas_concept_encoder> encoder_;  // after the flow and the final norm are loaded
     std::vector<flas_seq> seqs_;
     ggml_gallocr_ptr   allocr_;         // compute buffer, reserved for the largest pass
     std::vector<uint8_t> graph_meta_;   // no_alloc context memory for graph building
-    std::vector<float> output_norm_;    // base model's final norm weight (1 + w), [H]
+    std::vector<float> output_norm_;    // the base model's final norm weight, [H], until the encoder takes it
 
     flas_row_hook hook_;
     std::string target_name_;           // "l_out-<L>"
@@ -204,6 +200,4 @@ struct flas_runtime {
     std::vector<ggml_backend_dev_t> devices_;  // the offload devices given to llama.cpp, null-terminated
     std::vector<float> tensor_split_;          // llama_max_devices() entries
 
-    std::vector<float> concept_rows_;   // captured l_out-1 rows of the concept, [K, H]
-    bool concept_captured_ = false;
 };
