@@ -62,6 +62,18 @@ int main(void) {
     CHECK(flas_cancel(NULL, 1) == FLAS_ERR_INVALID_ARGUMENT, "cancel NULL");
     CHECK(flas_model_memory(NULL, NULL, 0) == FLAS_ERR_INVALID_ARGUMENT, "memory NULL");
     CHECK(flas_model_n_vocab(NULL) == 0 && strcmp(flas_model_family(NULL), "") == 0, "facts of NULL");
+    CHECK(flas_model_flow_info(NULL) == NULL && flas_model_n_embd(NULL) == 0, "flow info of NULL");
+    CHECK(flas_default_threads() >= 1, "a thread default");
+    const struct flas_build_info * bi = flas_build_info();
+    CHECK(bi != NULL && strstr(bi->backends, "CPU") != NULL && bi->n_devices >= 1, "build info");
+    CHECK(flas_estimate_memory(NULL, 1, NULL, 0) == FLAS_ERR_INVALID_ARGUMENT, "estimate NULL params");
+    CHECK(flas_submit_many(NULL, &rp, 1, &id) == FLAS_ERR_INVALID_ARGUMENT, "submit_many NULL");
+    CHECK(flas_trace(NULL, 1, FLAS_TRACE_STEERED, NULL, 0) == FLAS_ERR_INVALID_ARGUMENT, "trace NULL");
+    CHECK(flas_exclusive(NULL, NULL, NULL) == FLAS_ERR_INVALID_ARGUMENT, "exclusive NULL");
+    CHECK(flas_seq_reset(NULL, 0) == FLAS_ERR_INVALID_ARGUMENT, "seq NULL");
+    CHECK(flas_set_steer_hook(NULL, NULL, NULL) == FLAS_ERR_INVALID_ARGUMENT, "hook NULL");
+    CHECK(flas_quantize("/nonexistent/in.gguf", "/tmp/out.gguf", 15, 1) == FLAS_ERR_INVALID_ARGUMENT, "quantize missing");
+    CHECK(!flas_endpoint_reachable("not an endpoint", 10), "endpoint probe");
     flas_model_free(NULL);
     flas_log_set(NULL, NULL);
     printf("%s\n", failures == 0 ? "ok" : "FAILED");
