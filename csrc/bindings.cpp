@@ -346,6 +346,10 @@ PYBIND11_MODULE(_core, m) {
         return out;
     }, "ggml/llama.cpp version, registered backends and devices, and the paths of the loaded libraries.");
 
+    m.def("validate_flow", [](const std::string & path) {
+        py::gil_scoped_release release;
+        check(flas_flow_validate(path.c_str()));
+    }, py::arg("path"), "flas_flow_validate: every check of loading a flow GGUF, without a base model (ValueError).");
     m.def("quantize", [](const std::string & in, const std::string & out, int ftype, int n_threads) {
         py::gil_scoped_release release;
         check(flas_quantize(in.c_str(), out.c_str(), ftype, n_threads));

@@ -323,6 +323,14 @@ int32_t flas_encode_concept(flas_model * model, const char * concept) {
     });
 }
 
+int flas_flow_validate(const char * path) {
+    return flas_guarded([&] {
+        flas_need(path != nullptr, "flas_flow_validate: path must not be NULL");
+        flas_flow_validate(std::string(path));
+        return (int) FLAS_OK;
+    });
+}
+
 int flas_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads) {
     return flas_guarded([&] {
         flas_need(path_in != nullptr && path_out != nullptr, "flas_quantize: the paths must not be NULL");

@@ -39,6 +39,13 @@ struct flas_flow_hparams {
     int   time_freq_dim   = 128;
 };
 
+// The types a flow matrix may have: what flas-convert flow writes and the graph computes with on
+// every backend (vectors are f32).
+#define FLAS_FLOW_MATRIX_TYPES "f32, f16, bf16 or q8_0"
+inline bool flas_flow_matrix_type_ok(ggml_type type) {
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16 || type == GGML_TYPE_Q8_0;
+}
+
 // Norm weights hold 1 + w (see docs/FLOW_GGUF.md); a group's tensors are null when ablated.
 struct flas_flow_block {
     ggml_tensor * cross_norm      = nullptr;  // [H]
@@ -89,3 +96,6 @@ flas_flow_hparams flas_flow_read_hparams(const std::string & path);
 // Loads a flow GGUF into a buffer of `backend`. Every key and tensor is checked; errors are
 // std::invalid_argument naming the file, the key or tensor, and the fix.
 void flas_flow_load(flas_flow & flow, const std::string & path, ggml_backend_t backend);
+
+// Loads a flow GGUF on the CPU and drops it: every check of flas_flow_load, no base model needed.
+void flas_flow_validate(const std::string & path);

@@ -16,6 +16,7 @@ struct flas_runtime::flow_pass {
     flas_pass p;
     std::vector<batch_entry> order;   // the steered rows, sorted by N, descending
     ggml_tensor * rows = nullptr, * gather = nullptr, * scatter = nullptr, * out = nullptr;
+    ggml_tensor * sum = nullptr;      // of the steered rows: NaN or Inf if any of them is
 };
 
 // One builder for the worst-case reservation and every real pass, so the two cannot drift
@@ -88,8 +89,11 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     fp.scatter = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_all));
     ggml_tensor * h = flas_build_euler(p, ggml_get_rows(ctx, fp.rows, fp.gather));
     fp.out = ggml_get_rows(ctx, ggml_concat(ctx, h, fp.rows, 1), fp.scatter);
+    fp.sum = ggml_sum(ctx, h);  // one float read back: garbage never leaves the pass unnoticed
     ggml_set_output(fp.out);
+    ggml_set_output(fp.sum);
     ggml_build_forward_expand(gf, fp.out);
+    ggml_build_forward_expand(gf, fp.sum);
     return fp;
 }
 
@@ -173,6 +177,13 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     ggml_backend_tensor_copy(t, fp.rows);
     if (ggml_backend_graph_compute(backend_.get(), fp.gf) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
+    }
+    float sum = 0.0f;
+    ggml_backend_tensor_get(fp.sum, &sum, 0, sizeof(sum));
+    if (!std::isfinite(sum)) {  // the rows keep their unsteered values; the decode reports the error
+        throw std::runtime_error("the flow produced non-finite activations (NaN or Inf) at layer " +
+                                 std::to_string(flow_.hp.layer) + "; the flow's weights or the input rows are out of "
+                                 "range for it (a damaged or mismatched flow, or an extreme flowtime)");
     }
     ggml_backend_tensor_copy(fp.out, t);
 }

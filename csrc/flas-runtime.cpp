@@ -76,6 +76,7 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     if (params.model != nullptr) {
         model_ = params.model;
     } else {
+        check_base_vectors(params.base_path);
         llama_model_params mparams = model_params();
         owned_model_.reset(llama_model_load_from_file(params.base_path.c_str(), mparams));
         model_ = owned_model_.get();
@@ -179,6 +180,26 @@ void flas_runtime::check_compatible(const std::string & base_path, const std::st
     }
 }
 
+// llama.cpp's CPU kernels multiply and add only f32 vectors (norm weights, biases): another type
+// aborts the process inside its graph. Its converter never writes one; refuse such a file first.
+void flas_runtime::check_base_vectors(const std::string & path) {
+    ggml_context * meta = nullptr;
+    gguf_init_params gp = { /*no_alloc =*/ true, /*ctx =*/ &meta };
+    gguf_context_ptr gctx(gguf_init_from_file(path.c_str(), gp));
+    if (!gctx) {
+        throw std::invalid_argument("llama.cpp could not load the base model " + path + " (not a readable GGUF file)");
+    }
+    ggml_context_ptr meta_owner(meta);
+    for (ggml_tensor * t = ggml_get_first_tensor(meta); t != nullptr; t = ggml_get_next_tensor(meta, t)) {
+        if (ggml_n_dims(t) == 1 && t->type != GGML_TYPE_F32) {
+            throw std::invalid_argument("base model " + path + ": vector '" + ggml_get_name(t) + "' is " +
+                                        ggml_type_name(t->type) + ", but llama.cpp computes norms and biases with f32 "
+                                        "vectors only; convert the model again (flas-convert base, or llama.cpp's "
+                                        "convert_hf_to_gguf.py keep them f32)");
+        }
+    }
+}
+
 // The concept encoder ends with the base model's final RMSNorm (FLAS_SPEC.md 2); llama.cpp does
 // not expose model tensors, so read output_norm.weight from the GGUF itself.
 void flas_runtime::load_output_norm(const std::string & path) {
@@ -210,6 +231,11 @@ void flas_runtime::load_output_norm(const std::string & path) {
         memcpy(output_norm_.data(), raw.data(), raw.size());
     } else {
         ggml_get_type_traits(t->type)->to_float(raw.data(), output_norm_.data(), flow_.hp.n_embd);
+    }
+    for (float w : output_norm_) {
+        if (!std::isfinite(w)) {
+            throw std::invalid_argument("base model " + path + ": output_norm.weight holds a non-finite value (NaN or Inf)");
+        }
     }
 }
 

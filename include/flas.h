@@ -311,6 +311,10 @@ FLAS_API int64_t flas_seq_get(flas_model * model, int32_t seq, enum flas_trace_k
 
 /* ---- utilities ---- */
 
+/* Reads and checks a flow GGUF completely (keys and their ranges, tensor names, shapes and types,
+ * finite values) without a base model: FLAS_OK, or an error whose message names the problem. */
+FLAS_API int flas_flow_validate(const char * path);
+
 /* llama.cpp's quantizer on a GGUF file (ftype: a llama_ftype; n_threads <= 0: all cores). */
 FLAS_API int flas_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads);
 /* Serves this machine's backend to ggml RPC clients at endpoint "host:port" (cache_dir: a

@@ -65,8 +65,8 @@ def test_a_version_1_flow_loads_and_steers_identically(tiny_base_f32, flow, tmp_
     ({N.KEY_BASE_ARCH: "mistral"}, "flows of 'mistral' base models are not supported"),
     ({N.KEY_ACTIVATION: "relu"}, "activation 'relu' is not gelu_tanh or silu"),
     ({N.KEY_ROPE_SCALING_TYPE: "yarn"}, "RoPE scaling 'yarn'"),
-    ({N.KEY_ROPE_SCALING_FACTOR: 0.5, N.KEY_ROPE_SCALING_TYPE: "linear"}, "RoPE scaling 'linear' with factor 0.5"),
-    ({N.KEY_SOFTCAP: -1.0}, "attn_logit_softcapping must be >= 0"),
+    ({N.KEY_ROPE_SCALING_FACTOR: 0.5, N.KEY_ROPE_SCALING_TYPE: "linear"}, "'flas.rope.scaling.factor' is 0.5, outside the allowed \\[1, "),
+    ({N.KEY_SOFTCAP: -1.0}, "'flas.attn_logit_softcapping' is -1, outside the allowed \\[0, "),
     ({N.KEY_FORMAT_VERSION: 3}, "format version 3 is not supported"),
 ])
 def test_bad_family_values_are_clear_errors(tiny_base_f32, flow, tmp_path, change, message):
