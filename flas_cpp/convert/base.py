@@ -12,8 +12,9 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from .. import safetensors_io
 from . import decoder, spm
-from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, config_value,
-                     plan_checkpoint, read_json, read_safetensors, summarize, summarize_file, temp_beside, write_gguf)
+from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, checked_config,
+                     config_value, plan_checkpoint, read_json, read_safetensors, summarize, summarize_file, temp_beside,
+                     write_gguf)
 
 # llama.cpp's llama_ftype values for the types only its quantizer writes (include/llama.h).
 LLAMA_QUANT_FTYPES = {
@@ -314,7 +315,7 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
         raise ConversionError(f"checkpoint directory not found: {hf_dir}")
     if not dry_run:
         check_output(out, force)
-    cfg = read_json(hf_dir / "config.json", "config.json")
+    cfg = checked_config(read_json(hf_dir / "config.json", "config.json"), hf_dir / "config.json")
     hp = read_hparams(cfg, hf_dir / "config.json")
     tok_cfg_path = hf_dir / "tokenizer_config.json"
     tok_cfg = read_json(tok_cfg_path, "tokenizer_config.json") if tok_cfg_path.is_file() else {}

@@ -18,7 +18,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter,
 from .. import safetensors_io
 
 
-class ConversionError(Exception):
+class ConversionError(ValueError):
     """A user mistake or bad input: the message says what is wrong and how to fix it."""
 
 
@@ -197,9 +197,57 @@ def llama3_rope_divisors(theta: float, head_dim: int, scaling: dict) -> np.ndarr
 
 def config_value(cfg: dict, key: str, where, what: str):
     """cfg[key], or a ConversionError naming the config and the key."""
-    if key not in cfg:
+    if cfg.get(key) is None:
         raise ConversionError(f"{where}: {what} config lacks {key!r}; is the checkpoint complete?")
     return cfg[key]
+
+
+# The keys of a Hugging Face model config the converters read, by the type they must have; sizes
+# within what real models have (and flas-cpp's loader accepts), so that no table is built too big.
+_COUNTS = {"vocab_size": 1 << 24, "hidden_size": 1 << 16, "num_hidden_layers": 4096, "num_attention_heads": 1024,
+           "num_key_value_heads": 1024, "head_dim": 4096, "intermediate_size": 1 << 20,
+           "max_position_embeddings": 1 << 31, "sliding_window": 1 << 31, "sliding_window_pattern": 4096}
+_REALS = ("rms_norm_eps", "rope_theta", "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+          "rope_local_base_freq")
+_TEXTS = ("model_type", "hidden_act", "hidden_activation", "_name_or_path")
+_FLAGS = ("attention_bias", "mlp_bias", "tie_word_embeddings")
+_OBJECTS = ("rope_scaling", "rope_parameters", "text_config")
+_LISTS = ("architectures", "layer_types")
+
+
+def checked_config(cfg: dict, where) -> dict:
+    """A model config whose keys the converters read have the types they need: null counts as
+    absent; anything else wrong is a ConversionError naming the file, the key and the value."""
+    out = dict(cfg)
+
+    def bad(key: str, want: str):
+        raise ConversionError(f"{where}: {key!r} should be {want}, got {out[key]!r}"[:300])
+
+    for key in [k for k in out if out[k] is None]:
+        del out[key]
+    for key, hi in _COUNTS.items():
+        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or not 1 <= out[key] <= hi):
+            bad(key, f"an integer in 1..{hi}")
+    for key in _REALS:
+        if key in out:
+            v = out[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1e30 < v < 1e30:  # NaN fails too
+                bad(key, "a finite number")
+    for key, kinds, want in ((_TEXTS, str, "a string"), (_FLAGS, bool, "true or false"), (_OBJECTS, dict, "an object"),
+                             (_LISTS, list, "a list")):
+        for k in key:
+            if k in out and not isinstance(out[k], kinds):
+                bad(k, want)
+    scaling = out.get("rope_scaling") or {}
+    for k, v in scaling.items():
+        if k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings") and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e30):
+            raise ConversionError(f"{where}: rope_scaling {k!r} should be a positive number, got {v!r}"[:300])
+        if k in ("rope_type", "type") and not isinstance(v, str):
+            raise ConversionError(f"{where}: rope_scaling {k!r} should be a string, got {v!r}"[:300])
+    if "text_config" in out:
+        out["text_config"] = checked_config(out["text_config"], f"{where} (text_config)")
+    return out
 
 
 # How a checkpoint tensor is stored: "matrix" in the chosen outtype, "norm1" as 1 + w in f32 (a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,8 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from .. import gguf_names as N
 from .. import safetensors_io
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     config_value, llama3_rope_divisors, norm_plan, pick_qtype, read_json, read_safetensors, summarize, write_gguf)
+                     checked_config, config_value, llama3_rope_divisors, norm_plan, pick_qtype, read_json,
+                     read_safetensors, summarize, write_gguf)
 
 
 @dataclass
@@ -56,6 +58,7 @@ KNOWN_BASES = {
 
 def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
     """BaseFacts of a base config.json, by its model_type (a multimodal one: its text_config)."""
+    cfg = checked_config(cfg, where)
     model_type = cfg.get("model_type")
     if model_type == "gemma2":
         from .base import GemmaHparams  # one reader of Gemma-2 configs
@@ -142,9 +145,13 @@ class FlowConfig:
         )
         if fc.prompt_format not in ("chat", "alpaca"):
             raise ConversionError(f"{where}: prompt_format {fc.prompt_format!r} is neither 'chat' nor 'alpaca'")
-        for key, val in (("num_blocks", fc.num_blocks), ("n_steps", fc.n_steps), ("concept_max_len", fc.concept_max_len)):
-            if val < 1:
-                raise ConversionError(f"{where}: {key} must be >= 1, got {val}")
+        # the bounds flas-cpp's loader enforces (csrc/flas-flow.cpp)
+        for key, val, lo, hi in (("layer", fc.layer, 0, 4095), ("num_blocks", fc.num_blocks, 1, 1024),
+                                 ("n_steps", fc.n_steps, 1, 64), ("concept_max_len", fc.concept_max_len, 1, 8192)):
+            if not lo <= val <= hi:
+                raise ConversionError(f"{where}: {key} must be in {lo}..{hi}, got {val}")
+        if not (math.isfinite(fc.t_min) and math.isfinite(fc.t_max) and 0 <= fc.t_min <= fc.t_max <= 1e6):
+            raise ConversionError(f"{where}: T_min {fc.t_min} and T_max {fc.t_max} must be finite with 0 <= T_min <= T_max")
         return fc
 
 
