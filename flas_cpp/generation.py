@@ -125,7 +125,10 @@ class Handle:
 
     def cancel(self) -> None:
         if self._final is None:
-            self._m.cancel(self.id)
+            try:
+                self._m.cancel(self.id)
+            except RuntimeError:  # the model is closed or its device lost: the request is over anyway
+                pass
 
     def poll(self, timeout_ms: int = _WAIT_MS) -> str:
         """The text decoded since the last poll (waiting up to timeout_ms for some)."""

@@ -41,6 +41,10 @@ class FlasModel:
     tokens (as llama-server's slots). Requests beyond n_seq wait for a free sequence
     (continuous batching). The decode loop runs on a C++ thread of its own, without the GIL.
 
+    Threads: every method may be called from several threads at once; their requests are queued
+    on the one engine and decoded together. close() (or leaving `with`) frees everything at once:
+    requests still running end, and any later call raises RuntimeError("... closed ...").
+
     `exact=True` selects a float32 KV cache and no flash attention, for parity with a float32
     reference; the default uses llama.cpp's fast settings. `n_threads=None` uses one thread per
     physical core, as llama.cpp does. `concept_cache` encoded concepts are kept, shared by text.
