@@ -234,7 +234,8 @@ struct request {
     std::string concept;
     float flowtime = 0.0f;
     int n_steps = 0, max_tokens = 128, top_k = 0;
-    float temperature = 0.0f, top_p = 1.0f;
+    float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f, repeat_penalty = 1.0f;
+    int repeat_last_n = 64;
     uint32_t seed = 0;
     bool trace = false;
 
@@ -249,6 +250,9 @@ struct request {
         p.temperature = temperature;
         p.top_k       = top_k;
         p.top_p       = top_p;
+        p.min_p       = min_p;
+        p.repeat_penalty = repeat_penalty;
+        p.repeat_last_n  = repeat_last_n;
         p.seed        = seed;
         p.trace       = trace;
         return p;
@@ -403,6 +407,9 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("temperature", &request::temperature)
         .def_readwrite("top_k", &request::top_k)
         .def_readwrite("top_p", &request::top_p)
+        .def_readwrite("min_p", &request::min_p)
+        .def_readwrite("repeat_penalty", &request::repeat_penalty)
+        .def_readwrite("repeat_last_n", &request::repeat_last_n)
         .def_readwrite("seed", &request::seed)
         .def_readwrite("trace", &request::trace);
 

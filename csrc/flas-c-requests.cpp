@@ -25,6 +25,9 @@ static flas_request engine_request(const flas_model & m, const struct flas_reque
     r.temperature = params.temperature;
     r.top_k       = params.top_k;
     r.top_p       = params.top_p;
+    r.min_p       = params.min_p;
+    r.repeat_penalty = params.repeat_penalty;
+    r.repeat_last_n  = params.repeat_last_n;
     r.seed        = params.seed;
     r.trace       = params.trace;
     return r;
@@ -65,6 +68,9 @@ struct flas_request_params flas_request_default_params(void) {
     p.temperature = d.temperature;
     p.top_k       = d.top_k;
     p.top_p       = d.top_p;
+    p.min_p       = d.min_p;
+    p.repeat_penalty = d.repeat_penalty;
+    p.repeat_last_n  = d.repeat_last_n;
     p.seed        = d.seed;
     p.trace       = d.trace;
     return p;

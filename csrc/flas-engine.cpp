@@ -179,6 +179,11 @@ void flas_engine::check(const flas_request & req) const {
     if (!(req.temperature >= 0.0f) || !(req.top_p > 0.0f && req.top_p <= 1.0f) || req.top_k < 0) {
         throw std::invalid_argument("temperature must be >= 0, top_p in (0, 1] and top_k >= 0");
     }
+    if (!(req.min_p >= 0.0f && req.min_p <= 1.0f) || !(req.repeat_penalty > 0.0f && std::isfinite(req.repeat_penalty)) ||
+        req.repeat_last_n < -1) {
+        throw std::invalid_argument("min_p must be in [0, 1], repeat_penalty a finite number > 0 (1: off) and "
+                                    "repeat_last_n >= -1 (-1: the whole context)");
+    }
 }
 
 uint64_t flas_engine::submit(flas_request req) {
@@ -428,7 +433,15 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
             s.tokens.resize(keep);
         }
         rt_->set_trace(seq, r.trace);
-        rt_->sampler_init(seq, r.temperature, r.top_k, r.top_p, r.seed);
+        flas_sampling sp;
+        sp.temperature    = r.temperature;
+        sp.top_k          = r.top_k;
+        sp.top_p          = r.top_p;
+        sp.min_p          = r.min_p;
+        sp.repeat_penalty = r.repeat_penalty;
+        sp.repeat_last_n  = r.repeat_last_n;
+        sp.seed           = r.seed;
+        rt_->sampler_init(seq, sp);
         j->n_fed = keep;
         std::lock_guard<std::mutex> lk(mutex_);
         j->outbox.n_cached = (int) keep;

@@ -426,24 +426,31 @@ std::vector<float> flas_runtime::logits(int seq) const {
     return std::vector<float>(l, l + n_vocab());
 }
 
-void flas_runtime::sampler_init(int seq, float temperature, int top_k, float top_p, uint32_t seed) {
+void flas_runtime::sampler_init(int seq, const flas_sampling & sp) {
     flas_seq & s = seqs_[check_seq(seq)];
-    llama_sampler_chain_params sp = llama_sampler_chain_default_params();
-    sp.no_perf = true;
-    s.sampler.reset(llama_sampler_chain_init(sp));
+    llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    s.sampler.reset(llama_sampler_chain_init(cp));
     llama_sampler * chain = s.sampler.get();
-    if (temperature <= 0.0f) {
+    if (sp.repeat_penalty != 1.0f && sp.repeat_last_n != 0) {
+        const int last_n = sp.repeat_last_n < 0 ? n_ctx_seq_ : sp.repeat_last_n;
+        llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab(), last_n, sp.repeat_penalty, 0.0f, 0.0f));
+    }
+    if (sp.temperature <= 0.0f) {
         llama_sampler_chain_add(chain, llama_sampler_init_greedy());
         return;
     }
-    if (top_k > 0) {
-        llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
+    if (sp.top_k > 0) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(sp.top_k));
     }
-    if (top_p < 1.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_top_p(top_p, 1));
+    if (sp.top_p < 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_p(sp.top_p, 1));
     }
-    llama_sampler_chain_add(chain, llama_sampler_init_temp(temperature));
-    llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
+    if (sp.min_p > 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_min_p(sp.min_p, 1));
+    }
+    llama_sampler_chain_add(chain, llama_sampler_init_temp(sp.temperature));
+    llama_sampler_chain_add(chain, llama_sampler_init_dist(sp.seed));
 }
 
 llama_token flas_runtime::sample(int seq) {

@@ -81,6 +81,18 @@ struct flas_concept_stats {
     int     concepts_cached  = 0;
 };
 
+// llama.cpp's sampler chain of one sequence: penalties, then greedy (temperature <= 0) or
+// top-k, top-p, min-p, temperature and a seeded draw, as llama.cpp's common sampling orders them.
+struct flas_sampling {
+    float    temperature    = 0.0f;
+    int      top_k          = 0;     // 0: off
+    float    top_p          = 1.0f;  // 1: off
+    float    min_p          = 0.0f;  // 0: off
+    float    repeat_penalty = 1.0f;  // 1: off
+    int      repeat_last_n  = 64;    // tokens the penalty looks back over
+    uint32_t seed           = 0;
+};
+
 struct flas_runtime {
     explicit flas_runtime(const flas_runtime_params & params);
     ~flas_runtime();
@@ -119,7 +131,7 @@ struct flas_runtime {
     int n_past(int seq) const { return seqs_.at(check_seq(seq)).n_past; }
 
     // ---- sampling: llama.cpp's sampler chain per sequence; temperature <= 0 is greedy ----
-    void sampler_init(int seq, float temperature, int top_k, float top_p, uint32_t seed);
+    void sampler_init(int seq, const flas_sampling & sampling);
     llama_token sample(int seq);
 
     // ---- facts ----

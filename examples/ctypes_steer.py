@@ -20,7 +20,8 @@ class ModelParams(C.Structure):
 class RequestParams(C.Structure):
     _fields_ = [("prompt", C.POINTER(C.c_int32)), ("n_prompt", C.c_int32), ("concept", C.c_char_p),
                 ("flowtime", C.c_float), ("n_steps", C.c_int32), ("max_tokens", C.c_int32),
-                ("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("seed", C.c_uint32),
+                ("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("min_p", C.c_float),
+                ("repeat_penalty", C.c_float), ("repeat_last_n", C.c_int32), ("seed", C.c_uint32),
                 ("trace", C.c_bool)]
 
 

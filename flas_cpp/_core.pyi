@@ -29,6 +29,9 @@ class Request:
     temperature: float
     top_k: int
     top_p: float
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
     seed: int
     trace: bool
 

@@ -37,9 +37,12 @@ class Request:
     temperature: float = 0.7
     top_k: int = 64
     top_p: float = 0.95
-    seed: int = 0
+    seed: int | None = None           # None: the model's seed (FlasModel(seed=...), 0 by default)
     messages: Sequence[Message] | None = None
     raw: bool = False                 # the prompt as it is (BOS added), without the chat template
+    min_p: float = 0.0                # 0: off
+    repeat_penalty: float = 1.0       # 1: off (llama.cpp's penalty over the last 64 tokens)
+    stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
 
     @classmethod
     def of(cls, request: "Request | dict", index: int | None = None) -> "Request":
@@ -60,13 +63,13 @@ class Request:
 @dataclass
 class Generation:
     """One generated reply."""
-    text: str
+    text: str                         # the tokens' bytes as UTF-8 (invalid bytes dropped, as llama-cpp-python does)
     tokens: list[int]                 # generated tokens (the end-of-generation token excluded)
     n_prompt_tokens: int
     concept: str | None
     flowtime: float
     n_steps: int
-    stop_reason: str                  # "eog", "max_tokens", "context", "cancelled" or "error"
+    stop_reason: str                  # "eog", "stop" (a stop string), "max_tokens", "context", "cancelled" or "error"
     seconds: float = 0.0              # wall time of prefill + generation (waiting for a sequence excluded)
     prompt_seconds: float = 0.0       # of which prefill
     n_cached_tokens: int = 0          # prompt tokens its sequence already held (same steering)
@@ -90,14 +93,50 @@ class _Settings:
     top_k: int
     top_p: float
     seed: int
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    stops: list[str] = dataclasses.field(default_factory=list)
     trace: bool = False
 
     def engine_request(self, core: Any) -> Any:
         r = core.Request()
         r.prompt, r.concept, r.flowtime, r.n_steps = self.tokens, self.concept or "", self.flowtime, self.n_steps
         r.max_tokens, r.temperature, r.top_k, r.top_p = self.max_tokens, self.temperature, self.top_k, self.top_p
+        r.min_p, r.repeat_penalty = self.min_p, self.repeat_penalty
         r.seed, r.trace = self.seed & 0xFFFFFFFF, self.trace
         return r
+
+
+def raise_if_failed(g: Generation) -> Generation:
+    """g, or the exception of a generation that failed (DeviceLostError when its device is gone)."""
+    if g.stop_reason == "error":
+        raise (DeviceLostError if (g.error or "").startswith("device lost:") else RuntimeError)(g.error)
+    return g
+
+
+class StopMatcher:
+    """Cuts the text at the first stop string, holding back what could be the start of one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops, self.held, self.stopped = list(stops), "", False
+
+    def feed(self, piece: str) -> str:
+        """The text that is safe to send now."""
+        if self.stopped or not self.stops:
+            return "" if self.stopped else piece
+        text = self.held + piece
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self.held = True, ""
+            return text[:cut]
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.stopped else self.held), ""
+        return out
+
 
 
 class Handle:
@@ -106,11 +145,14 @@ class Handle:
 
     def __init__(self, model: Any, settings: _Settings, id: int):
         self._m, self._s = model, settings
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # bytes that are not UTF-8 (a model's stray byte tokens) are dropped, as llama-cpp-python does
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._tokens: list[int] = []
         self._text: list[str] = []
         self._final: dict | None = None
         self._lock = threading.Lock()
+        self._stop = StopMatcher(settings.stops)
+        self._n_at_stop: int | None = None  # tokens when a stop string appeared (more may follow until cancelled)
         self.id = id
 
     def __del__(self) -> None:
@@ -139,9 +181,13 @@ class Handle:
             pieces = []
             for tok in update["tokens"]:
                 self._tokens.append(tok)
-                pieces.append(self._utf8.decode(self._m.token_to_piece(tok)))
+                pieces.append(self._stop.feed(self._utf8.decode(self._m.token_to_piece(tok))))
+                if self._stop.stopped and self._n_at_stop is None:
+                    self._n_at_stop = len(self._tokens)
+                    self.cancel()
             if update["done"]:
-                pieces.append(self._utf8.decode(b"", final=True))
+                pieces.append(self._stop.feed(self._utf8.decode(b"", final=True)))
+                pieces.append(self._stop.flush())
                 self._final = update
             piece = "".join(pieces)
             if piece:
@@ -166,8 +212,10 @@ class Handle:
             self.cancel()
             raise
         f, s = self._final, self._s
-        return Generation("".join(self._text), list(self._tokens), len(s.tokens), s.concept,
-                          s.flowtime if s.concept else 0.0, s.n_steps, f["finish"], f["seconds"], f["prompt_seconds"],
+        tokens = self._tokens[:self._n_at_stop] if self._n_at_stop is not None else self._tokens
+        reason = "stop" if self._n_at_stop is not None and f["finish"] != "error" else f["finish"]
+        return Generation("".join(self._text), list(tokens), len(s.tokens), s.concept,
+                          s.flowtime if s.concept else 0.0, s.n_steps, reason, f["seconds"], f["prompt_seconds"],
                           f["n_cached"], f["error"] or None)
 
     def trace(self) -> dict[str, np.ndarray]:

@@ -14,7 +14,9 @@ from gguf import GGUFReader
 
 from ._native import core
 from .placement import base_layer_count, device_total, fit_gpu_layers, gib, parse_size
-from .generation import ContextLengthError, DeviceLostError, Generation, Handle, Request, _Settings
+from . import completions
+from .completions import stop_list
+from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
 from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
 
 
@@ -58,10 +60,21 @@ class FlasModel:
     with every sequence steered at the flow's N, fits; `placement` says what it chose.
     """
 
-    def __init__(self, base: str | os.PathLike, flow: str | os.PathLike, n_ctx: int = 4096, n_gpu_layers: int = 0,
-                 n_threads: int | None = None, exact: bool = False, n_batch: int = 512, verbose: bool = False,
-                 n_seq: int = 1, concept_cache: int = 16, rpc_servers: str | Sequence[str] | None = None,
-                 main_gpu: int = 0, tensor_split: Sequence[float] | None = None, gpu_memory: str | int | None = None):
+    def __init__(self, base: str | os.PathLike | None = None, flow: str | os.PathLike | None = None, n_ctx: int = 4096,
+                 n_gpu_layers: int = 0, n_threads: int | None = None, exact: bool = False, n_batch: int = 512,
+                 verbose: bool = False, n_seq: int = 1, concept_cache: int = 16,
+                 rpc_servers: str | Sequence[str] | None = None, main_gpu: int = 0,
+                 tensor_split: Sequence[float] | None = None, gpu_memory: str | int | None = None,
+                 model_path: str | os.PathLike | None = None, seed: int = 0):
+        if (base is None) == (model_path is None):
+            raise ValueError("give the base model GGUF as base (or model_path, llama-cpp-python's name), once")
+        base = base if base is not None else model_path
+        if flow is None:
+            raise ValueError("flow (the flow GGUF, flas-convert flow) is required")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.model_path: str = str(base)  # llama-cpp-python's name for the base model's file
+        self.seed: int = seed              # of requests that give none
         for path, what in ((base, "base model GGUF"), (flow, "flow GGUF")):
             if not Path(path).is_file():
                 raise ValueError(f"{what} not found: {path}")
@@ -146,11 +159,38 @@ class FlasModel:
             text = self._m.chat_template(turns)
         return self._m.tokenize(text, True, True)
 
-    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+    def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of text, as llama-cpp-python's Llama.tokenize (bytes; str is taken as UTF-8)."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
         return self._m.tokenize(text, add_bos, special)
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self._m.token_to_piece(t) for t in tokens).decode("utf-8", errors="replace")
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        """The bytes of the tokens, as llama-cpp-python's Llama.detokenize (decode them for text)."""
+        return b"".join(self._m.token_to_piece(t) for t in tokens)
+
+    # ---- llama-cpp-python's completion calls ----------------------------------------------------
+
+    def create_completion(self, prompt: str, max_tokens: int | None = 16, temperature: float = 0.8,
+                          top_p: float = 0.95, min_p: float = 0.05, stop: str | Sequence[str] | None = None,
+                          repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False, seed: int | None = None,
+                          concept: str | None = None, flowtime: float = 2.0,
+                          n_steps: int | None = None) -> dict | Iterator[dict]:
+        """llama-cpp-python's Llama.create_completion (the prompt as it is, its defaults, its dicts,
+        stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
+        return completions.create(self, False, prompt, None, max_tokens, temperature, top_p, top_k, min_p,
+                                  repeat_penalty, stop, stream, seed, concept, flowtime, n_steps)
+
+    def create_chat_completion(self, messages: Sequence[Message], temperature: float = 0.2, top_p: float = 0.95,
+                               top_k: int = 40, min_p: float = 0.05, stream: bool = False,
+                               stop: str | Sequence[str] | None = None, seed: int | None = None,
+                               max_tokens: int | None = None, repeat_penalty: float = 1.0,
+                               concept: str | None = None, flowtime: float = 2.0,
+                               n_steps: int | None = None) -> dict | Iterator[dict]:
+        """llama-cpp-python's Llama.create_chat_completion (the chat template, its defaults, its
+        dicts, stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
+        return completions.create(self, True, None, messages, max_tokens, temperature, top_p, top_k, min_p,
+                                  repeat_penalty, stop, stream, seed, concept, flowtime, n_steps)
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -163,16 +203,21 @@ class FlasModel:
 
     def generate(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
                  n_steps: int | None = None, max_tokens: int = 128, temperature: float = 0.7, top_k: int = 64,
-                 top_p: float = 0.95, seed: int = 0, messages: Sequence[Message] | None = None) -> Generation:
-        """Generate one reply. `flowtime=0` (or no concept) is the unsteered base model."""
-        req = Request(prompt, concept, flowtime, n_steps, max_tokens, temperature, top_k, top_p, seed, messages)
-        return self._raise_failed(self._submit_one(req).result())
+                 top_p: float = 0.95, seed: int | None = None, messages: Sequence[Message] | None = None,
+                 min_p: float = 0.0, repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None) -> Generation:
+        """Generate one reply. `flowtime=0` (or no concept) is the unsteered base model. The text
+        ends before the first `stop` string (stop_reason "stop"); seed None: the model's seed."""
+        req = Request(prompt, concept, flowtime, n_steps, max_tokens, temperature, top_k, top_p, seed, messages,
+                      min_p=min_p, repeat_penalty=repeat_penalty, stop=stop)
+        return raise_if_failed(self._submit_one(req).result())
 
     def stream(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
                n_steps: int | None = None, max_tokens: int = 128, temperature: float = 0.7, top_k: int = 64,
-               top_p: float = 0.95, seed: int = 0, messages: Sequence[Message] | None = None) -> Iterator[str]:
+               top_p: float = 0.95, seed: int | None = None, messages: Sequence[Message] | None = None,
+               min_p: float = 0.0, repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None) -> Iterator[str]:
         """Text pieces as they decode; stop early by breaking out of the loop (or closing it)."""
-        req = Request(prompt, concept, flowtime, n_steps, max_tokens, temperature, top_k, top_p, seed, messages)
+        req = Request(prompt, concept, flowtime, n_steps, max_tokens, temperature, top_k, top_p, seed, messages,
+                      min_p=min_p, repeat_penalty=repeat_penalty, stop=stop)
         return self._stream(self._submit_one(req))
 
     def generate_many(self, requests: Iterable[Request | dict]) -> list[Generation]:
@@ -214,7 +259,7 @@ class FlasModel:
             raise ValueError("compare needs a concept, e.g. concept=\"Talk like a pirate\"")
         base = dict(kwargs, prompt=prompt, concept=None, flowtime=0.0)
         steered = dict(kwargs, prompt=prompt, concept=concept, flowtime=flowtime)
-        baseline, steered_gen = (self._raise_failed(g) for g in self.generate_many([base, steered]))
+        baseline, steered_gen = (raise_if_failed(g) for g in self.generate_many([base, steered]))
         return baseline, steered_gen
 
     def generate_batch(self, prompts: Sequence[str], concept: str, flowtimes: Sequence[float] = (0.5, 1.0, 2.0),
@@ -225,7 +270,7 @@ class FlasModel:
             raise ValueError("prompts must be a list of strings; use generate() for one prompt")
         flowtimes = list(flowtimes)
         reqs = [dict(kwargs, prompt=p, concept=concept, flowtime=ft) for p in prompts for ft in flowtimes]
-        gens = [self._raise_failed(g) for g in self.generate_many(reqs)]
+        gens = [raise_if_failed(g) for g in self.generate_many(reqs)]
         return [gens[i * len(flowtimes):(i + 1) * len(flowtimes)] for i in range(len(prompts))]
 
     def trace(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
@@ -239,7 +284,7 @@ class FlasModel:
         s = self._checked(self._settings(req))
         s.trace = True
         handle = self._start([s])[0]
-        g = self._raise_failed(handle.result())
+        g = raise_if_failed(handle.result())
         generated = g.tokens[:n_decode]  # the last sampled token is not decoded
         return {"tokens": s.tokens + generated, "generated": generated, **handle.trace()}
 
@@ -265,9 +310,11 @@ class FlasModel:
     def _settings(self, r: Request) -> _Settings:
         n_steps = self.flow_info["n_steps"] if r.n_steps is None else r.n_steps
         check_steering(r.concept, r.flowtime, n_steps)
-        check_sampling(r.max_tokens, r.temperature, r.top_k, r.top_p)
-        if isinstance(r.seed, bool) or not isinstance(r.seed, int):
-            raise ValueError(f"seed must be an integer, got {r.seed!r}")
+        check_sampling(r.max_tokens, r.temperature, r.top_k, r.top_p, r.min_p, r.repeat_penalty)
+        seed = self.seed if r.seed is None else r.seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        stops = stop_list(r.stop)
         concept = None if r.flowtime == 0 else r.concept
         if r.raw:
             if not isinstance(r.prompt, str) or r.messages is not None:
@@ -281,7 +328,7 @@ class FlasModel:
                 warnings.warn(f"the concept is {n_concept} tokens; only the first {limit} are used, as in training",
                               stacklevel=4)
         return _Settings(tokens, concept, float(r.flowtime), n_steps, r.max_tokens, float(r.temperature), r.top_k,
-                         float(r.top_p), r.seed)
+                         float(r.top_p), seed, float(r.min_p), float(r.repeat_penalty), stops)
 
     def _checked(self, s: _Settings) -> _Settings:
         if len(s.tokens) >= self.n_ctx_seq:
@@ -312,10 +359,4 @@ class FlasModel:
 
     def _stream(self, handle: Handle) -> Iterator[str]:
         yield from handle
-        self._raise_failed(handle.result())
-
-    @staticmethod
-    def _raise_failed(g: Generation) -> Generation:
-        if g.stop_reason == "error":
-            raise (DeviceLostError if g.error.startswith("device lost:") else RuntimeError)(g.error)
-        return g
+        raise_if_failed(handle.result())

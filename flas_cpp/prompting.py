@@ -51,7 +51,8 @@ def check_steering(concept: str | None, flowtime: float, n_steps: int) -> None:
                          "use flowtime=0 for the unsteered model")
 
 
-def check_sampling(max_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
+                   repeat_penalty: float = 1.0) -> None:
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
     if not math.isfinite(temperature) or temperature < 0:
@@ -60,3 +61,8 @@ def check_sampling(max_tokens: int, temperature: float, top_k: int, top_p: float
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if isinstance(min_p, bool) or not isinstance(min_p, (int, float)) or not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1] (0 = off), got {min_p!r}")
+    if isinstance(repeat_penalty, bool) or not isinstance(repeat_penalty, (int, float)) or \
+            not math.isfinite(repeat_penalty) or repeat_penalty <= 0:
+        raise ValueError(f"repeat_penalty must be a number > 0 (1 = off), got {repeat_penalty!r}")

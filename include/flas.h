@@ -91,6 +91,9 @@ struct flas_request_params {
     float   temperature;        /* 0: greedy (0.0) */
     int32_t top_k;              /* 0: off (0) */
     float   top_p;              /* 1: off (1.0) */
+    float   min_p;              /* 0: off (0.0) */
+    float   repeat_penalty;     /* 1: off (1.0); llama.cpp's penalty on the last repeat_last_n tokens */
+    int32_t repeat_last_n;      /* (64); -1: the whole context */
     uint32_t seed;              /* (0) */
     bool    trace;              /* record every layer-L row before and after steering and the
                                    prompt's logits (from an empty sequence; end-of-generation is

@@ -174,7 +174,7 @@ def test_flas_cli_streams_baseline_and_steered(tiny_base_f32, flow, expected):
     exe = shutil.which("flas-cli")
     assert exe, "flas-cli is installed with the package"
     with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
-        steered = m.detokenize(expected)
+        steered = m.detokenize(expected).decode()
         baseline = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=24).text
     out = subprocess.run([exe, "-m", str(tiny_base_f32), "-f", str(flow), "-c", PIRATE, "-p", PROMPT, "-t", "2",
                           "--compare", "--n-predict", "24", "--n-ctx", "1024"],

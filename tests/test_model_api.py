@@ -31,7 +31,7 @@ def test_generate_reports_what_it_did(model):
     assert r.n_prompt_tokens == len(model.prompt_tokens(PROMPT)) == 19
     assert r.concept == CONCEPT and r.flowtime == 2.0 and r.n_steps == 3  # the flow's default N
     assert r.stop_reason in ("eog", "max_tokens") and len(r.tokens) <= 10
-    assert r.text == model.detokenize(r.tokens)
+    assert r.text == model.detokenize(r.tokens).decode()
     assert r.seconds >= r.prompt_seconds > 0
 
 

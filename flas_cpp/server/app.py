@@ -14,10 +14,10 @@ import anyio
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ..generation import ContextLengthError, Generation, Handle
+from ..completions import new_id
+from ..generation import ContextLengthError, Generation, Handle, StopMatcher
 from ..model import FlasModel
-from .openai_api import (ApiError, Completion, Steering, StopMatcher, chunk, finish_reason, new_id,
-                         parse_completion, response, usage_chunk)
+from .openai_api import ApiError, Completion, Steering, chunk, finish_reason, parse_completion, response, usage_chunk
 
 WAIT_MS = 100  # one blocking wait on the engine; the loop checks for disconnects between them
 

@@ -3,13 +3,13 @@ errors in OpenAI's form, and the response and stream-chunk objects."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import completions
 from .._native import core
 from ..generation import Generation, Request
 
@@ -190,72 +190,21 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
     return Completion(request, model, steering, stop or [], stream, bool(options.get("include_usage")))
 
 
-# ---- stop strings ------------------------------------------------------------------------------
-
-class StopMatcher:
-    """Cuts the text at the first stop string, holding back what could be the start of one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops, self.held, self.stopped = stops, "", False
-
-    def feed(self, piece: str) -> str:
-        """The text that is safe to send now."""
-        if self.stopped or not self.stops:
-            return "" if self.stopped else piece
-        text = self.held + piece
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped, self.held = True, ""
-            return text[:cut]
-        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        self.held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep]
-
-    def flush(self) -> str:
-        out, self.held = ("" if self.stopped else self.held), ""
-        return out
-
-
-# ---- responses ---------------------------------------------------------------------------------
-
-def finish_reason(g: Generation, stopped: bool) -> str:
-    return "stop" if stopped or g.stop_reason == "eog" else "length"
-
-
-def usage(n_prompt: int, n_completion: int) -> dict:
-    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
-
-
-def new_id(chat: bool) -> str:
-    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-
-
 def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, stopped: bool, steering: dict | None) -> dict:
-    choice: dict = {"index": 0, "finish_reason": finish_reason(g, stopped), "logprobs": None}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": c.model, "choices": [choice], "usage": usage(g.n_prompt_tokens, len(g.tokens)),
-            "steering": steering}
+    if stopped:
+        g = dataclasses.replace(g, stop_reason="stop")
+    return completions.response(chat, rid, c.model, text, g, steering=steering)
 
 
 def chunk(c: Completion, chat: bool, rid: str, created: int, steering: dict | None, text: str | None = None,
           role: bool = False, finish: str | None = None) -> dict:
-    if chat:
-        delta: dict = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        choice: dict = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-    else:
-        choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-            "model": c.model, "choices": [choice], "steering": steering}
+    return completions.chunk(chat, rid, created, c.model, text=text, role=role, finish=finish, steering=steering)
+
+
+def finish_reason(g: Generation, stopped: bool) -> str:
+    return "stop" if stopped else completions.finish_reason(g)
 
 
 def usage_chunk(c: Completion, chat: bool, rid: str, created: int, g: Generation) -> dict:
     return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-            "model": c.model, "choices": [], "usage": usage(g.n_prompt_tokens, len(g.tokens))}
+            "model": c.model, "choices": [], "usage": completions.usage(g.n_prompt_tokens, len(g.tokens))}

@@ -1,0 +1,94 @@
+"""Completions in the shapes of OpenAI's API and llama-cpp-python's Llama.create_completion /
+create_chat_completion: the response and stream-chunk dicts, stop strings, and the two calls
+themselves on a FlasModel (so code written for llama-cpp-python works with steering added).
+The HTTP server (flas_cpp.server) builds its bodies with the same functions."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from .generation import Generation, Request, raise_if_failed
+from .prompting import Message
+
+if TYPE_CHECKING:
+    from .model import FlasModel
+
+
+def stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    """llama-cpp-python's and OpenAI's `stop`: a string, a list of strings, or nothing."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if not all(isinstance(s, str) and s for s in stops):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return stops
+
+
+def finish_reason(g: Generation) -> str:
+    return "stop" if g.stop_reason in ("eog", "stop") else "length"
+
+
+def usage(n_prompt: int, n_completion: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+
+def new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def response(chat: bool, rid: str, model: str, text: str, g: Generation, **extra) -> dict:
+    choice: dict = {"index": 0, "logprobs": None, "finish_reason": finish_reason(g)}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": usage(g.n_prompt_tokens, len(g.tokens)), **extra}
+
+
+def chunk(chat: bool, rid: str, created: int, model: str, text: str | None = None, role: bool = False,
+          finish: str | None = None, **extra) -> dict:
+    if chat:
+        delta: dict = {}
+        if role:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        choice: dict = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+            "model": model, "choices": [choice], **extra}
+
+
+def create(model: "FlasModel", chat: bool, prompt: str | None, messages: Sequence[Message] | None,
+           max_tokens: int | None, temperature: float, top_p: float, top_k: int, min_p: float, repeat_penalty: float,
+           stop: str | Sequence[str] | None, stream: bool, seed: int | None, concept: str | None, flowtime: float,
+           n_steps: int | None) -> dict | Iterator[dict]:
+    """FlasModel.create_completion (chat False: the prompt as it is) and create_chat_completion."""
+    if max_tokens is None or max_tokens <= 0:  # llama-cpp-python: until the context is full
+        n_prompt = len(model.prompt_tokens(messages=messages) if chat else model.tokenize(prompt or ""))
+        max_tokens = max(1, model.n_ctx_seq - n_prompt)
+    req = Request(prompt=None if chat else prompt, messages=messages if chat else None, raw=not chat,
+                  concept=concept, flowtime=flowtime if concept else 0.0, n_steps=n_steps, max_tokens=max_tokens,
+                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                  seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), stop=stop)
+    handle = model.submit(req)
+    rid, name = new_id(chat), model.model_path
+    if not stream:
+        g = raise_if_failed(handle.result())
+        return response(chat, rid, name, g.text, g)
+
+    def chunks() -> Iterator[dict]:
+        created = int(time.time())
+        if chat:
+            yield chunk(chat, rid, created, name, role=True)
+        for piece in handle:
+            yield chunk(chat, rid, created, name, text=piece)
+        g = raise_if_failed(handle.result())
+        yield chunk(chat, rid, created, name, text=None if chat else "", finish=finish_reason(g))
+
+    return chunks()
