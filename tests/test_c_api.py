@@ -193,7 +193,7 @@ def test_flas_cli_streams_baseline_and_steered(tiny_base_f32, flow, expected):
 
 def test_attaching_to_an_app_owned_model_keeps_its_callback(tiny_base_f32, flow, expected, tmp_path):
     import llama_cpp
-    pkg = Path(llama_cpp.__file__).parent
+    pkg = Path(llama_cpp.__file__).resolve().parent
     exe = tmp_path / "attach"
     lib = Path(flas_cpp.get_library())
     subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", str(REPO / "tests" / "c" / "attach.c"),

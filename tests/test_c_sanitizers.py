@@ -45,7 +45,7 @@ def models(tiny, tiny_base_f32, tmp_path_factory) -> tuple[Path, Path, list[int]
 
 
 def compile_sanitized(build: Path, source: Path, out: Path) -> None:
-    pkg = Path(llama_cpp.__file__).parent
+    pkg = Path(llama_cpp.__file__).resolve().parent
     cmd = ["cc", "-std=c99", *SAN.split(), str(source), "-I", str(REPO / "include"), "-I", str(pkg.parent / "include"),
            str(build / "libflas.so"), str(pkg / "lib" / "libllama.so"), f"-Wl,-rpath,{build}:{pkg / 'lib'}", "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
