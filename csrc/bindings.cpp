@@ -354,6 +354,23 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         check(flas_flow_validate(path.c_str()));
     }, py::arg("path"), "flas_flow_validate: every check of loading a flow GGUF, without a base model (ValueError).");
+    m.def("quantize_rows", [](py::array_t<float, py::array::c_style | py::array::forcecast> rows, int type) {
+        if (rows.ndim() != 2) {
+            throw py::value_error("quantize_rows: rows must be a 2-D float32 array [n_rows, n_per_row]");
+        }
+        const int64_t n_rows = rows.shape(0), n_per_row = rows.shape(1);
+        // the largest row size of any ggml type: f32 at 4 bytes a value
+        std::vector<uint8_t> buf((size_t) (n_rows * n_per_row * 4));
+        int64_t n;
+        {
+            py::gil_scoped_release release;
+            n = flas_quantize_rows(type, rows.data(), buf.data(), n_rows, n_per_row);
+        }
+        check(n);
+        py::array_t<uint8_t> out({(py::ssize_t) n_rows, (py::ssize_t) (n_rows > 0 ? n / n_rows : 0)});
+        std::copy(buf.begin(), buf.begin() + n, out.mutable_data());
+        return out;
+    }, py::arg("rows"), py::arg("type"), "ggml's quantizer: float32 rows -> the bytes of ggml type `type`, [n_rows, row bytes].");
     m.def("quantize", [](const std::string & in, const std::string & out, int ftype, int n_threads) {
         py::gil_scoped_release release;
         check(flas_quantize(in.c_str(), out.c_str(), ftype, n_threads));

@@ -331,6 +331,26 @@ int flas_flow_validate(const char * path) {
     });
 }
 
+int64_t flas_quantize_rows(int32_t type, const float * src, void * dst, int64_t n_rows, int64_t n_per_row) {
+    return flas_guarded([&] {
+        flas_need(src != nullptr && dst != nullptr, "flas_quantize_rows: src and dst must not be NULL");
+        flas_need(type >= 0 && type < GGML_TYPE_COUNT && ggml_get_type_traits((ggml_type) type)->blck_size > 0 &&
+                  ggml_get_type_traits((ggml_type) type)->from_float_ref != nullptr,
+                  "flas_quantize_rows: not a ggml type it can quantize to");
+        const ggml_type t = (ggml_type) type;
+        if (n_rows < 0 || n_per_row <= 0 || n_per_row % ggml_blck_size(t) != 0) {
+            throw std::invalid_argument("flas_quantize_rows: rows of " + std::to_string(n_per_row) + " values do not fill "
+                                        "whole " + ggml_type_name(t) + " blocks of " +
+                                        std::to_string(ggml_blck_size(t)));
+        }
+        if (ggml_quantize_requires_imatrix(t)) {
+            throw std::invalid_argument(std::string("flas_quantize_rows: ") + ggml_type_name(t) + " needs an importance matrix");
+        }
+        ggml_quantize_init(t);
+        return (int64_t) ggml_quantize_chunk(t, src, dst, 0, n_rows, n_per_row, nullptr);
+    });
+}
+
 int flas_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads) {
     return flas_guarded([&] {
         flas_need(path_in != nullptr && path_out != nullptr, "flas_quantize: the paths must not be NULL");

@@ -41,9 +41,10 @@ struct flas_flow_hparams {
 
 // The types a flow matrix may have: what flas-convert flow writes and the graph computes with on
 // every backend (vectors are f32).
-#define FLAS_FLOW_MATRIX_TYPES "f32, f16, bf16 or q8_0"
+#define FLAS_FLOW_MATRIX_TYPES "f32, f16, bf16, q8_0, q6_k, q5_k or q4_k"
 inline bool flas_flow_matrix_type_ok(ggml_type type) {
-    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16 || type == GGML_TYPE_Q8_0;
+    return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16 || type == GGML_TYPE_Q8_0 ||
+           type == GGML_TYPE_Q6_K || type == GGML_TYPE_Q5_K || type == GGML_TYPE_Q4_K;
 }
 
 // Norm weights hold 1 + w (see docs/FLOW_GGUF.md); a group's tensors are null when ablated.

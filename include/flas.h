@@ -318,6 +318,11 @@ FLAS_API int64_t flas_seq_get(flas_model * model, int32_t seq, enum flas_trace_k
  * finite values) without a base model: FLAS_OK, or an error whose message names the problem. */
 FLAS_API int flas_flow_validate(const char * path);
 
+/* ggml's quantizer on rows of floats: n_rows rows of n_per_row values from src into dst as ggml
+ * type `type` (a ggml_type: q8_0, q4_k, q5_k, q6_k, ...; n_per_row a multiple of its block).
+ * Returns the bytes written (dst must hold them: n_rows * the type's row size), or a negative
+ * flas_status. */
+FLAS_API int64_t flas_quantize_rows(int32_t type, const float * src, void * dst, int64_t n_rows, int64_t n_per_row);
 /* llama.cpp's quantizer on a GGUF file (ftype: a llama_ftype; n_threads <= 0: all cores). */
 FLAS_API int flas_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads);
 /* Serves this machine's backend to ggml RPC clients at endpoint "host:port" (cache_dir: a

@@ -91,7 +91,7 @@ def test_matrix_types_outside_the_documented_set_are_refused(tiny_base_f32, flow
     n = int(np.prod(t.shape))
     raw = np.zeros(n // block * type_size, dtype=np.uint8)  # finite, well-formed blocks
     bad = edit_gguf(flow, tmp_path / "type.gguf", tensors={t.name: (raw, qtype)})
-    refused(tiny_base_f32, bad, "matrix 'blk.0.ffn_up.weight' is " + qtype.name.lower(), "f32, f16, bf16 or q8_0")
+    refused(tiny_base_f32, bad, "matrix 'blk.0.ffn_up.weight' is " + qtype.name.lower(), "f32, f16, bf16, q8_0, q6_k, q5_k or q4_k")
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])

@@ -12,7 +12,7 @@ import threading
 
 from .base import BASE_OUTTYPES, convert_base
 from .common import ConversionError
-from .flow import convert_flow
+from .flow import FLOW_OUTTYPES, convert_flow
 
 EPILOG = """examples:
   flas-convert base gemma-2-2b-it/ -o gemma-2-2b-it-Q4_K_M.gguf --outtype Q4_K_M
@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base-config", help="the base model's HF config.json; needed unless the flow's model_id "
                                          "is a local checkpoint directory or a known base (google/gemma-2-2b-it, "
                                          "google/gemma-3-270m, ...)")
-    f.add_argument("--outtype", default="bf16", choices=["f32", "f16", "bf16", "q8_0"],
-                   help="matrix type; norms, gates and biases stay f32 (default bf16)")
+    f.add_argument("--outtype", default="bf16", choices=list(FLOW_OUTTYPES),
+                   help="matrix type, or a K-quant recipe (q4_k_m, q5_k_m: MLP inputs at the low type, the rest "
+                        "q6_k; docs/FLOW_GGUF.md); norms, gates and biases stay f32 (default bf16)")
 
     for p in (b, f):
         p.add_argument("-o", "--out", required=True, help="output .gguf file")

@@ -59,10 +59,20 @@ def pick_qtype(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuan
     return wanted if shape[-1] % block == 0 else GGMLQuantizationType.F16
 
 
+# Written by ggml's own quantizer (through libflas): gguf-py has no K-quant encoder.
+GGML_QUANTIZED = (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K)
+
+
 def encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """float32 values -> the bytes (or f32/f16 values) GGUF stores for `qtype`."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return x if qtype == GGMLQuantizationType.F32 else quants.quantize(x, qtype)
+    if qtype == GGMLQuantizationType.F32:
+        return x
+    if qtype in GGML_QUANTIZED:
+        from .._native import core
+
+        return core().quantize_rows(x.reshape(-1, x.shape[-1]), int(qtype))
+    return quants.quantize(x, qtype)
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -158,8 +158,41 @@ class FlowConfig:
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
+# --outtype of a flow: one type for every matrix, or a recipe by the matrix's role, in the spirit
+# of llama.cpp's _M types (the MLP's input projections, the largest part, at the low type; the MLP
+# output and the attention at q6_k). docs/FLOW_GGUF.md lists them with their measured quality.
+T = GGMLQuantizationType
+MATRIX_ROLES = ("mlp_in", "mlp_out", "attn", "time")
+FLOW_OUTTYPES: dict[str, dict[str, GGMLQuantizationType]] = {
+    **{name: dict.fromkeys(MATRIX_ROLES, qt) for name, qt in PYTHON_OUTTYPES.items()},
+    "q6_k": dict.fromkeys(MATRIX_ROLES, T.Q6_K),
+    "q5_k": dict.fromkeys(MATRIX_ROLES, T.Q5_K),
+    "q4_k": dict.fromkeys(MATRIX_ROLES, T.Q4_K),
+    "q5_k_m": {"mlp_in": T.Q5_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "time": T.Q8_0},
+    "q4_k_m": {"mlp_in": T.Q4_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "time": T.Q8_0},
+}
+K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
+K_FALLBACK = T.Q8_0  # for rows that do not fill whole 256-value K-quant blocks
+
+
+def matrix_role(gguf_name: str) -> str:
+    if gguf_name.startswith("time_embd."):
+        return "time"
+    if ".ffn_gate." in gguf_name or ".ffn_up." in gguf_name:
+        return "mlp_in"
+    return "mlp_out" if ".ffn_down." in gguf_name else "attn"
+
+
+def flow_qtype(shape: tuple[int, ...], wanted: GGMLQuantizationType) -> GGMLQuantizationType:
+    """wanted, or for a K-quant whose rows do not fill 256-value blocks, q8_0 (f16 where rows do
+    not fill q8_0's 32 either)."""
+    if wanted in K_QUANTS and shape[-1] % 256 != 0:
+        wanted = K_FALLBACK
+    return pick_qtype(shape, wanted)
+
+
 def plan_flow(refs: dict[str, safetensors_io.TensorRef], fc: FlowConfig, base: BaseFacts,
-              qtype: GGMLQuantizationType, where: Path) -> tuple[list[TensorPlan], dict[str, bool]]:
+              recipe: dict[str, GGMLQuantizationType], where: Path) -> tuple[list[TensorPlan], dict[str, bool]]:
     """Every tensor checked against the config and the base; returns the plan and the ablated groups."""
     table = N.flow_tensor_table(base.n_embd, base.n_ff, base.n_head, base.n_head_kv, base.head_dim, base.family)
     blocks_present = {int(m.group(1)) for name in refs if (m := _BLOCK_RE.match(name))}
@@ -206,7 +239,7 @@ def plan_flow(refs: dict[str, safetensors_io.TensorRef], fc: FlowConfig, base: B
         elif kind in ("norm", "vector"):  # a w * x norm is stored as it is
             plan.append(TensorPlan(gg, shape, GGMLQuantizationType.F32, ref.to_f32))
         else:
-            plan.append(TensorPlan(gg, shape, pick_qtype(shape, qtype), ref.to_f32))
+            plan.append(TensorPlan(gg, shape, flow_qtype(shape, recipe[matrix_role(gg)]), ref.to_f32))
     freqs = base.rope_freqs()
     if freqs is not None:
         plan.append(TensorPlan(N.TN_ROPE_FREQS, freqs.shape, GGMLQuantizationType.F32, lambda: freqs))
@@ -253,8 +286,8 @@ def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | No
                  dry_run: bool = False, progress: bool = True) -> str:
     """Convert; returns the summary line. Raises ConversionError for bad input."""
     flow_path, out = Path(flow_path), Path(out)
-    if outtype.lower() not in PYTHON_OUTTYPES:
-        raise ConversionError(f"unknown --outtype {outtype!r} for a flow; choose one of: {', '.join(PYTHON_OUTTYPES)}")
+    if outtype.lower() not in FLOW_OUTTYPES:
+        raise ConversionError(f"unknown --outtype {outtype!r} for a flow; choose one of: {', '.join(FLOW_OUTTYPES)}")
     if not dry_run:
         check_output(out, force)
     refs = read_safetensors(flow_path)
@@ -276,10 +309,17 @@ def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | No
                               "family, dimensions, norm eps, soft-capping and RoPE can be recorded")
     if not 0 <= fc.layer < base.n_layer:
         raise ConversionError(f"{config}: layer {fc.layer} is outside the base model's {base.n_layer} layers")
-    plan, disabled = plan_flow(refs, fc, base, PYTHON_OUTTYPES[outtype.lower()], flow_path)
+    recipe = FLOW_OUTTYPES[outtype.lower()]
+    plan, disabled = plan_flow(refs, fc, base, recipe, flow_path)
     summary = summarize(plan)
     ablated = [g for g, d in disabled.items() if d]
     note = f" [ablated: {', '.join(ablated)}]" if ablated else ""
+    fell_back = [t for t in plan if recipe[matrix_role(t.name)] in K_QUANTS and t.qtype not in K_QUANTS
+                 and t.qtype != GGMLQuantizationType.F32]
+    if fell_back:
+        widths = sorted({t.shape[-1] for t in fell_back})
+        note += (f" [{len(fell_back)} matrices as {fell_back[0].qtype.name.lower()}: their rows of "
+                 f"{', '.join(map(str, widths))} values do not fill 256-value K-quant blocks]")
     if dry_run:
         return summary.line(out, dry_run=True) + note
     with atomic_output(out) as tmp:

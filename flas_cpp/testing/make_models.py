@@ -58,6 +58,9 @@ SIZES = {
     # query_pre_attn_scalar == head_dim (llama.cpp scales by 1/sqrt(head_dim)); L even, below the last
     "tiny": ModelSize(hidden=128, n_layers=6, n_heads=4, n_kv_heads=2, head_dim=32, intermediate=384,
                       layer=4, vocab=None, dtype="F32", flow_dtype="BF16", shards=2),
+    # every matrix row a multiple of 256 (but the time embedding's 128), for the K-quant flow tests
+    "tiny256": ModelSize(hidden=256, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=64, intermediate=768,
+                         layer=2, vocab=None, dtype="F32", flow_dtype="BF16", shards=1),
     # the exact Gemma-2-2B dimensions, for benchmarks
     "full": ModelSize(hidden=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256, intermediate=9216,
                       layer=20, vocab=256000, dtype="BF16", flow_dtype="BF16", shards=3),
