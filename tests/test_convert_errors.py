@@ -228,10 +228,10 @@ def test_flow_ablated_group_missing_but_config_says_enabled(capsys, out, tiny, t
 
 def test_flow_unknown_outtype(capsys, out, flow):
     with pytest.raises(SystemExit) as e:  # argparse's choices: usage line plus "invalid choice"
-        cli.main(["flow", str(flow[0]), "-o", str(out), "--outtype", "q4_k_m"])
-    assert e.value.code == 2 and "invalid choice: 'q4_k_m'" in capsys.readouterr().err
-    with pytest.raises(ConversionError, match="unknown --outtype 'q4_k_m' for a flow"):
-        convert_flow(flow[0], out, base_config=flow[1], outtype="q4_k_m")
+        cli.main(["flow", str(flow[0]), "-o", str(out), "--outtype", "q3_k"])
+    assert e.value.code == 2 and "invalid choice: 'q3_k'" in capsys.readouterr().err
+    with pytest.raises(ConversionError, match="unknown --outtype 'q3_k' for a flow"):
+        convert_flow(flow[0], out, base_config=flow[1], outtype="q3_k")
     assert not out.exists()
 
 
