@@ -147,6 +147,7 @@ struct steer_hook {
 class model {
     struct loaded {
         flas_model * m = nullptr;
+        std::mutex hook_mutex;  // one set_steer_hook at a time: the C call and the swap together
         std::unique_ptr<steer_hook> hook;
         ~loaded() {  // with the GIL held, as every reference is dropped
             {
@@ -182,11 +183,18 @@ class model {
         if (!fn.is_none()) {
             next = std::make_unique<steer_hook>(steer_hook{std::move(fn)});
         }
+        std::unique_ptr<steer_hook> old;  // destroyed with the GIL held, after the C call
+        int status;
         {
-            py::gil_scoped_release release;
-            check(flas_set_steer_hook(l->m, next ? &steer_hook::call : nullptr, next.get()));
+            py::gil_scoped_release release;  // the decode may be in a hook waiting for the GIL
+            std::lock_guard<std::mutex> lk(l->hook_mutex);
+            status = flas_set_steer_hook(l->m, next ? &steer_hook::call : nullptr, next.get());
+            if (status == FLAS_OK) {
+                old = std::move(l->hook);  // no longer called
+                l->hook = std::move(next);
+            }
         }
-        l->hook = std::move(next);  // the old one is no longer called
+        check(status);
     }
 
   private:
@@ -480,12 +488,12 @@ PYBIND11_MODULE(_core, m) {
         .def("token_to_piece", [](const model & s, int32_t token) {
             auto h = s.get();
             std::vector<char> buf(64);
-            int32_t n = flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size());
-            if (n < 0 && n != FLAS_ERR_INVALID_ARGUMENT) {
-                buf.resize((size_t) -n);
-                n = flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size());
+            int32_t n = check(flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size()));
+            if (n > (int32_t) buf.size()) {
+                buf.resize((size_t) n);
+                n = check(flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size()));
             }
-            return py::bytes(buf.data(), (size_t) check(n));
+            return py::bytes(buf.data(), (size_t) n);
         }, py::arg("token"))
         .def("encode_concept", [](const model & s, const std::string & concept) {
             auto h = s.get();

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 
-// The model whose flas_exclusive runs on this thread (flas_seq_* work only there).
-static thread_local flas_model * t_exclusive = nullptr;
+flas_model *& flas_exclusive_model() {
+    static thread_local flas_model * model = nullptr;  // flas_seq_* work only there
+    return model;
+}
 
 static flas_request engine_request(const flas_model & m, const struct flas_request_params & params) {
     flas_need(params.prompt != nullptr && params.n_prompt > 0, "the prompt has no tokens");
@@ -43,7 +45,7 @@ static enum flas_finish finish_of(const std::string & reason) {
 
 static flas_runtime & exclusive_runtime(flas_model * model, const char * fn) {
     flas_need(model != nullptr, "the model is NULL");
-    if (t_exclusive != model) {
+    if (flas_exclusive_model() != model) {
         throw std::invalid_argument(std::string(fn) + " works only inside flas_exclusive, on its thread");
     }
     return model->engine->runtime();
@@ -114,6 +116,7 @@ int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t *
     return flas_guarded([&] {
         flas_need(model != nullptr && result != nullptr && (tokens != nullptr || n_max == 0),
                   "flas_poll: model, tokens and result must not be NULL");
+        flas_need(n_max >= 0, "flas_poll: n_max must be >= 0");
         bool ended, have;
         {
             std::lock_guard<std::mutex> lk(model->mutex);
@@ -170,6 +173,7 @@ int flas_wait_any(flas_model * model, const uint64_t * ids, int32_t n, int32_t t
     return flas_guarded([&] {
         flas_need(model != nullptr && ready != nullptr && (ids != nullptr || n == 0),
                   "flas_wait_any: model, ids and ready must not be NULL");
+        flas_need(n >= 0, "flas_wait_any: n must be >= 0");
         const std::vector<uint64_t> list(ids, ids + n);
         {
             std::lock_guard<std::mutex> lk(model->mutex);  // news already handed over counts as news
@@ -254,7 +258,7 @@ int flas_set_steer_hook(flas_model * model, flas_steer_hook hook, void * user_da
                 }
             };
         }
-        model->engine->run_exclusive([&] { model->engine->runtime().set_steer_hook(row_hook); });
+        flas_on_runtime(model, [&](flas_runtime & rt) { rt.set_steer_hook(row_hook); });
         return (int) FLAS_OK;
     });
 }
@@ -262,11 +266,11 @@ int flas_set_steer_hook(flas_model * model, flas_steer_hook hook, void * user_da
 int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * user_data) {
     return flas_guarded([&] {
         flas_need(model != nullptr && fn != nullptr, "flas_exclusive: model and fn must not be NULL");
-        flas_need(t_exclusive == nullptr, "flas_exclusive: already inside flas_exclusive on this thread");
+        flas_need(flas_exclusive_model() == nullptr, "flas_exclusive: already inside flas_exclusive on this thread");
         model->engine->run_exclusive([&] {
             struct scope {
-                explicit scope(flas_model * m) { t_exclusive = m; }
-                ~scope() { t_exclusive = nullptr; }
+                explicit scope(flas_model * m) { flas_exclusive_model() = m; }
+                ~scope() { flas_exclusive_model() = nullptr; }
             } in(model);
             fn(model, user_data);
         });

@@ -110,7 +110,8 @@ void flas_log_set(flas_log_callback callback, void * user_data) {
 }
 
 const char * flas_system_info(void) {
-    static const std::string info = [] {
+    static const std::string info = []() -> std::string {
+        try {
         const flas_build_facts bi = flas_build_facts_get();
         std::string s = "ggml " + bi.ggml_version + " (" + bi.ggml_commit + "); backends";
         for (const std::string & b : bi.backends) {
@@ -121,16 +122,24 @@ const char * flas_system_info(void) {
             s += " " + d.name + " (" + d.type + ")";
         }
         return s;
+        } catch (...) {
+            return "unknown";
+        }
     }();
     return info.c_str();
 }
 
 const struct flas_build_info * flas_build_info(void) {
-    static flas_build_facts facts;
-    static std::string backends;
-    static std::vector<struct flas_device_info> devices;
-    static struct flas_build_info info;
-    facts = flas_build_facts_get();
+    // per thread: valid until this thread's next call
+    static thread_local flas_build_facts facts;
+    static thread_local std::string backends;
+    static thread_local std::vector<struct flas_device_info> devices;
+    static thread_local struct flas_build_info info;
+    try {
+        facts = flas_build_facts_get();
+    } catch (...) {
+        facts = flas_build_facts();  // nothing known rather than an exception across C
+    }
     backends.clear();
     for (const std::string & b : facts.backends) {
         backends += (backends.empty() ? "" : ",") + b;
@@ -177,7 +186,13 @@ struct flas_model_params flas_model_default_params(void) {
     return p;
 }
 
-int32_t flas_default_threads(void) { return flas_physical_cores(); }
+int32_t flas_default_threads(void) {
+    try {
+        return flas_physical_cores();
+    } catch (...) {
+        return 1;
+    }
+}
 
 static int load_model(llama_model * app_model, const struct flas_model_params * params, flas_model ** out) {
     if (out != nullptr) {
@@ -236,7 +251,9 @@ const struct flas_flow_info * flas_model_flow_info(const flas_model * model) {
 int32_t flas_model_memory(const flas_model * model, struct flas_memory_row * rows, int32_t n_max) {
     return flas_guarded([&] {
         flas_need(model != nullptr && (rows != nullptr || n_max == 0), "flas_model_memory: model and rows must not be NULL");
-        return memory_rows(model->engine->runtime().memory(), rows, n_max);
+        std::vector<flas_device_memory> mem;
+        flas_on_runtime(const_cast<flas_model *>(model), [&](flas_runtime & rt) { mem = rt.memory(); });  // buffers the decode may grow
+        return memory_rows(mem, rows, n_max);
     });
 }
 
@@ -253,7 +270,7 @@ int flas_model_reserve(flas_model * model, int32_t n_steps) {
     return flas_guarded([&] {
         flas_need(model != nullptr, "flas_model_reserve: model is NULL");
         flas_need(n_steps >= 1 && n_steps <= FLAS_MAX_STEPS, "flas_model_reserve: n_steps outside 1..FLAS_MAX_STEPS");
-        model->engine->run_exclusive([&] { model->engine->runtime().reserve_steering(n_steps); });
+        flas_on_runtime(model, [&](flas_runtime & rt) { rt.reserve_steering(n_steps); });
         return (int) FLAS_OK;
     });
 }
@@ -306,10 +323,9 @@ int32_t flas_token_to_piece(const flas_model * model, int32_t token, char * buf,
         const flas_runtime & rt = model->engine->runtime();
         flas_need(token >= 0 && token < rt.n_vocab(), "flas_token_to_piece: token outside the vocabulary");
         const std::string piece = rt.token_to_piece(token);
-        if ((int32_t) piece.size() > size) {
-            return -(int32_t) piece.size();
+        if ((int32_t) piece.size() <= size) {
+            memcpy(buf, piece.data(), piece.size());
         }
-        memcpy(buf, piece.data(), piece.size());
         return (int32_t) piece.size();
     });
 }
@@ -318,7 +334,7 @@ int32_t flas_encode_concept(flas_model * model, const char * concept) {
     return flas_guarded([&] {
         flas_need(model != nullptr && concept != nullptr, "flas_encode_concept: model and concept must not be NULL");
         int n = 0;
-        model->engine->run_exclusive([&] { n = model->engine->runtime().prepare_concept(concept); });
+        flas_on_runtime(model, [&](flas_runtime & rt) { n = rt.prepare_concept(concept); });
         return (int32_t) n;
     });
 }
@@ -368,7 +384,11 @@ int flas_rpc_serve(const char * endpoint, int32_t n_threads, const char * cache_
 }
 
 bool flas_endpoint_reachable(const char * endpoint, int32_t timeout_ms) {
-    return endpoint != nullptr && flas_endpoint_open(endpoint, timeout_ms);
+    try {
+        return endpoint != nullptr && flas_endpoint_open(endpoint, timeout_ms);
+    } catch (...) {
+        return false;
+    }
 }
 
 void * flas_rpc_device(const char * endpoint) {

@@ -26,11 +26,21 @@ struct flas_model {
     std::set<uint64_t> tracing;                            // traced requests not yet finished
     std::map<uint64_t, flas_update> traced;                // finished traced requests, until flas_release
 
-    struct hook_target {  // the application's steer hook
-        flas_steer_hook fn = nullptr;
-        void * user_data   = nullptr;
-    } hook;
 };
+
+// The model whose flas_exclusive runs on this thread, if any.
+flas_model *& flas_exclusive_model();
+
+// fn on the runtime between two decode steps; at once when this thread is inside the model's
+// flas_exclusive already (waiting for the step would wait for itself).
+template <typename F>
+static void flas_on_runtime(flas_model * m, F && fn) {
+    if (flas_exclusive_model() == m) {
+        fn(m->engine->runtime());
+    } else {
+        m->engine->run_exclusive([&] { fn(m->engine->runtime()); });
+    }
+}
 
 // The message of the calling thread's last failed call.
 std::string & flas_error_slot();

@@ -303,6 +303,10 @@ flas_engine_stats flas_engine::stats() const {
 }
 
 void flas_engine::run_exclusive(const std::function<void()> & fn) {
+    if (std::this_thread::get_id() == worker_.get_id()) {  // a steer hook or an eval callback
+        throw std::invalid_argument("this call waits for the decode step to end, and cannot be made from inside it "
+                                    "(a steer hook or an eval callback): make it from another thread");
+    }
     std::unique_lock<std::timed_mutex> step(step_mutex_, std::defer_lock);
     while (!step.try_lock_for(std::chrono::milliseconds(20))) {  // the worker may never let go of it
         std::lock_guard<std::mutex> lk(mutex_);
@@ -313,13 +317,36 @@ void flas_engine::run_exclusive(const std::function<void()> & fn) {
         throw_if_lost();
     }
     flas_device_guard guard;
-    for (slot & s : slots_) {
-        s.trusted = false;
+    std::vector<uint64_t> epochs;
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        epochs.push_back(rt_->epoch((int) seq));
     }
+    // afterwards (also when fn throws), for each sequence fn changed: its tokens are no longer
+    // known, and a request decoding in it cannot go on
+    struct after {
+        flas_engine & e;
+        const std::vector<uint64_t> & epochs;
+        ~after() {
+            try {
+                for (size_t seq = 0; seq < e.slots_.size(); ++seq) {
+                    if (e.rt_->epoch((int) seq) == epochs[seq]) {
+                        continue;
+                    }
+                    e.slots_[seq].trusted = false;
+                    if (e.slots_[seq].running) {
+                        e.finish(e.slots_[seq].running, "error",
+                                 "its sequence was changed by a call made between two decode steps (flas_exclusive, "
+                                 "a steer hook or a memory reservation) while it ran");
+                    }
+                }
+                const flas_concept_stats concepts = e.rt_->stats();  // fn may have encoded concepts
+                std::lock_guard<std::mutex> lk(e.mutex_);
+                e.stats_.concepts = concepts;
+            } catch (...) {  // a destructor: nothing may escape
+            }
+        }
+    } check_after{*this, epochs};
     fn();
-    const flas_concept_stats concepts = rt_->stats();  // fn may have encoded concepts
-    std::lock_guard<std::mutex> lk(mutex_);
-    stats_.concepts = concepts;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,8 +505,13 @@ void flas_engine::step() {
     if (batch.empty()) {
         return;
     }
+    std::vector<int> failed;  // sequences whose steering failed; the others decoded normally
+    std::string why;
     try {
         rt_->decode(batch);
+    } catch (const flas_seq_failure & e) {
+        failed = e.seqs;
+        why = e.what();
     } catch (const std::exception & e) {
         for (const auto & j : in_batch) {  // their sequences are in an unknown state
             slots_[j->seq].trusted = false;
@@ -495,6 +527,11 @@ void flas_engine::step() {
     for (size_t i = 0; i < batch.size(); ++i) {
         const std::shared_ptr<job> j = in_batch[i];
         slot & s = slots_[j->seq];
+        if (std::find(failed.begin(), failed.end(), j->seq) != failed.end()) {
+            s.trusted = false;
+            finish(j, "error", why);
+            continue;
+        }
         s.tokens.insert(s.tokens.end(), batch[i].tokens.begin(), batch[i].tokens.end());
         if (j->pending >= 0) {
             j->pending = -1;

@@ -84,8 +84,9 @@ class flas_engine {
     // Cancels the request and forgets its handle (its owner will not wait for it).
     void release(uint64_t id);
     flas_engine_stats stats() const;
-    // Runs fn on the runtime between two decode steps (steer hook, direct runtime use in tests);
-    // afterwards no sequence's content is trusted for prefix reuse.
+    // Runs fn on the runtime between two decode steps, on the calling thread (not the worker's:
+    // std::invalid_argument). A sequence fn changed is not reused for a prefix afterwards, and
+    // a request decoding in it ends with an error.
     void run_exclusive(const std::function<void()> & fn);
     // Empty, or why the engine stopped for good: an RPC server it uses stopped answering. Its
     // requests end with that error, new ones are refused, and the destructor abandons the

@@ -6,7 +6,7 @@
 #include <cstdio>
 
 static bool g_verbose = false;
-bool flas_log_quiet = false;
+thread_local bool flas_log_quiet = false;
 
 static ggml_log_callback g_app_log = nullptr;  // an application's choice (flas_log_set), else stderr
 static void * g_app_log_data = nullptr;

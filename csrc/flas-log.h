@@ -9,4 +9,4 @@ void flas_log_init(bool verbose);
 // Where flas-cpp's log goes: callback (NULL: stderr).
 void flas_log_route(ggml_log_callback callback, void * user_data);
 // Set while a pass is aborted on purpose (concept encoding): its error is not logged.
-extern bool flas_log_quiet;
+extern thread_local bool flas_log_quiet;

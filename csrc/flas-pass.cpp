@@ -16,7 +16,7 @@ struct flas_runtime::flow_pass {
     flas_pass p;
     std::vector<batch_entry> order;   // the steered rows, sorted by N, descending
     ggml_tensor * rows = nullptr, * gather = nullptr, * scatter = nullptr, * out = nullptr;
-    ggml_tensor * sum = nullptr;      // of the steered rows: NaN or Inf if any of them is
+    ggml_tensor * sums = nullptr;     // [1, R]: each steered row's sum, NaN or Inf if the row holds one
 };
 
 // One builder for the worst-case reservation and every real pass, so the two cannot drift
@@ -89,11 +89,12 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     fp.scatter = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_all));
     ggml_tensor * h = flas_build_euler(p, ggml_get_rows(ctx, fp.rows, fp.gather));
     fp.out = ggml_get_rows(ctx, ggml_concat(ctx, h, fp.rows, 1), fp.scatter);
-    fp.sum = ggml_sum(ctx, h);  // one float read back: garbage never leaves the pass unnoticed
+    fp.sums = ggml_sum_rows(ctx, h);  // R floats read back: garbage never leaves the pass unnoticed
     ggml_set_output(fp.out);
-    ggml_set_output(fp.sum);
+    ggml_set_output(fp.sums);
+    ggml_set_output(fp.rows);  // kept: the rows of a sequence whose steering fails are put back
     ggml_build_forward_expand(gf, fp.out);
-    ggml_build_forward_expand(gf, fp.sum);
+    ggml_build_forward_expand(gf, fp.sums);
     return fp;
 }
 
@@ -178,12 +179,29 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     if (ggml_backend_graph_compute(backend_.get(), fp.gf) != GGML_STATUS_SUCCESS) {
         throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
     }
-    float sum = 0.0f;
-    ggml_backend_tensor_get(fp.sum, &sum, 0, sizeof(sum));
-    if (!std::isfinite(sum)) {  // the rows keep their unsteered values; the decode reports the error
-        throw std::runtime_error("the flow produced non-finite activations (NaN or Inf) at layer " +
-                                 std::to_string(flow_.hp.layer) + "; the flow's weights or the input rows are out of "
-                                 "range for it (a damaged or mismatched flow, or an extreme flowtime)");
-    }
+    std::vector<float> sums(R);
+    ggml_backend_tensor_get(fp.sums, sums.data(), 0, R * sizeof(float));
     ggml_backend_tensor_copy(fp.out, t);
+    // a sequence with a non-finite row gets its unsteered rows back (NaN in llama.cpp's shared KV
+    // cache would reach the other sequences through masked attention) and fails alone
+    std::vector<float> row((size_t) flow_.hp.n_embd);
+    const size_t row_bytes = row.size() * sizeof(float);
+    r0 = 0;
+    for (const batch_entry & e : order) {
+        bool finite = true;
+        for (int j = 0; j < e.n && finite; ++j) {
+            finite = std::isfinite(sums[r0 + j]);
+        }
+        if (!finite) {
+            for (int j = 0; j < e.n; ++j) {
+                ggml_backend_tensor_get(fp.rows, row.data(), (size_t) (e.row0 + j) * row_bytes, row_bytes);
+                ggml_backend_tensor_set(t, row.data(), (size_t) (e.row0 + j) * row_bytes, row_bytes);
+            }
+            failed_seqs_.push_back(e.seq);
+            failure_ = "the flow produced non-finite activations (NaN or Inf) at layer " +
+                       std::to_string(flow_.hp.layer) + "; the flow's weights or the input rows are out of range "
+                       "for it (a damaged or mismatched flow, or an extreme flowtime)";
+        }
+        r0 += e.n;
+    }
 }

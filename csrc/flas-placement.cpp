@@ -105,6 +105,7 @@ void flas_runtime::reserve_steering(int n_steps) {
             flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
                                  params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
             s.n_past = 0;  // what it held was computed with the old cache
+            s.epoch++;
             llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, -1, -1);
         }
         const int held = s.n_steps;
@@ -125,7 +126,9 @@ void flas_runtime::reserve_steering(int n_steps) {
 
 std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params & params, int n_steps) {
     flas_check_params(params);
-    flas_log_init(params.verbose);
+    if (params.set_llama_log) {
+        flas_log_init(params.verbose);
+    }
     flas_device_guard guard;
     std::vector<ggml_backend_dev_t> devices;
     std::vector<float> split;

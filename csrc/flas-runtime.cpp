@@ -303,6 +303,7 @@ void flas_runtime::reset(int seq) {
     flas_seq & s = seqs_[check_seq(seq)];
     llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, -1, -1);
     s.n_past = 0;
+    s.epoch++;
     s.logits_row = -1;
     s.trace_in.clear();
     s.trace_out.clear();
@@ -315,6 +316,7 @@ void flas_runtime::rewind(int seq, int n_keep) {
     }
     llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, n_keep, -1);
     s.n_past = n_keep;  // the flow caches past n_keep are overwritten before they are read again
+    s.epoch++;
     s.logits_row = -1;
 }
 
@@ -350,8 +352,8 @@ void flas_runtime::decode(const std::vector<flas_seq_tokens> & batch) {
         throw std::invalid_argument("decode: " + std::to_string(n_total) + " tokens of several sequences exceed n_batch " +
                                     std::to_string(params_.n_batch));
     }
-    for (const flas_seq_tokens & e : batch) {
-        seqs_[e.seq].logits_row = -1;
+    for (flas_seq & s : seqs_) {  // llama.cpp's logits are those of this decode only
+        s.logits_row = -1;
     }
 
     llama_batch lb = llama_batch_init(params_.n_batch, 0, 1);
@@ -397,6 +399,7 @@ void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_ba
     entries_ = entries;
     cursor_  = 0;
     error_.clear();
+    failed_seqs_.clear();
     const int32_t ret = llama_decode(ctx_.get(), batch);
     llama_synchronize(ctx_.get());  // a device computes asynchronously: the step ends when its results are in
     entries_.clear();
@@ -406,10 +409,16 @@ void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_ba
     }
     for (const batch_entry & e : entries) {
         seqs_[e.seq].n_past    += e.n;
+        seqs_[e.seq].epoch++;
         seqs_[e.seq].logits_row = e.row0 + e.n - 1;
     }
     if (!error_.empty()) {
         throw std::runtime_error("steering failed: " + error_);
+    }
+    if (!failed_seqs_.empty()) {
+        std::vector<int> failed;
+        failed.swap(failed_seqs_);
+        throw flas_seq_failure(std::move(failed), failure_);
     }
     if (steering_active() && cursor_ != n_rows) {
         throw std::runtime_error("the eval callback saw " + std::to_string(cursor_) + " rows of " + target_name_ +

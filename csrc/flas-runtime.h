@@ -75,6 +75,13 @@ std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params 
 // rows_in/rows_out are [n_rows, H] row-major, for positions pos0 .. pos0+n_rows-1 of one sequence.
 using flas_row_hook = std::function<void(const float * rows_in, float * rows_out, int n_rows, int pos0)>;
 
+// Some sequences of a decode failed (their steered rows were not finite): their rows were left
+// unsteered, the decode of the others completed normally.
+struct flas_seq_failure : std::runtime_error {
+    flas_seq_failure(std::vector<int> seqs_, const std::string & why) : std::runtime_error(why), seqs(std::move(seqs_)) {}
+    std::vector<int> seqs;
+};
+
 struct flas_concept_stats {
     int64_t concepts_encoded = 0;  // concept encodings run (cache misses)
     int64_t concept_hits     = 0;  // steerings that found their concept encoded
@@ -129,6 +136,7 @@ struct flas_runtime {
     void decode(const std::vector<flas_seq_tokens> & batch);
     std::vector<float> logits(int seq) const;              // of its last decoded token
     int n_past(int seq) const { return seqs_.at(check_seq(seq)).n_past; }
+    uint64_t epoch(int seq) const { return seqs_.at(check_seq(seq)).epoch; }
 
     // ---- sampling: llama.cpp's sampler chain per sequence; temperature <= 0 is greedy ----
     void sampler_init(int seq, const flas_sampling & sampling);
@@ -137,12 +145,10 @@ struct flas_runtime {
     // ---- facts ----
     const flas_flow_hparams & flow_hparams() const { return flow_.hp; }
     int n_vocab() const;
-    int n_embd() const { return flow_.hp.n_embd; }
     int n_ctx() const { return n_ctx_; }             // llama.cpp's whole context
     int n_ctx_seq() const { return n_ctx_seq_; }     // positions one sequence may hold
     int n_seq() const { return (int) seqs_.size(); }
     int n_batch() const { return params_.n_batch; }
-    int concept_tokens(int seq) const;               // K of its concept; 0: none
     flas_concept_stats stats() const;
     std::string flow_backend() const;
     std::string flow_device() const;                 // the ggml device computing layer L and the flow
@@ -207,6 +213,8 @@ struct flas_runtime {
     std::vector<batch_entry> entries_;  // the llama_decode under way
     int cursor_ = 0;                    // batch row of the next row the callback will see
     std::string error_;                 // first error inside a callback, raised after llama_decode
+    std::vector<int> failed_seqs_;      // sequences whose steered rows were not finite in this decode
+    std::string failure_;
     bool probing_ = false;              // the callback looks for layer L's device (and the final norm)
     const ggml_tensor * app_asked_ = nullptr;  // the last node the application's callback wanted
     ggml_backend_dev_t layer_dev_ = nullptr;

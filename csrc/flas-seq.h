@@ -17,6 +17,7 @@ struct flas_seq {
     float flowtime = 0.0f;
     int   n_steps  = 0;
     int   n_past   = 0;      // positions 0 .. n_past-1 are in llama.cpp's and the flow's caches
+    uint64_t epoch = 0;      // counts the changes of what it holds (decodes, rewinds, resets)
     int   logits_row = -1;   // batch row of its last token in the last llama_decode; -1: none
     flas_flow_cache   cache; // self-attention K/V of its n_steps Euler steps, n_ctx_seq positions
     llama_sampler_ptr sampler;

@@ -178,11 +178,6 @@ void flas_runtime::set_trace(int seq, bool on) {
     s.trace_out.clear();
 }
 
-int flas_runtime::concept_tokens(int seq) const {
-    const flas_seq & s = seqs_.at(check_seq(seq));
-    return s.slot >= 0 ? concepts_.slots[s.slot].n_tokens : 0;
-}
-
 flas_concept_stats flas_runtime::stats() const {
     flas_concept_stats st;
     st.concepts_encoded = concepts_.n_encoded;

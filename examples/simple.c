@@ -65,7 +65,7 @@ int main(int argc, char ** argv) {
             const int32_t len = flas_token_to_piece(model, tokens[i], piece, sizeof(piece));
             if (print_ids) {
                 printf("%d\n", tokens[i]);
-            } else if (len > 0) {
+            } else if (len > 0 && len <= (int32_t) sizeof(piece)) {
                 fwrite(piece, 1, (size_t) len, stdout);
             }
         }

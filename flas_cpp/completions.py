@@ -5,7 +5,6 @@ The HTTP server (flas_cpp.server) builds its bodies with the same functions."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -70,12 +69,12 @@ def create(model: "FlasModel", chat: bool, prompt: str | None, messages: Sequenc
            n_steps: int | None) -> dict | Iterator[dict]:
     """FlasModel.create_completion (chat False: the prompt as it is) and create_chat_completion."""
     if max_tokens is None or max_tokens <= 0:  # llama-cpp-python: until the context is full
-        n_prompt = len(model.prompt_tokens(messages=messages) if chat else model.tokenize(prompt or ""))
+        n_prompt = len(model.prompt_tokens(messages=messages) if chat else model.tokenize(prompt or "", special=True))
         max_tokens = max(1, model.n_ctx_seq - n_prompt)
     req = Request(prompt=None if chat else prompt, messages=messages if chat else None, raw=not chat,
                   concept=concept, flowtime=flowtime if concept else 0.0, n_steps=n_steps, max_tokens=max_tokens,
                   temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                  seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), stop=stop)
+                  seed=seed, stop=stop)  # None: the model's seed, as llama-cpp-python's Llama(seed=...)
     handle = model.submit(req)
     rid, name = new_id(chat), model.model_path
     if not stream:

@@ -31,6 +31,9 @@
 extern "C" {
 #endif
 
+/* Bumped whenever a struct or a signature of this header changes (no ABI promise before 1.0). */
+#define FLAS_API_VERSION 2
+
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
 
@@ -136,8 +139,8 @@ struct flas_build_info {
     int32_t n_devices;
     const struct flas_device_info * devices;
 };
-/* The llama.cpp/ggml this library runs on. Owned by the library; valid until the next call
- * (each call reads the devices' free memory anew). */
+/* The llama.cpp/ggml this library runs on. Owned by the library; valid until the calling thread's
+ * next call (each call reads the devices' free memory anew). */
 FLAS_API const struct flas_build_info * flas_build_info(void);
 
 /* Where the log of models loaded with flas_model_load goes (llama.cpp's messages, filtered to
@@ -230,8 +233,9 @@ struct flas_chat_message {
  * otherwise buf is NUL-terminated. Negative: a flas_status. */
 FLAS_API int32_t flas_chat_template(const flas_model * model, const struct flas_chat_message * messages,
                                     int32_t n_messages, char * buf, int32_t size);
-/* The text of a token (raw bytes; a piece may end inside a UTF-8 character). Returns the byte
- * count written (not NUL-terminated), or -(bytes needed) when buf is too small. */
+/* The text of a token (raw bytes; a piece may end inside a UTF-8 character). Returns its byte
+ * count; if that exceeds size, nothing is written (call again with that much room). Not
+ * NUL-terminated. Negative: a flas_status. */
 FLAS_API int32_t flas_token_to_piece(const flas_model * model, int32_t token, char * buf, int32_t size);
 
 /* ---- concepts ---- */
@@ -248,7 +252,7 @@ FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * 
 /* Queues n requests at once (free sequences take them in the same decode step); every one is
  * checked before any is queued. ids receives their n ids. */
 FLAS_API int flas_submit_many(flas_model * model, const struct flas_request_params * params, int32_t n, uint64_t * ids);
-/* Waits up to timeout_ms (0: do not wait) for news of request id. Writes up to n_max new
+/* Waits up to timeout_ms (0: do not wait) for news of request id (one thread polls an id). Writes up to n_max new
  * tokens (kept for the next call if there are more) and returns how many, or a negative
  * flas_status. result->finish becomes the flas_finish of a request that has ended and handed
  * over all its tokens, with its counts and times; the id is then gone, unless the request was
@@ -286,14 +290,18 @@ FLAS_API int flas_model_stats(const flas_model * model, struct flas_stats * out)
 
 /* Replaces the flow for every sequence: rows_in/rows_out are [n_rows, n_embd] row-major, the
  * layer-L rows of positions pos0 .. pos0+n_rows-1 of one sequence, inside llama.cpp's forward
- * pass (on the thread that decodes). Return false to fail that decode. NULL restores the flow. */
+ * pass (on the thread that decodes). Return false to fail that decode. NULL restores the flow.
+ * Setting it empties every sequence (requests running end with an error). */
 typedef bool (*flas_steer_hook)(const float * rows_in, float * rows_out, int32_t n_rows, int32_t n_embd,
                                 int32_t pos0, void * user_data);
 FLAS_API int flas_set_steer_hook(flas_model * model, flas_steer_hook hook, void * user_data);
 
 /* Runs fn(model, user_data) on the calling thread between two decode steps, with the sequences
- * to itself: the flas_seq_* functions work only inside it, on that thread. The scheduler trusts
- * no sequence's content for prefix reuse afterwards. */
+ * to itself: the flas_seq_* functions work only inside it, on that thread. A request decoding in
+ * a sequence fn changes ends with FLAS_FINISH_ERROR; flas_model_free must not be called inside
+ * it. Not from a steer hook or an eval callback (FLAS_ERR_INVALID_ARGUMENT): they run inside
+ * the decode step. flas_encode_concept, flas_model_reserve, flas_model_memory and
+ * flas_set_steer_hook wait for the step the same way (inside fn they run at once). */
 typedef void (*flas_exclusive_fn)(flas_model * model, void * user_data);
 FLAS_API int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * user_data);
 

@@ -137,3 +137,16 @@ def test_non_finite_steered_rows_fail_the_request_and_leave_the_model_usable(tin
         assert plain.stop_reason in ("max_tokens", "eog") and plain.tokens
     with FlasModel(tiny_base_f32, flow, n_ctx=256) as ref:
         assert ref.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=8).tokens == plain.tokens
+
+
+def test_a_failing_sequence_fails_alone(tiny_base_f32, flow, tmp_path):
+    """With the overflowing flow, a steered and an unsteered request decoded together: the steered
+    one fails, the unsteered one gets exactly what it gets alone (its rows and KV cells stay clean)."""
+    t = next(t for t in GGUFReader(flow).tensors if t.name == "blk.0.ffn_res_gate")
+    huge = edit_gguf(flow, tmp_path / "huge.gguf", tensors={t.name: np.full(t.shape, 3e38, dtype=np.float32)})
+    with FlasModel(tiny_base_f32, huge, n_ctx=512, n_seq=2) as m:
+        alone = m.generate(PROMPT, flowtime=0.0, temperature=0.0, max_tokens=12).tokens
+        steered, plain = m.generate_many([dict(prompt=PROMPT, concept=PIRATE, temperature=0.0, max_tokens=12),
+                                          dict(prompt=PROMPT, flowtime=0.0, temperature=0.0, max_tokens=12)])
+        assert steered.stop_reason == "error" and "non-finite activations" in steered.error
+        assert plain.stop_reason in ("max_tokens", "eog") and plain.tokens == alone

@@ -128,3 +128,40 @@ def test_two_models_work_side_by_side(tiny_base_f32, flow, tiny, tmp_path):
         assert got["a"] == [want[0]] * 3 and got["b"] == [want[1]] * 3
         handles = [m.submit(Request(PROMPT, PIRATE, max_tokens=12, temperature=0.0)) for m in (a, b)]
         assert [h.result().tokens for h in handles] == want
+
+
+def test_calls_between_steps_end_the_requests_whose_sequence_they_change(tiny_base_f32, flow):
+    """Setting a steer hook empties every sequence: a request running then ends with an error
+    saying so (instead of decoding on from a cache that is gone); the model goes on."""
+    with FlasModel(tiny_base_f32, flow, n_ctx=4096) as m:
+        h = m.submit(prompt=PROMPT, concept=PIRATE, max_tokens=4000, temperature=0.0)
+        assert h.poll(5000)  # it is decoding (4000 tokens take seconds)
+        m.set_steer_hook(lambda rows, pos0: rows)
+        g = h.result()
+        assert g.stop_reason == "error" and "its sequence was changed by a call made between two decode steps" in g.error
+        m.set_steer_hook(None)
+        assert m.generate(PROMPT, concept=PIRATE, temperature=0.0, max_tokens=8).stop_reason in ("max_tokens", "eog")
+
+
+def test_a_call_from_inside_the_decode_step_is_refused_not_a_hang(tiny_base_f32, flow):
+    """A steer hook that calls back into the model (which would wait for the very step it runs
+    in) gets an error; the request fails, nothing hangs, the model goes on."""
+    with FlasModel(tiny_base_f32, flow, n_ctx=512) as m:
+        seen: list = []
+
+        def hook(rows, pos0):
+            try:
+                m.encode_concept("Answer as a noir detective")
+            except ValueError as e:
+                seen.append(str(e))
+            return rows
+
+        m.set_steer_hook(hook)
+        done: list = []
+        t = threading.Thread(target=lambda: done.append(m.submit(prompt=PROMPT, concept=PIRATE, max_tokens=4,
+                                                                 temperature=0.0).result()))
+        t.start()
+        t.join(timeout=120)
+        assert not t.is_alive() and done[0].stop_reason in ("max_tokens", "eog")
+        assert seen and "cannot be made from inside it" in seen[0]
+        m.set_steer_hook(None)

@@ -109,7 +109,7 @@ static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, c
         for (int32_t i = 0; i < n; ++i) {
             char piece[256];
             const int32_t len = flas_token_to_piece(model, tokens[i], piece, sizeof(piece));
-            if (len > 0) {
+            if (len > 0 && len <= (int32_t) sizeof(piece)) {
                 fwrite(piece, 1, (size_t) len, stdout);
             }
         }
