@@ -14,10 +14,10 @@ import anyio
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ..completions import new_id
-from ..generation import ContextLengthError, Generation, Handle, StopMatcher
+from ..completions import finish_reason, new_id
+from ..generation import ContextLengthError, Generation, Handle
 from ..model import FlasModel
-from .openai_api import ApiError, Completion, Steering, chunk, finish_reason, parse_completion, response, usage_chunk
+from .openai_api import ApiError, Completion, Steering, chunk, parse_completion, response, usage_chunk
 
 WAIT_MS = 100  # one blocking wait on the engine; the loop checks for disconnects between them
 
@@ -188,26 +188,22 @@ def create_app(config: ServerConfig) -> FastAPI:
             return StreamingResponse(stream(handle, c, chat, steering, endpoint), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            stop = StopMatcher(c.stop)
-            text = []
-            while not handle.done and not stop.stopped:
-                text.append(stop.feed(await anyio.to_thread.run_sync(handle.poll, WAIT_MS)))
+            text = []  # ends before a stop string (the Handle cuts it and cancels the request)
+            while not handle.done:
+                text.append(await anyio.to_thread.run_sync(handle.poll, WAIT_MS))
                 if await request.is_disconnected():
                     handle.cancel()
                     break
-            handle.cancel()  # a stop string ended it early (no-op when done)
-            text.append(stop.flush())
             g = await anyio.to_thread.run_sync(handle.result)
             fail(g)
             account(g, endpoint)
-            return JSONResponse(response(c, chat, new_id(chat), "".join(text), g, stop.stopped, steering))
+            return JSONResponse(response(c, chat, new_id(chat), "".join(text), g, steering))
         finally:
             handle.cancel()
 
     async def stream(handle: Handle, c: Completion, chat: bool, steering: dict | None,
                      endpoint: str) -> AsyncIterator[str]:
         rid, created = new_id(chat), int(time.time())
-        stop = StopMatcher(c.stop)
 
         def event(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -215,14 +211,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         try:
             if chat:
                 yield event(chunk(c, chat, rid, created, steering, text="", role=True))
-            while not handle.done and not stop.stopped:
-                piece = stop.feed(await anyio.to_thread.run_sync(handle.poll, WAIT_MS))
+            while not handle.done:
+                piece = await anyio.to_thread.run_sync(handle.poll, WAIT_MS)
                 if piece:
                     yield event(chunk(c, chat, rid, created, steering, text=piece))
-            handle.cancel()
-            tail = stop.flush()
-            if tail:
-                yield event(chunk(c, chat, rid, created, steering, text=tail))
             g = await anyio.to_thread.run_sync(handle.result)
             if g.stop_reason == "error":
                 account(g, endpoint, 500)
@@ -230,7 +222,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             else:
                 account(g, endpoint)
                 yield event(chunk(c, chat, rid, created, steering, text=None if chat else "",
-                                  finish=finish_reason(g, stop.stopped)))
+                                  finish=finish_reason(g)))
                 if c.include_usage:
                     yield event(usage_chunk(c, chat, rid, created, g))
             yield "data: [DONE]\n\n"

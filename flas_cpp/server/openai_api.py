@@ -3,10 +3,9 @@ errors in OpenAI's form, and the response and stream-chunk objects."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import completions
@@ -72,7 +71,6 @@ class Completion:
     request: Request
     model: str
     steering: Steering
-    stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
 
@@ -186,23 +184,18 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
     request = Request(concept=steering.concept if steering.active else None,
                       flowtime=steering.flowtime if steering.active else 0.0, n_steps=steering.n_steps,
                       max_tokens=max_tokens or default_max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), **prompt_fields)
-    return Completion(request, model, steering, stop or [], stream, bool(options.get("include_usage")))
+                      seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), stop=stop,
+                      **prompt_fields)
+    return Completion(request, model, steering, stream, bool(options.get("include_usage")))
 
 
-def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, stopped: bool, steering: dict | None) -> dict:
-    if stopped:
-        g = dataclasses.replace(g, stop_reason="stop")
+def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, steering: dict | None) -> dict:
     return completions.response(chat, rid, c.model, text, g, steering=steering)
 
 
 def chunk(c: Completion, chat: bool, rid: str, created: int, steering: dict | None, text: str | None = None,
           role: bool = False, finish: str | None = None) -> dict:
     return completions.chunk(chat, rid, created, c.model, text=text, role=role, finish=finish, steering=steering)
-
-
-def finish_reason(g: Generation, stopped: bool) -> str:
-    return "stop" if stopped else completions.finish_reason(g)
 
 
 def usage_chunk(c: Completion, chat: bool, rid: str, created: int, g: Generation) -> dict:
