@@ -236,34 +236,18 @@ static py::dict flow_info_dict(const flas_flow_info & fi) {
     return d;
 }
 
-// One request of FlasModel (generation.py's _Settings), as the C parameters.
+// One request of FlasModel (generation.py's _Settings), as the C parameters (their defaults).
 struct request {
     std::vector<int32_t> prompt;
     std::string concept;
-    float flowtime = 0.0f;
-    int n_steps = 0, max_tokens = 128, top_k = 0;
-    float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f, repeat_penalty = 1.0f;
-    int repeat_last_n = 64;
-    uint32_t seed = 0;
-    bool trace = false;
+    struct flas_request_params p = flas_request_default_params();  // its other fields
 
     struct flas_request_params params() const {
-        struct flas_request_params p = flas_request_default_params();
-        p.prompt      = prompt.data();
-        p.n_prompt    = (int32_t) prompt.size();
-        p.concept     = concept.c_str();
-        p.flowtime    = flowtime;
-        p.n_steps     = n_steps;
-        p.max_tokens  = max_tokens;
-        p.temperature = temperature;
-        p.top_k       = top_k;
-        p.top_p       = top_p;
-        p.min_p       = min_p;
-        p.repeat_penalty = repeat_penalty;
-        p.repeat_last_n  = repeat_last_n;
-        p.seed        = seed;
-        p.trace       = trace;
-        return p;
+        struct flas_request_params out = p;
+        out.prompt   = prompt.data();
+        out.n_prompt = (int32_t) prompt.size();
+        out.concept  = concept.c_str();
+        return out;
     }
 };
 
@@ -293,14 +277,18 @@ static void run_exclusive(flas_model * m, py::function fn) {
     check(status);
 }
 
-#define MODEL_ARGS                                                                                                \
-    py::arg("base"), py::arg("flow"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::arg("n_seq") = 1,   \
-        py::arg("concept_cache") = 16, py::arg("n_gpu_layers") = 0, py::arg("n_threads") = 0,                    \
-        py::arg("exact") = false, py::arg("verbose") = false, py::arg("rpc_servers") = std::vector<std::string>(),  \
-        py::arg("main_gpu") = 0, py::arg("tensor_split") = std::vector<float>()
+// the keyword defaults are flas_model_default_params()'s (`defaults` in the module's init)
+#define MODEL_ARGS                                                                                               \
+    py::arg("base"), py::arg("flow"), py::arg("n_ctx") = defaults.n_ctx, py::arg("n_batch") = defaults.n_batch, \
+        py::arg("n_seq") = defaults.n_seq, py::arg("concept_cache") = defaults.concept_cache,                   \
+        py::arg("n_gpu_layers") = defaults.n_gpu_layers, py::arg("n_threads") = defaults.n_threads,             \
+        py::arg("exact") = defaults.exact, py::arg("verbose") = defaults.verbose,                               \
+        py::arg("rpc_servers") = std::vector<std::string>(), py::arg("main_gpu") = defaults.main_gpu,           \
+        py::arg("tensor_split") = std::vector<float>()
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "flas-cpp: Python over the C API (flas.h)";
+    const struct flas_model_params defaults = flas_model_default_params();
 
     py::register_exception_translator([](std::exception_ptr p) {
         try {
@@ -426,17 +414,12 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init<>())
         .def_readwrite("prompt", &request::prompt)
         .def_readwrite("concept", &request::concept)
-        .def_readwrite("flowtime", &request::flowtime)
-        .def_readwrite("n_steps", &request::n_steps)
-        .def_readwrite("max_tokens", &request::max_tokens)
-        .def_readwrite("temperature", &request::temperature)
-        .def_readwrite("top_k", &request::top_k)
-        .def_readwrite("top_p", &request::top_p)
-        .def_readwrite("min_p", &request::min_p)
-        .def_readwrite("repeat_penalty", &request::repeat_penalty)
-        .def_readwrite("repeat_last_n", &request::repeat_last_n)
-        .def_readwrite("seed", &request::seed)
-        .def_readwrite("trace", &request::trace);
+#define REQUEST_FIELD(name) .def_property(#name, [](const request & r) { return r.p.name; }, \
+                                               [](request & r, decltype(flas_request_params::name) v) { r.p.name = v; })
+        REQUEST_FIELD(flowtime) REQUEST_FIELD(n_steps) REQUEST_FIELD(max_tokens) REQUEST_FIELD(temperature)
+        REQUEST_FIELD(top_k) REQUEST_FIELD(top_p) REQUEST_FIELD(min_p) REQUEST_FIELD(repeat_penalty)
+        REQUEST_FIELD(repeat_last_n) REQUEST_FIELD(seed) REQUEST_FIELD(trace);
+#undef REQUEST_FIELD
 
     py::class_<model>(m, "Model")
         .def(py::init([](const std::string & base, const std::string & flow, int n_ctx, int n_batch, int n_seq,

@@ -7,7 +7,6 @@ scaled to 1% so that the displacement shows the blocks' quantization error, not 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from flas_cpp import FlasModel, safetensors_io
 from flas_cpp.convert import convert_base, convert_flow
 from flas_cpp.testing.make_models import make_models
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "concepts_prompts.json"
 CONCEPT = "Talk like a pirate"
 # displacement vs the f32 flow's over the prompts: (min cosine, max relative error), with room
 # for other platforms' rounding
@@ -27,11 +25,6 @@ CONCEPT = "Talk like a pirate"
 BOUNDS = {"q8_0": (0.9995, 0.02), "q6_k": (0.999, 0.05), "q5_k": (0.996, 0.1), "q4_k": (0.985, 0.18),
           "q5_k_m": (0.998, 0.07), "q4_k_m": (0.995, 0.11)}
 MLP_IN = {"q6_k": T.Q6_K, "q5_k": T.Q5_K, "q4_k": T.Q4_K, "q5_k_m": T.Q5_K, "q4_k_m": T.Q4_K, "q8_0": T.Q8_0}
-
-
-def prompts(n: int) -> list[str]:
-    data = json.loads(DATA.read_text())
-    return [p if isinstance(p, str) else p.get("prompt", p.get("text")) for p in data["prompts"]][:n]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +60,7 @@ def displacements(base: Path, flow: Path, texts: list[str]) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("outtype", list(BOUNDS))
-def test_each_k_quant_round_trips_within_its_bound(k_models, outtype):
+def test_each_k_quant_round_trips_within_its_bound(k_models, prompts, outtype):
     base, flows, tensors = k_models
     r = GGUFReader(flows[outtype])
     types = {t.name: t.tensor_type for t in r.tensors}
@@ -83,7 +76,7 @@ def test_each_k_quant_round_trips_within_its_bound(k_models, outtype):
     rel = np.linalg.norm(back - w) / np.linalg.norm(w)
     assert rel < {T.Q8_0: 0.01, T.Q6_K: 0.02, T.Q5_K: 0.04, T.Q4_K: 0.08}[up.tensor_type], rel
     # the runtime steers with it: displacement vs the f32 flow's
-    texts = prompts(8)
+    texts = prompts[:8]  # ../shared/data's (conftest falls back to three of its own)
     ref = displacements(base, flows["f32"], texts)
     got = displacements(base, flows[outtype], texts)
     cos = [float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(got, ref)]
