@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base-config", help="the base model's HF config.json; needed unless the flow's model_id "
                                          "is a local checkpoint directory or a known base (google/gemma-2-2b-it, "
                                          "google/gemma-3-270m, ...)")
-    f.add_argument("--outtype", default="bf16", choices=list(FLOW_OUTTYPES),
+    f.add_argument("--outtype", default="q6_k", choices=list(FLOW_OUTTYPES),
                    help="matrix type, or a K-quant recipe (q4_k_m, q5_k_m: MLP inputs at the low type, the rest "
-                        "q6_k; docs/FLOW_GGUF.md); norms, gates and biases stay f32 (default bf16)")
+                        "q6_k; docs/FLOW_GGUF.md); norms, gates and biases stay f32 (default q6_k: the smallest type that met "
+                        "every speed and quality target in docs/PERFORMANCE.md)")
 
     for p in (b, f):
         p.add_argument("-o", "--out", required=True, help="output .gguf file")
