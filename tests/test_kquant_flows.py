@@ -92,3 +92,24 @@ def test_rows_that_do_not_fill_k_quant_blocks_fall_back_to_q8_0_and_say_so(tiny,
     assert "as q8_0: their rows of 128, 384 values do not fill 256-value K-quant blocks" in line
     types = {t.name: t.tensor_type for t in GGUFReader(out).tensors}
     assert {types[n] for n in types if n.endswith("weight") and "norm" not in n} == {T.Q8_0}
+
+
+def test_k_quant_flows_steer_on_the_rpc_device_as_on_the_cpu(k_models, prompts):
+    """Every layer and the q4_k_m flow (q4_k and q6_k matrices) on a ggml RPC server: the same rows
+    and tokens as on the CPU."""
+    from test_device import free_port, start_server, stop_server
+
+    base, flows, _ = k_models
+    port = free_port()
+    server = start_server(port)
+    try:
+        out = []
+        for kw in ({}, dict(n_gpu_layers=-1, rpc_servers=[f"127.0.0.1:{port}"])):
+            with FlasModel(base, flows["q4_k_m"], n_ctx=512, exact=True, **kw) as m:
+                assert m.flow_device.startswith("RPC") if kw else m.flow_device == "CPU"
+                t = m.trace(prompts[0], concept=CONCEPT, flowtime=2.0, n_steps=3, n_decode=8)
+                out.append(t)
+        assert out[0]["tokens"] == out[1]["tokens"]
+        assert np.abs(out[1]["steered"] - out[0]["steered"]).max() <= 1e-5 * np.abs(out[0]["steered"]).max()
+    finally:
+        stop_server(server)
