@@ -87,10 +87,10 @@ def markdown(r: dict) -> str:
              f"token ({r['rounds']} rounds, {r['gen_tokens']} tokens, median); limit = B / (B + N * F) with F the "
              "flow file's bytes; quality over the 20 prompts x 2 concepts of ../shared/data (displacement vs the "
              f"f32 flow's, N = 3); top-1: {r['top1_tokens']} greedy steps of the f32 flow teacher-forced, "
-             f"{r['top1_prompts']} prompts.", "",
+             f"{r['top1_prompts']} prompts. A row measured by a later run of a subset of the types says so.", "",
              "| flow | F, MB | N=2: ratio / limit (of limit) | N=3: ratio / limit (of limit) | cosine mean / min | "
-             "rel. error mean / max | top-1 |",
-             "|---|---|---|---|---|---|---|"]
+             "rel. error mean / max | top-1 | rounds |",
+             "|---|---|---|---|---|---|---|---|"]
     for t in r["types"]:
         row = r["rows"][t]
         cells = []
@@ -100,7 +100,8 @@ def markdown(r: dict) -> str:
         q = row["quality"]
         lines.append(f"| {t} | {row['flow_bytes'] / 1e6:.1f} | {cells[0]} | {cells[1]} | {q['cosine_mean']:.5f} / "
                      f"{q['cosine_min']:.5f} | {q['rel_err_mean']:.4f} / {q['rel_err_max']:.4f} | "
-                     f"{row['top1']:.1%} |")
+                     f"{row['top1']:.1%} | {row.get('rounds', r['rounds'])}"
+                     f"{' (' + row['command'] + ')' if row.get('command') else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,15 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     speed = measure_speed(args, paths, ["Q4_K_M"], types, [2, 3])
     quality = {q["flow"]: q for q in measure_quality(args, paths, "Q4_K_M", types, data["prompts"], data["concepts"][:2])}
     top1 = top1_agreement(base, paths, types, data["prompts"][:a.top1_prompts], data["concepts"][0], 64, a.threads)
+    json_path = a.out.parent / "PERFORMANCE-kquant.json"
+    earlier = json.loads(json_path.read_text()) if json_path.is_file() else None
+    if earlier and set(types) < set(earlier["types"]):  # a subset measured again: the other rows stay
+        for t, row in earlier["rows"].items():
+            result["rows"][t] = row
+        result.update({k: earlier[k] for k in ("date", "machine", "command", "rounds", "types", "gen_tokens",
+                                                "top1_prompts")})
     for t in types:
         F = paths[f"flow-{t}"].stat().st_size
-        row = {"flow_bytes": F, "quality": quality[t], "top1": top1[t]}
+        row = {"flow_bytes": F, "quality": quality[t], "top1": top1[t], "rounds": a.rounds}
+        if earlier and result["command"] != "python " + " ".join(sys.argv):
+            row["command"] = "python " + " ".join(sys.argv)
         for s in speed:
             if s["flow"] == t:
                 row[f"ratio_{s['n_steps']}"] = s["decode_ratio"]
                 row[f"limit_{s['n_steps']}"] = B / (B + s["n_steps"] * F)
         result["rows"][t] = row
-    (a.out.parent / "PERFORMANCE-kquant.json").write_text(json.dumps(result, indent=1))
+    json_path.write_text(json.dumps(result, indent=1))
     md = markdown(result)
     a.out.write_text(replace_section(a.out.read_text(), TITLE, md))
     print(md)

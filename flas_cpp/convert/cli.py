@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "google/gemma-3-270m, ...)")
     f.add_argument("--outtype", default="q6_k", choices=list(FLOW_OUTTYPES),
                    help="matrix type, or a K-quant recipe (q4_k_m, q5_k_m: MLP inputs at the low type, the rest "
-                        "q6_k; docs/FLOW_GGUF.md); norms, gates and biases stay f32 (default q6_k: the smallest type that met "
-                        "every speed and quality target in docs/PERFORMANCE.md)")
+                        "q6_k; docs/FLOW_GGUF.md); norms, gates and biases stay f32 (default q6_k: the smallest type within "
+                        "every quality target of docs/PERFORMANCE.md)")
 
     for p in (b, f):
         p.add_argument("-o", "--out", required=True, help="output .gguf file")
