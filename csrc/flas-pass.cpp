@@ -184,15 +184,15 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     ggml_backend_tensor_copy(fp.out, t);
     // a sequence with a non-finite row gets its unsteered rows back (NaN in llama.cpp's shared KV
     // cache would reach the other sequences through masked attention) and fails alone
-    std::vector<float> row((size_t) flow_.hp.n_embd);
-    const size_t row_bytes = row.size() * sizeof(float);
+    const size_t row_bytes = (size_t) flow_.hp.n_embd * sizeof(float);
     r0 = 0;
     for (const batch_entry & e : order) {
         bool finite = true;
         for (int j = 0; j < e.n && finite; ++j) {
             finite = std::isfinite(sums[r0 + j]);
         }
-        if (!finite) {
+        if (!finite) {  // rare: the staging row is allocated only here, not on every pass
+            std::vector<float> row((size_t) flow_.hp.n_embd);
             for (int j = 0; j < e.n; ++j) {
                 ggml_backend_tensor_get(fp.rows, row.data(), (size_t) (e.row0 + j) * row_bytes, row_bytes);
                 ggml_backend_tensor_set(t, row.data(), (size_t) (e.row0 + j) * row_bytes, row_bytes);
