@@ -39,13 +39,19 @@ ggml_tensor * rows_view(ggml_context * ctx, ggml_tensor * per_row, int n) {
     return per_row->ne[0] == n ? per_row : ggml_view_1d(ctx, per_row, n, 0);
 }
 
-// softmax(softcap(q.k * scale) + mask) v for q [D, n, nH], k [D, n_kv, nKV], vt [n_kv, D, nKV];
-// GQA by ggml's broadcast (query head h reads KV head h / (nH/nKV)). Returns [nH*D, n].
-ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * q, ggml_tensor * k,
-                     ggml_tensor * vt, ggml_tensor * mask, float scale) {
+// softmax(softcap(q.k * scale) + mask) for q [D, n, nH], k [D, n_kv, nKV] -> [n_kv, n, nH];
+// GQA by ggml's broadcast (query head h reads KV head h / (nH/nKV)).
+ggml_tensor * attention_weights(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * q, ggml_tensor * k,
+                                ggml_tensor * mask, float scale) {
     ggml_tensor * kq = ggml_mul_mat(ctx, k, q);                       // [n_kv, n, nH]
     kq = hp.softcap > 0.0f ? softcap(ctx, kq, scale, hp.softcap) : ggml_scale_inplace(ctx, kq, scale);
-    kq = ggml_soft_max_ext_inplace(ctx, kq, mask, 1.0f, 0.0f);
+    return ggml_soft_max_ext_inplace(ctx, kq, mask, 1.0f, 0.0f);
+}
+
+// The attention weights times the values vt [n_kv, D, nKV]. Returns [nH*D, n].
+ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tensor * q, ggml_tensor * k,
+                     ggml_tensor * vt, ggml_tensor * mask, float scale) {
+    ggml_tensor * kq = attention_weights(ctx, hp, q, k, mask, scale);
     ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                    // [D, n, nH]
     kqv = ggml_cont(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3));         // [D, nH, n]
     return ggml_reshape_2d(ctx, kqv, (int64_t) hp.head_dim * hp.n_head, kqv->ne[2]);
@@ -65,11 +71,20 @@ ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, 
     ggml_tensor * vt = p.concepts.vt[b];
     ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, p.n_keys, hp.n_head_kv, kc->nb[1], kc->nb[2],
                                    (size_t) p.key0 * kc->nb[1]);
+    const float scale = 1.0f / sqrtf((float) hp.head_dim);
+    if (p.fold_seq >= 0 && n <= FLAS_FOLD_MAX_ROWS) {
+        // sum over heads h and keys j of a[j, h] U[j, :, h]: cross_out's weights are not read
+        ggml_tensor * uo = p.concepts.uo[b];
+        ggml_tensor * u = ggml_view_3d(ctx, uo, p.n_keys, hp.n_embd, hp.n_head, uo->nb[1], uo->nb[2],
+                                       (size_t) p.fold_seq * hp.n_head * uo->nb[2]);
+        ggml_tensor * o = ggml_mul_mat(ctx, u, attention_weights(ctx, hp, q, k, nullptr, scale));  // [H, n, nH]
+        o = ggml_cont(ctx, ggml_permute(ctx, o, 1, 2, 0, 3));                                     // [nH, H, n]
+        return ggml_reshape_2d(ctx, ggml_sum_rows(ctx, o), hp.n_embd, n);
+    }
     ggml_tensor * v = ggml_view_3d(ctx, vt, p.n_keys, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2],
                                    (size_t) p.key0 * ggml_element_size(vt));
     ggml_tensor * mask = p.cross_mask ? ggml_view_2d(ctx, p.cross_mask, p.n_keys, n, p.cross_mask->nb[1], 0) : nullptr;
-    ggml_tensor * o = attend(ctx, hp, q, k, v, mask, 1.0f / sqrtf((float) hp.head_dim));
-    return ggml_mul_mat(ctx, blk.cross_out, o);
+    return ggml_mul_mat(ctx, blk.cross_out, attend(ctx, hp, q, k, v, mask, scale));
 }
 
 // Each sequence attends to its own step-`step` cache: the projections and RoPE run over all
@@ -201,6 +216,26 @@ void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow
     ggml_tensor * v_dst = ggml_view_2d(ctx, vt, K, kv_dim, vt->nb[1], key0 * ggml_element_size(vt));
     ggml_build_forward_expand(gf, ggml_cpy(ctx, k, k_dst));
     ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_transpose(ctx, v), v_dst));
+}
+
+void flas_build_folded_values(ggml_context * ctx, ggml_cgraph * gf, const flas_flow & flow, const flas_concept_state & cs,
+                              int b, int slot, int K, int seq, ggml_tensor * head_eye) {
+    const flas_flow_hparams & hp = flow.hp;
+    const int D = hp.head_dim, nH = hp.n_head, nKV = hp.n_head_kv;
+    ggml_tensor * vt = cs.vt[b];
+    ggml_tensor * v = ggml_view_3d(ctx, vt, K, D, nKV, vt->nb[1], vt->nb[2], (size_t) slot * cs.k_max * ggml_element_size(vt));
+    v = ggml_cont(ctx, ggml_permute(ctx, v, 1, 0, 2, 3));                            // [D, K, nKV]
+    // query head h = g*(nH/nKV) + i reads KV head g
+    v = ggml_repeat_4d(ctx, ggml_reshape_4d(ctx, v, D, K, 1, nKV), D, K, nH / nKV, nKV);
+    // x[(h', d), (j, h)] = v[d, j, h] if h' == h else 0: cross_out times x is every head's
+    // values through that head's slice of cross_out, in one product
+    ggml_tensor * x = ggml_repeat_4d(ctx, ggml_reshape_4d(ctx, v, D, 1, K, nH), D, nH, K, nH);
+    x = ggml_reshape_2d(ctx, ggml_mul(ctx, x, head_eye), (int64_t) D * nH, (int64_t) K * nH);
+    ggml_tensor * u = ggml_mul_mat(ctx, flow.blocks[b].cross_out, x);               // [H, K*nH]
+    u = ggml_permute(ctx, ggml_reshape_3d(ctx, u, hp.n_embd, K, nH), 1, 0, 2, 3);     // [K, H, nH]
+    ggml_tensor * uo = cs.uo[b];
+    ggml_tensor * dst = ggml_view_3d(ctx, uo, K, hp.n_embd, nH, uo->nb[1], uo->nb[2], (size_t) seq * nH * uo->nb[2]);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, u, dst));
 }
 
 size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg) {

@@ -103,7 +103,7 @@ void flas_runtime::reserve_steering(int n_steps) {
         flas_seq & s = seqs_[seq];
         if (s.cache.n_steps < n_steps) {
             flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
-                                 params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
+                                 flas_state_type(params_.exact));
             s.n_past = 0;  // what it held was computed with the old cache
             s.epoch++;
             llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, -1, -1);
@@ -182,8 +182,9 @@ std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params 
     ggml_context_ptr meta_owner(meta);
     flow.flow_weights = ggml_backend_alloc_ctx_tensors_from_buft_size(meta, buft);
     const int n_ctx_seq = (int) llama_n_ctx(ctx.get()) / params.n_seq;
-    flow.flow_caches = flas_concept_state_bytes(hp, buft, std::max(params.concept_cache, params.n_seq), params.n_seq) +
+    flow.flow_caches = flas_concept_state_bytes(hp, buft, std::max(params.concept_cache, params.n_seq), params.n_seq,
+                                                flas_state_type(params.exact)) +
                        (size_t) params.n_seq * flas_flow_cache_bytes(hp, buft, n_ctx_seq, n_steps,
-                                                                    params.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
+                                                                    flas_state_type(params.exact));
     return rows;  // the flow's compute buffer is not estimated: see reserve_steering
 }

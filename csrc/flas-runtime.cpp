@@ -124,7 +124,8 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
                                                       std::move(output_norm_));
     concepts_.bound = params.concept_cache;
     concepts_.slots.resize(std::max(params.concept_cache, params.n_seq));
-    flas_concept_state_init(concept_, flow_, backend_.get(), (int) concepts_.slots.size(), params.n_seq);
+    flas_concept_state_init(concept_, flow_, backend_.get(), (int) concepts_.slots.size(), params.n_seq,
+                            flas_state_type(params.exact));
     seqs_.resize(params.n_seq);
     allocr_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
 }

@@ -181,6 +181,7 @@ struct flas_runtime {
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     int  acquire_concept(const std::string & text, int & n_total);  // -> slot
     void compute_time_embeddings(int seq);
+    void compute_folded_values(int seq);
     void decode_one(const std::vector<batch_entry> & entries, llama_batch & batch);
     bool steering_active() const;
     void steer_rows(ggml_tensor * t, int row0, int n);

@@ -1,6 +1,7 @@
 // What the flow keeps between forward passes, all on the flow's backend:
-// - the concept state: cross-attention K/V of every cached concept (one slot each) and the
-//   time embeddings of every Euler step of every sequence, fixed for a concept and (T, N);
+// - the concept state: cross-attention K/V of every cached concept (one slot each), and per
+//   sequence its concept's values folded through cross_out and the time embeddings of its Euler
+//   steps, fixed for a concept and (T, N);
 // - the per-sequence, per-step, per-block self-attention KV cache (FLAS_SPEC.md section 3).
 #pragma once
 
@@ -9,6 +10,10 @@
 
 #include <vector>
 
+// The type of the flow's per-sequence state (self-attention caches, folded values): f32 when
+// exact, else f16, as llama.cpp's default KV cache.
+inline ggml_type flas_state_type(bool exact) { return exact ? GGML_TYPE_F32 : GGML_TYPE_F16; }
+
 // Sized once for concept_max_len tokens per slot and FLAS_MAX_STEPS (flas.h) steps per sequence.
 
 // Slot s holds its concept's keys at key indices s*K_max .. s*K_max+K-1, so the keys of
@@ -16,6 +21,11 @@
 struct flas_concept_state {
     std::vector<ggml_tensor *> k;   // per block: [D, K_max*n_slot, nKV], after k_norm and RoPE at 0..K-1
     std::vector<ggml_tensor *> vt;  // per block: [K_max*n_slot, D, nKV], V transposed
+    // per block: [K_max, H, nH*n_seq], sequence s's heads at s*nH..: its concept's value of key j
+    // through head h's slice of cross_out, U[j, :, h] = cross_out_h v_{g(h), j}. Decode reads these
+    // few floats instead of cross_out's weights (attention then projection, reassociated). Empty
+    // for a flow without cross-attention.
+    std::vector<ggml_tensor *> uo;
     ggml_tensor * time_emb = nullptr;  // [H, FLAS_MAX_STEPS*n_seq]: column seq*MAX+k is time_embed(k * dt_seq)
     int n_slot = 0;
     int k_max  = 0;                 // concept_max_len
@@ -24,10 +34,12 @@ struct flas_concept_state {
     ggml_backend_buffer_ptr buf;    // cleared: masked keys of unused slots must be finite
 };
 
+// uo_type: f32, or f16 (as the self-attention caches when not exact).
 void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
-                             int n_slot, int n_seq);
+                             int n_slot, int n_seq, ggml_type uo_type);
 // What init would allocate in a buffer of type buft (no memory is allocated).
-size_t flas_concept_state_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_slot, int n_seq);
+size_t flas_concept_state_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_slot, int n_seq,
+                                ggml_type uo_type);
 
 // cache[step * n_block + block] of one sequence; K rows after RoPE, V stored transposed (as
 // llama.cpp does without flash attention) so attention reads both without copies.

@@ -73,7 +73,7 @@ int flas_runtime::acquire_concept(const std::string & text, int & n_total) {
         encoder_->encode(std::move(tokens), concept_, slot);
         entry.text = text;
         entry.n_tokens = K;
-        concepts_.n_encoded++;
+        entry.encoding = (uint64_t) ++concepts_.n_encoded;
     }
     concepts_.slots[slot].n_users++;
     concepts_.touch(slot);
@@ -114,12 +114,40 @@ int flas_runtime::set_steering(int seq, const std::string & concept, float flowt
     if (s.steered()) {
         if (s.cache.n_steps < n_steps) {
             flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
-                                 params_.exact ? GGML_TYPE_F32 : GGML_TYPE_F16);
+                                 flas_state_type(params_.exact));
             reserve_flow(seq);
         }
         compute_time_embeddings(seq);
+        compute_folded_values(seq);
     }
     return n_total;
+}
+
+// The sequence's concept values through cross_out (concept state uo), computed again only when
+// its slot or that slot's encoding changed.
+void flas_runtime::compute_folded_values(int seq) {
+    const flas_flow_hparams & hp = flow_.hp;
+    flas_seq & s = seqs_[seq];
+    const flas_concept_entry & entry = concepts_.slots[s.slot];
+    if (!hp.has_cross_attn || (s.values_slot == s.slot && s.values_encoding == entry.encoding)) {
+        return;
+    }
+    s.values_slot = -1;
+    const size_t n_nodes = (size_t) 16 * hp.n_block + 8;
+    ggml_context_ptr ctx = flas_graph_context(n_nodes);
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), n_nodes, false);
+    ggml_tensor * eye = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, 1, hp.n_head, 1, hp.n_head);
+    ggml_set_input(eye);
+    for (int b = 0; b < hp.n_block; ++b) {
+        flas_build_folded_values(ctx.get(), gf, flow_, concept_, b, s.slot, entry.n_tokens, seq, eye);
+    }
+    std::vector<float> identity((size_t) hp.n_head * hp.n_head, 0.0f);
+    for (int h = 0; h < hp.n_head; ++h) {
+        identity[(size_t) h * hp.n_head + h] = 1.0f;
+    }
+    flas_compute_once(backend_.get(), gf, [&] { ggml_backend_tensor_set(eye, identity.data(), 0, ggml_nbytes(eye)); });
+    s.values_slot = s.slot;
+    s.values_encoding = entry.encoding;
 }
 
 // Columns seq*MAX .. seq*MAX+N-1 of the concept state's time_emb: time_embed(k * T / N) (FLAS_SPEC.md 4).

@@ -234,17 +234,19 @@ def test_memory_report_flow_figures_are_the_flow_buffers(tiny_base_f32, flow, se
     align = 256  # an upper bound on any backend's alignment: padding per tensor
     assert weights <= dev["flow_weights"] <= weights + align * len(tensors)
 
-    H, D, nkv, nb, kmax = (info[k] for k in ("n_embd", "head_dim", "n_head_kv", "num_blocks", "concept_max_len"))
-    n_slot = 3
-    concept_state = 2 * nb * D * kmax * n_slot * nkv * 4 + H * MAX_STEPS * 2 * 4
-    assert concept_state <= dev["flow_caches"] <= concept_state + align * (2 * nb + 1)
+    H, D, nh, nkv, nb, kmax = (info[k] for k in ("n_embd", "head_dim", "n_head", "n_head_kv", "num_blocks",
+                                                 "concept_max_len"))
+    n_slot, n_seq = 3, 2
+    # per slot: keys and values; per sequence: its values folded through cross_out, its time embeddings
+    concept_state = 2 * nb * D * kmax * n_slot * nkv * 4 + nb * kmax * H * nh * n_seq * 4 + H * MAX_STEPS * n_seq * 4
+    assert concept_state <= dev["flow_caches"] <= concept_state + align * (3 * nb + 1)
     assert dev["flow_compute"] == 0  # nothing steered yet
 
     greedy(m, prompt=PROMPT, concept=PIRATE, flowtime=2.0, n_steps=3, max_tokens=2)
     dev = next(r for r in m.memory() if r["device"] == m.flow_device)
     n_ctx_seq = m.n_ctx_seq
     seq_cache = 2 * 3 * nb * (nkv * D) * n_ctx_seq * 4  # K and V^T of 3 steps x blocks, f32 (exact)
-    assert concept_state + seq_cache <= dev["flow_caches"] <= concept_state + seq_cache + align * (2 * nb * 4 + 1)
+    assert concept_state + seq_cache <= dev["flow_caches"] <= concept_state + seq_cache + align * (2 * nb * 4 + nb + 1)
     assert dev["flow_compute"] > 0
     assert dev["total"] == sum(dev[k] for k in ("base_weights", "kv_cache", "base_compute", "flow_weights",
                                                 "flow_caches", "flow_compute"))

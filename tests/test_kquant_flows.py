@@ -66,9 +66,10 @@ def test_each_k_quant_round_trips_within_its_bound(k_models, prompts, outtype):
     types = {t.name: t.tensor_type for t in r.tensors}
     assert types["blk.0.ffn_up.weight"] == MLP_IN[outtype]
     if outtype.endswith("_m"):
-        assert types["blk.0.ffn_down.weight"] == types["blk.0.attn_q.weight"] == T.Q6_K
-        assert types["time_embd.out.weight"] == T.Q8_0
-    assert types["time_embd.in.weight"] in (T.Q8_0, T.F32) and types["blk.0.ffn_norm.weight"] == T.F32
+        assert types["blk.0.ffn_down.weight"] == types["blk.0.attn_q.weight"] == types["blk.0.cross_out.weight"] == T.Q6_K
+        # applied once per concept or per (T, N), never read by decode: f16
+        assert types["time_embd.out.weight"] == types["blk.0.cross_k.weight"] == types["blk.0.cross_v.weight"] == T.F16
+    assert types["time_embd.in.weight"] in (T.Q8_0, T.F16, T.F32) and types["blk.0.ffn_norm.weight"] == T.F32
     # the bytes decode, with gguf-py's own numpy decoder, to the weights within the type's error
     up = next(t for t in r.tensors if t.name == "blk.0.ffn_up.weight")
     w = tensors["blocks.0.up_proj.weight"][1]

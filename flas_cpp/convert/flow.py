@@ -159,17 +159,19 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 # --outtype of a flow: one type for every matrix, or a recipe by the matrix's role, in the spirit
-# of llama.cpp's _M types (the MLP's input projections, the largest part, at the low type; the MLP
-# output and the attention at q6_k). docs/FLOW_GGUF.md lists them with their measured quality.
+# of llama.cpp's _M types: the MLP's input projections, the largest part, at the low type; the MLP
+# output and the attention at q6_k; the matrices the runtime applies once per concept (the
+# cross-attention keys and values) or once per (T, N) (the time embedding) in f16, since decode
+# never reads them. docs/FLOW_GGUF.md lists them with their measured quality.
 T = GGMLQuantizationType
-MATRIX_ROLES = ("mlp_in", "mlp_out", "attn", "time")
+MATRIX_ROLES = ("mlp_in", "mlp_out", "attn", "concept", "time")
 FLOW_OUTTYPES: dict[str, dict[str, GGMLQuantizationType]] = {
     **{name: dict.fromkeys(MATRIX_ROLES, qt) for name, qt in PYTHON_OUTTYPES.items()},
     "q6_k": dict.fromkeys(MATRIX_ROLES, T.Q6_K),
     "q5_k": dict.fromkeys(MATRIX_ROLES, T.Q5_K),
     "q4_k": dict.fromkeys(MATRIX_ROLES, T.Q4_K),
-    "q5_k_m": {"mlp_in": T.Q5_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "time": T.Q8_0},
-    "q4_k_m": {"mlp_in": T.Q4_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "time": T.Q8_0},
+    "q5_k_m": {"mlp_in": T.Q5_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "concept": T.F16, "time": T.F16},
+    "q4_k_m": {"mlp_in": T.Q4_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "concept": T.F16, "time": T.F16},
 }
 K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 K_FALLBACK = T.Q8_0  # for rows that do not fill whole 256-value K-quant blocks
@@ -180,6 +182,8 @@ def matrix_role(gguf_name: str) -> str:
         return "time"
     if ".ffn_gate." in gguf_name or ".ffn_up." in gguf_name:
         return "mlp_in"
+    if ".cross_k." in gguf_name or ".cross_v." in gguf_name:
+        return "concept"
     return "mlp_out" if ".ffn_down." in gguf_name else "attn"
 
 
