@@ -1,12 +1,14 @@
 """K-quant flows against the memory-bandwidth limit, side by side with plain llama.cpp.
 
-    python benchmarks/kquant_bench.py [--types q8_0,q6_k,q5_k_m,q4_k_m] [--rounds 3] [--out docs/PERFORMANCE.md]
+    python benchmarks/kquant_bench.py [--types q8_0,q6_k,q5_k_m,q4_k_m] [--rounds 6] [--out docs/PERFORMANCE.md]
 
 Full-size test models (Q4_K_M base). The flow checkpoint's last time-embedding layer is scaled to
 1% (trained flows start with it at zero), so the displacement shows the blocks' quantization
 error; every flow type is converted from that checkpoint. Measured: decode steered/plain at
-N = 2 and 3 against the limit B / (B + N * F) from the real file sizes (B the base's bytes, F the
-flow's), the steered displacement against the f32 flow's over the 20 prompts x 2 concepts of
+N = 2 and 3 against the limit B / (B + N * F) (B the base file's bytes, F the bytes a decoded
+token reads per Euler step, from the flow file's tensors: every tensor but those the runtime
+applies once per concept or per (T, N), plus the concept's folded cross-attention values that
+replace cross_out), the steered displacement against the f32 flow's over the 20 prompts x 2 concepts of
 ../shared/data, and the top-1 agreement with the f32 flow over 64 steps teacher-forced on the f32
 flow's greedy tokens.
 """
@@ -14,6 +16,7 @@ flow's greedy tokens.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -21,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from gguf import GGUFReader
+
 from flas_cpp import FlasModel, safetensors_io
 from flas_cpp.convert import convert_flow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from direct import DirectModel  # noqa: E402
-from run import FLOWTIME, Args, machine, measure_quality, measure_speed, prepare_models  # noqa: E402
+from run import CONCEPT, FLOWTIME, Args, machine, measure_quality, measure_speed, prepare_models  # noqa: E402
 from sections import replace_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +57,29 @@ def small_time_flows(models: Path, types: list[str]) -> dict[str, Path]:
                                outtype=t, progress=False), file=sys.stderr)
         paths[f"flow-{t}"] = out
     return paths
+
+
+RECOMMENDED = inspect.signature(convert_flow).parameters["outtype"].default
+ONCE_PER_CONCEPT = (".cross_k.", ".cross_v.")  # keys and values: computed when a concept is encoded
+
+
+def step_bytes(flow: Path, n_concept_tokens: int) -> int:
+    """Bytes one decoded token reads per Euler step: the flow's tensors but the time embedding
+    (applied per (T, N)), the cross-attention keys/values (per concept) and cross_out, whose place
+    the concept's folded values take (f16, K * H * nH per block) when they are fewer bytes, as the
+    runtime decides (csrc/flas-pass.cpp)."""
+    r = GGUFReader(flow)
+    kv = {f.name: f.contents() for f in r.fields.values() if f.name.startswith("flas.")}
+    H, n_head = kv["flas.embedding_length"], kv["flas.attention.head_count"]
+    total = 0
+    for t in r.tensors:
+        if t.name.startswith("time_embd.") or any(k in t.name for k in ONCE_PER_CONCEPT):
+            continue
+        if ".cross_out." in t.name:
+            total += min(n_concept_tokens * H * n_head * 2, int(t.n_bytes))
+            continue
+        total += int(t.n_bytes)
+    return total
 
 
 def top1_agreement(base: Path, flows: dict[str, Path], types: list[str], prompts: list[str], concept: str,
@@ -85,12 +113,14 @@ def markdown(r: dict) -> str:
              f"(B = {r['base_bytes'] / 1e9:.3f} GB), every flow converted from the checkpoint with its last "
              "time-embedding layer at 1%; decode steered/plain in one run, configurations interleaved token by "
              f"token ({r['rounds']} rounds, {r['gen_tokens']} tokens, median); limit = B / (B + N * F) with F the "
-             "flow file's bytes; quality over the 20 prompts x 2 concepts of ../shared/data (displacement vs the "
+             "bytes a decoded token reads per Euler step: the flow file's tensors but the time embedding (applied "
+             "once per (T, N)), the cross-attention keys and values (once per concept) and cross_out, replaced by "
+             f"the concept's folded values ({r['concept_tokens']} tokens x H x nH in f16); quality over the 20 prompts x 2 concepts of ../shared/data (displacement vs the "
              f"f32 flow's, N = 3); top-1: {r['top1_tokens']} greedy steps of the f32 flow teacher-forced, "
              f"{r['top1_prompts']} prompts. A row measured by a later run of a subset of the types says so.", "",
-             "| flow | F, MB | N=2: ratio / limit (of limit) | N=3: ratio / limit (of limit) | cosine mean / min | "
-             "rel. error mean / max | top-1 | rounds |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| flow | file, MB | F, MB | N=2: ratio / limit (of limit) | N=3: ratio / limit (of limit) | "
+             "cosine mean / min | rel. error mean / max | top-1 | rounds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in r["types"]:
         row = r["rows"][t]
         cells = []
@@ -98,10 +128,25 @@ def markdown(r: dict) -> str:
             ratio, limit = row[f"ratio_{n}"], row[f"limit_{n}"]
             cells.append(f"{ratio:.3f} / {limit:.3f} ({ratio / limit:.1%})")
         q = row["quality"]
-        lines.append(f"| {t} | {row['flow_bytes'] / 1e6:.1f} | {cells[0]} | {cells[1]} | {q['cosine_mean']:.5f} / "
+        lines.append(f"| {t} | {row['flow_bytes'] / 1e6:.1f} | {row['step_bytes'] / 1e6:.1f} | {cells[0]} | {cells[1]} | {q['cosine_mean']:.5f} / "
                      f"{q['cosine_min']:.5f} | {q['rel_err_mean']:.4f} / {q['rel_err_max']:.4f} | "
                      f"{row['top1']:.1%} | {row.get('rounds', r['rounds'])}"
                      f"{' (' + row['command'] + ')' if row.get('command') else ''} |")
+    lines += ["", f"Targets (the recommended flow is the converter's default, {RECOMMENDED}):", "",
+              "| target | limit | measured | met |", "|---|---|---|---|"]
+    rec = r["rows"].get(RECOMMENDED)
+    if rec is not None:
+        q = rec["quality"]
+        for what, limit, got, fmt in (
+                ("decode steered/plain, N = 2", 0.93, rec["ratio_2"], "{:.3f}"),
+                ("decode steered/plain, N = 3", 0.90, rec["ratio_3"], "{:.3f}"),
+                ("displacement cosine vs f32, mean", 0.998, q["cosine_mean"], "{:.5f}"),
+                ("displacement cosine vs f32, min", 0.99, q["cosine_min"], "{:.5f}"),
+                ("teacher-forced top-1 agreement with f32, 64 steps", 0.95, rec["top1"], "{:.1%}")):
+            lines.append(f"| {what}, {RECOMMENDED} | >= {limit:g} | {fmt.format(got)} | {'yes' if got >= limit else 'no'} |")
+    worst = max(abs(row[f"ratio_{n}"] / row[f"limit_{n}"] - 1) for row in r["rows"].values() for n in (2, 3))
+    lines.append(f"| every ratio within 3% of its limit | <= 3% | {worst:.1%} (the farthest) | "
+                 f"{'yes' if worst <= 0.03 else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--top1-prompts", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "PERFORMANCE.md")
+    ap.add_argument("--render-only", action="store_true",
+                    help="write the section again from the JSON beside --out, measuring nothing")
     a = ap.parse_args(argv)
+    json_path = a.out.parent / "PERFORMANCE-kquant.json"
+    if a.render_only:
+        md = markdown(json.loads(json_path.read_text()))
+        a.out.write_text(replace_section(a.out.read_text(), TITLE, md))
+        print(md)
+        return 0
     types = a.types.split(",")
     paths = prepare_models(a.models, "full", ["Q4_K_M"], [])
     paths.update(small_time_flows(a.models, types))
@@ -123,22 +176,24 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(DATA.read_text())
     base = paths["base-Q4_K_M"]
     B = base.stat().st_size
+    with FlasModel(base, paths["flow-f32"], n_ctx=256, n_threads=a.threads) as m:
+        n_concept = len(m.tokenize(CONCEPT, add_bos=True, special=True))
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": "python " + " ".join(sys.argv),
               "base_bytes": B, "types": types, "rounds": a.rounds, "gen_tokens": a.gen_tokens,
-              "top1_tokens": 64, "top1_prompts": a.top1_prompts, "rows": {}}
+              "top1_tokens": 64, "top1_prompts": a.top1_prompts, "concept_tokens": n_concept, "rows": {}}
     speed = measure_speed(args, paths, ["Q4_K_M"], types, [2, 3])
     quality = {q["flow"]: q for q in measure_quality(args, paths, "Q4_K_M", types, data["prompts"], data["concepts"][:2])}
     top1 = top1_agreement(base, paths, types, data["prompts"][:a.top1_prompts], data["concepts"][0], 64, a.threads)
-    json_path = a.out.parent / "PERFORMANCE-kquant.json"
     earlier = json.loads(json_path.read_text()) if json_path.is_file() else None
     if earlier and set(types) < set(earlier["types"]):  # a subset measured again: the other rows stay
         for t, row in earlier["rows"].items():
             result["rows"][t] = row
         result.update({k: earlier[k] for k in ("date", "machine", "command", "rounds", "types", "gen_tokens",
-                                                "top1_prompts")})
+                                                "top1_prompts", "concept_tokens")})
     for t in types:
-        F = paths[f"flow-{t}"].stat().st_size
-        row = {"flow_bytes": F, "quality": quality[t], "top1": top1[t], "rounds": a.rounds}
+        F = step_bytes(paths[f"flow-{t}"], n_concept)
+        row = {"flow_bytes": paths[f"flow-{t}"].stat().st_size, "step_bytes": F, "quality": quality[t],
+               "top1": top1[t], "rounds": a.rounds}
         if earlier and result["command"] != "python " + " ".join(sys.argv):
             row["command"] = "python " + " ".join(sys.argv)
         for s in speed:

@@ -286,7 +286,7 @@ def add_metadata(w: GGUFWriter, fc: FlowConfig, base: BaseFacts, disabled: dict[
 
 
 def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | None = None,
-                 base_config: str | Path | None = None, outtype: str = "q6_k", force: bool = False,
+                 base_config: str | Path | None = None, outtype: str = "q4_k_m", force: bool = False,
                  dry_run: bool = False, progress: bool = True) -> str:
     """Convert; returns the summary line. Raises ConversionError for bad input."""
     flow_path, out = Path(flow_path), Path(out)
