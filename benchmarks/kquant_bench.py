@@ -16,7 +16,6 @@ flow's greedy tokens.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ from gguf import GGUFReader
 
 from flas_cpp import FlasModel, safetensors_io
 from flas_cpp.convert import convert_flow
+from flas_cpp.convert.flow import DEFAULT_FLOW_OUTTYPE, matrix_role
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from direct import DirectModel  # noqa: E402
@@ -59,24 +59,25 @@ def small_time_flows(models: Path, types: list[str]) -> dict[str, Path]:
     return paths
 
 
-RECOMMENDED = inspect.signature(convert_flow).parameters["outtype"].default
-ONCE_PER_CONCEPT = (".cross_k.", ".cross_v.")  # keys and values: computed when a concept is encoded
+RECOMMENDED = DEFAULT_FLOW_OUTTYPE
 
 
 def step_bytes(flow: Path, n_concept_tokens: int) -> int:
-    """Bytes one decoded token reads per Euler step: the flow's tensors but the time embedding
-    (applied per (T, N)), the cross-attention keys/values (per concept) and cross_out, whose place
-    the concept's folded values take (f16, K * H * nH per block) when they are fewer bytes, as the
-    runtime decides (csrc/flas-pass.cpp)."""
+    """Bytes one decoded token reads per Euler step: the flow's tensors but those applied once per
+    concept (cross-attention keys and values) or per (T, N) (the time embedding), and, for a concept
+    that folds (as flas_fold_max_keys decides, f16 values), the folded values in place of cross_out."""
     r = GGUFReader(flow)
     kv = {f.name: f.contents() for f in r.fields.values() if f.name.startswith("flas.")}
-    H, n_head = kv["flas.embedding_length"], kv["flas.attention.head_count"]
+    H, n_head, k_max = kv["flas.embedding_length"], kv["flas.attention.head_count"], kv["flas.concept_max_len"]
+    K = min(n_concept_tokens, k_max)
     total = 0
     for t in r.tensors:
-        if t.name.startswith("time_embd.") or any(k in t.name for k in ONCE_PER_CONCEPT):
+        if matrix_role(t.name) in ("concept", "time"):  # the time embedding's biases included
             continue
         if ".cross_out." in t.name:
-            total += min(n_concept_tokens * H * n_head * 2, int(t.n_bytes))
+            per_key = H * n_head * 2
+            folds = K <= min(k_max, (int(t.n_bytes) - 1) // per_key)
+            total += K * per_key if folds else int(t.n_bytes)
             continue
         total += int(t.n_bytes)
     return total

@@ -72,14 +72,14 @@ ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, 
     ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, p.n_keys, hp.n_head_kv, kc->nb[1], kc->nb[2],
                                    (size_t) p.key0 * kc->nb[1]);
     const float scale = 1.0f / sqrtf((float) hp.head_dim);
-    if (p.fold_seq >= 0 && n <= FLAS_FOLD_MAX_ROWS) {
-        // sum over heads h and keys j of a[j, h] U[j, :, h]: cross_out's weights are not read
+    if (p.fold_seq >= 0) {
+        // sum over keys j and heads h of a[j, h] U[j + K*h, :]: cross_out's weights are not read
+        const int64_t KH = (int64_t) p.n_keys * hp.n_head;
         ggml_tensor * uo = p.concepts.uo[b];
-        ggml_tensor * u = ggml_view_3d(ctx, uo, p.n_keys, hp.n_embd, hp.n_head, uo->nb[1], uo->nb[2],
-                                       (size_t) p.fold_seq * hp.n_head * uo->nb[2]);
-        ggml_tensor * o = ggml_mul_mat(ctx, u, attention_weights(ctx, hp, q, k, nullptr, scale));  // [H, n, nH]
-        o = ggml_cont(ctx, ggml_permute(ctx, o, 1, 2, 0, 3));                                     // [nH, H, n]
-        return ggml_reshape_2d(ctx, ggml_sum_rows(ctx, o), hp.n_embd, n);
+        ggml_tensor * u = ggml_view_2d(ctx, uo, KH, hp.n_embd, KH * ggml_element_size(uo), (size_t) p.fold_seq * uo->nb[1]);
+        ggml_tensor * a = attention_weights(ctx, hp, q, k, nullptr, scale);                 // [K, n, nH]
+        a = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, a, 0, 2, 1, 3)), KH, n);  // [K*nH, n]
+        return ggml_mul_mat(ctx, u, a);                                                     // [H, n]
     }
     ggml_tensor * v = ggml_view_3d(ctx, vt, p.n_keys, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2],
                                    (size_t) p.key0 * ggml_element_size(vt));
@@ -232,10 +232,10 @@ void flas_build_folded_values(ggml_context * ctx, ggml_cgraph * gf, const flas_f
     ggml_tensor * x = ggml_repeat_4d(ctx, ggml_reshape_4d(ctx, v, D, 1, K, nH), D, nH, K, nH);
     x = ggml_reshape_2d(ctx, ggml_mul(ctx, x, head_eye), (int64_t) D * nH, (int64_t) K * nH);
     ggml_tensor * u = ggml_mul_mat(ctx, flow.blocks[b].cross_out, x);               // [H, K*nH]
-    u = ggml_permute(ctx, ggml_reshape_3d(ctx, u, hp.n_embd, K, nH), 1, 0, 2, 3);     // [K, H, nH]
     ggml_tensor * uo = cs.uo[b];
-    ggml_tensor * dst = ggml_view_3d(ctx, uo, K, hp.n_embd, nH, uo->nb[1], uo->nb[2], (size_t) seq * nH * uo->nb[2]);
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, u, dst));
+    const int64_t KH = (int64_t) K * nH;
+    ggml_tensor * dst = ggml_view_2d(ctx, uo, KH, hp.n_embd, KH * ggml_element_size(uo), (size_t) seq * uo->nb[1]);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_transpose(ctx, u), dst));       // [K*nH, H]
 }
 
 size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg) {

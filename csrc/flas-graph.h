@@ -19,9 +19,9 @@ struct flas_segment {
     ggml_tensor * mask = nullptr;             // [p0+n, n] causal (0 or -INF); null when n == 1
 };
 
-// Up to this many rows, a one-concept cross-attention reads the sequence's folded values (K*H*nH
-// floats) instead of cross_out's weights; beyond it, the weights are read once for many rows
-// anyway and the [H, n, nH] product would only cost memory.
+// Up to this many rows, a one-concept cross-attention reads the sequence's folded values (K*nH*H)
+// instead of cross_out's weights; a prompt chunk reads the weights once for all its rows anyway,
+// and its K*nH attention weights per row would cost more than the projection saves.
 constexpr int FLAS_FOLD_MAX_ROWS = 16;
 
 // One forward pass of the flow over the steered rows of a batch (R rows, several sequences).
@@ -39,8 +39,8 @@ struct flas_pass {
     ggml_tensor * dt = nullptr;         // [1, R] f32, each row's step size T/N
     ggml_tensor * cross_mask = nullptr; // [n_keys, R] f32 block mask over the concept keys; null: one concept, all keys
     int key0 = 0, n_keys = 0;           // the range of concept keys the cross-attention reads
-    int fold_seq = -1;                  // >= 0: one concept, the cross-attention of up to FLAS_FOLD_MAX_ROWS
-                                        // rows reads this sequence's folded values (concepts.uo)
+    int fold_seq = -1;                  // >= 0: one concept, few rows: the cross-attention reads this
+                                        // sequence's folded values (concepts.uo), not cross_out
 
     int n_steps_max() const { return segs.empty() ? 0 : segs.front().n_steps; }
     int rows_at(int step) const;
@@ -59,7 +59,7 @@ void flas_build_concept_kv(ggml_context * ctx, ggml_cgraph * gf, const flas_flow
                            int b, int slot, ggml_tensor * c, ggml_tensor * pos_c);
 
 // Sequence seq's folded values of block b (concepts.uo) from the K keys of concept slot `slot`:
-// U[j, :, h] = cross_out[:, h*D:(h+1)*D] v_{g(h), j}. head_eye: [1, nH, 1, nH] f32, the identity.
+// U[j + K*h, :] = cross_out[:, h*D:(h+1)*D] v_{g(h), j}. head_eye: [1, nH, 1, nH] f32, the identity.
 void flas_build_folded_values(ggml_context * ctx, ggml_cgraph * gf, const flas_flow & flow, const flas_concept_state & cs,
                               int b, int slot, int K, int seq, ggml_tensor * head_eye);
 

@@ -68,12 +68,11 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     if (slot_lo != slot_hi && hp.has_cross_attn) {
         p.cross_mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, p.n_keys, R));
     }
-    if (slot_lo == slot_hi && hp.has_cross_attn && !all_keys) {
-        // folding pays when the concept's values weigh less than cross_out's weights (short concepts)
-        const size_t folded = (size_t) p.n_keys * hp.n_embd * hp.n_head * ggml_type_size(concept_.uo[0]->type);
-        if (folded < ggml_nbytes(flow_.blocks[0].cross_out)) {
-            p.fold_seq = order.front().seq;  // every segment's sequence holds this concept's values
-        }
+    // one concept, short enough to fold (flas_fold_max_keys), and its folded values in place: every
+    // segment's sequence holds the same ones, computed by set_steering
+    if (!all_keys && slot_lo == slot_hi && R <= FLAS_FOLD_MAX_ROWS && p.n_keys <= concept_.fold_keys &&
+        seqs_[order.front().seq].values_encoding == concepts_.slots[slot_lo].encoding) {
+        p.fold_seq = order.front().seq;
     }
     int r0 = 0;
     for (const batch_entry & e : order) {

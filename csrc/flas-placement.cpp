@@ -2,8 +2,10 @@
 // computes layer L (and so the flow), and what each device holds.
 #include "flas-runtime.h"
 
+#include "flas-names.h"
 #include "gguf.h"
 
+#include <cstdio>
 #include <stdexcept>
 
 // The devices llama.cpp offloads to: the given list (null-terminated), or every accelerator.
@@ -182,8 +184,12 @@ std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params 
     ggml_context_ptr meta_owner(meta);
     flow.flow_weights = ggml_backend_alloc_ctx_tensors_from_buft_size(meta, buft);
     const int n_ctx_seq = (int) llama_n_ctx(ctx.get()) / params.n_seq;
+    char cross_out_name[64];
+    snprintf(cross_out_name, sizeof(cross_out_name), FLAS_TN_CROSS_OUT, 0);
+    const ggml_tensor * cross_out = ggml_get_tensor(meta, cross_out_name);  // absent: no cross-attention
     flow.flow_caches = flas_concept_state_bytes(hp, buft, std::max(params.concept_cache, params.n_seq), params.n_seq,
-                                                flas_state_type(params.exact)) +
+                                                flas_state_type(params.exact),
+                                                cross_out != nullptr ? ggml_nbytes(cross_out) : 0) +
                        (size_t) params.n_seq * flas_flow_cache_bytes(hp, buft, n_ctx_seq, n_steps,
                                                                     flas_state_type(params.exact));
     return rows;  // the flow's compute buffer is not estimated: see reserve_steering

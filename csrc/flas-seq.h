@@ -20,8 +20,8 @@ struct flas_seq {
     uint64_t epoch = 0;      // counts the changes of what it holds (decodes, rewinds, resets)
     int   logits_row = -1;   // batch row of its last token in the last llama_decode; -1: none
     flas_flow_cache   cache; // self-attention K/V of its n_steps Euler steps, n_ctx_seq positions
-    int      values_slot = -1;       // the concept slot and encoding its folded values (concept state
-    uint64_t values_encoding = 0;    // uo) were computed from; -1: none
+    uint64_t values_encoding = 0;    // the concept encoding its folded values (concept state uo)
+                                     // belong to; 0: none
     llama_sampler_ptr sampler;
     bool  trace = false;     // record its layer-L rows before/after steering
     std::vector<float> trace_in, trace_out;

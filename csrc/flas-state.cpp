@@ -1,5 +1,6 @@
 #include "flas-state.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -17,22 +18,30 @@ static ggml_backend_buffer_t alloc_or_throw(ggml_context * ctx, ggml_backend_t b
     return buf;  // not cleared: every row is written before it is read, and untouched pages cost no memory
 }
 
+int flas_fold_max_keys(const flas_flow_hparams & hp, size_t cross_out_bytes, ggml_type uo_type) {
+    if (!hp.has_cross_attn || cross_out_bytes == 0) {
+        return 0;
+    }
+    const size_t per_key = (size_t) hp.n_embd * hp.n_head * ggml_type_size(uo_type);
+    return (int) std::min<size_t>(hp.concept_max_len, (cross_out_bytes - 1) / per_key);
+}
+
 // The tensors, without memory: shared by allocation and by sizing, so the two cannot differ.
 static void describe_concept_state(flas_concept_state & cs, const flas_flow_hparams & hp, int n_slot, int n_seq,
-                                   ggml_type uo_type) {
+                                   ggml_type uo_type, int fold_keys) {
     cs.ctx.reset(new_meta_context(3 * hp.n_block + 1));
     cs.k.clear();
     cs.vt.clear();
     cs.uo.clear();
     cs.n_slot = n_slot;
     cs.k_max  = hp.concept_max_len;
+    cs.fold_keys = fold_keys;
     const int64_t n_keys = (int64_t) hp.concept_max_len * n_slot;
     for (int b = 0; b < hp.n_block; ++b) {
         cs.k.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, hp.head_dim, n_keys, hp.n_head_kv));
         cs.vt.push_back(ggml_new_tensor_3d(cs.ctx.get(), GGML_TYPE_F32, n_keys, hp.head_dim, hp.n_head_kv));
-        if (hp.has_cross_attn) {
-            cs.uo.push_back(ggml_new_tensor_3d(cs.ctx.get(), uo_type, hp.concept_max_len, hp.n_embd,
-                                               (int64_t) hp.n_head * n_seq));
+        if (fold_keys > 0) {
+            cs.uo.push_back(ggml_new_tensor_2d(cs.ctx.get(), uo_type, (int64_t) fold_keys * hp.n_head * hp.n_embd, n_seq));
         }
     }
     cs.time_emb = ggml_new_tensor_2d(cs.ctx.get(), GGML_TYPE_F32, hp.n_embd, (int64_t) FLAS_MAX_STEPS * n_seq);
@@ -40,15 +49,16 @@ static void describe_concept_state(flas_concept_state & cs, const flas_flow_hpar
 
 void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, ggml_backend_t backend,
                              int n_slot, int n_seq, ggml_type uo_type) {
-    describe_concept_state(cs, flow.hp, n_slot, n_seq, uo_type);
+    const size_t cross_out_bytes = flow.hp.has_cross_attn ? ggml_nbytes(flow.blocks[0].cross_out) : 0;
+    describe_concept_state(cs, flow.hp, n_slot, n_seq, uo_type, flas_fold_max_keys(flow.hp, cross_out_bytes, uo_type));
     cs.buf.reset(alloc_or_throw(cs.ctx.get(), backend, "concept state"));
     ggml_backend_buffer_clear(cs.buf.get(), 0);  // 0 * garbage could be NaN under the cross-attention mask
 }
 
 size_t flas_concept_state_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_slot, int n_seq,
-                                ggml_type uo_type) {
+                                ggml_type uo_type, size_t cross_out_bytes) {
     flas_concept_state cs;
-    describe_concept_state(cs, hp, n_slot, n_seq, uo_type);
+    describe_concept_state(cs, hp, n_slot, n_seq, uo_type, flas_fold_max_keys(hp, cross_out_bytes, uo_type));
     return ggml_backend_alloc_ctx_tensors_from_buft_size(cs.ctx.get(), buft);
 }
 

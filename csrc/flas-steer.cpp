@@ -123,30 +123,47 @@ int flas_runtime::set_steering(int seq, const std::string & concept, float flowt
     return n_total;
 }
 
-// The sequence's concept values through cross_out (concept state uo), computed again only when
-// its slot or that slot's encoding changed.
+// The sequence's concept values folded through cross_out (concept state uo), for a concept short
+// enough to fold: copied from a sequence that holds them already, else computed. values_encoding
+// says which concept encoding they belong to; a pass folds only when it matches.
 void flas_runtime::compute_folded_values(int seq) {
     const flas_flow_hparams & hp = flow_.hp;
     flas_seq & s = seqs_[seq];
     const flas_concept_entry & entry = concepts_.slots[s.slot];
-    if (!hp.has_cross_attn || (s.values_slot == s.slot && s.values_encoding == entry.encoding)) {
+    if (s.values_encoding == entry.encoding || entry.n_tokens > concept_.fold_keys) {
         return;
     }
-    s.values_slot = -1;
+    s.values_encoding = 0;
+    int source = -1;
+    for (int other = 0; other < n_seq() && source < 0; ++other) {
+        source = other != seq && seqs_[other].values_encoding == entry.encoding ? other : -1;
+    }
     const size_t n_nodes = (size_t) 16 * hp.n_block + 8;
     ggml_context_ptr ctx = flas_graph_context(n_nodes);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), n_nodes, false);
-    ggml_tensor * eye = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, 1, hp.n_head, 1, hp.n_head);
-    ggml_set_input(eye);
+    ggml_tensor * eye = nullptr;
+    if (source < 0) {
+        eye = ggml_new_tensor_4d(ctx.get(), GGML_TYPE_F32, 1, hp.n_head, 1, hp.n_head);
+        ggml_set_input(eye);
+    }
     for (int b = 0; b < hp.n_block; ++b) {
-        flas_build_folded_values(ctx.get(), gf, flow_, concept_, b, s.slot, entry.n_tokens, seq, eye);
+        if (source >= 0) {
+            ggml_tensor * uo = concept_.uo[b];
+            ggml_build_forward_expand(gf, ggml_cpy(ctx.get(), ggml_view_1d(ctx.get(), uo, uo->ne[0], source * uo->nb[1]),
+                                                   ggml_view_1d(ctx.get(), uo, uo->ne[0], seq * uo->nb[1])));
+        } else {
+            flas_build_folded_values(ctx.get(), gf, flow_, concept_, b, s.slot, entry.n_tokens, seq, eye);
+        }
     }
     std::vector<float> identity((size_t) hp.n_head * hp.n_head, 0.0f);
     for (int h = 0; h < hp.n_head; ++h) {
         identity[(size_t) h * hp.n_head + h] = 1.0f;
     }
-    flas_compute_once(backend_.get(), gf, [&] { ggml_backend_tensor_set(eye, identity.data(), 0, ggml_nbytes(eye)); });
-    s.values_slot = s.slot;
+    flas_compute_once(backend_.get(), gf, [&] {
+        if (eye != nullptr) {
+            ggml_backend_tensor_set(eye, identity.data(), 0, ggml_nbytes(eye));
+        }
+    });
     s.values_encoding = entry.encoding;
 }
 

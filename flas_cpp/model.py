@@ -139,7 +139,8 @@ class FlasModel:
     def memory(self) -> list[dict]:
         """Bytes each device holds, one dict per device: device, type, description, base_weights,
         kv_cache, base_compute (llama.cpp's own accounting), flow_weights, flow_caches (concepts,
-        time embeddings, every steered sequence's flow KV cache), flow_compute, total. Flow caches
+        each sequence's time embeddings and folded concept values, every steered sequence's flow KV
+        cache), flow_compute, total. Flow caches
         and compute grow when a sequence is first steered with more Euler steps."""
         return self._m.memory()
 

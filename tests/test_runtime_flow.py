@@ -24,15 +24,19 @@ def base_config(tiny) -> dict:
     return json.loads((tiny[0] / "config.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def concept_c(tiny) -> np.ndarray:
+def encode_concept(base_dir, text: str) -> np.ndarray:
     """c = final_norm(layer1(layer0(embed(ids)))) computed by transformers (FLAS_SPEC.md 2)."""
-    tok = AutoTokenizer.from_pretrained(tiny[0])
-    model = AutoModelForCausalLM.from_pretrained(tiny[0], dtype=torch.float32, attn_implementation="eager").eval()
-    ids = tok(CONCEPT, truncation=True, max_length=64).input_ids
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok(text, truncation=True, max_length=64).input_ids
     with torch.no_grad():
         hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[2]
         return model.model.norm(hidden)[0].double().numpy()
+
+
+@pytest.fixture(scope="module")
+def concept_c(tiny) -> np.ndarray:
+    return encode_concept(tiny[0], CONCEPT)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,33 @@ def test_steered_rows_match_the_reference(models, flows, base_config, concept_c,
         assert normalized_error(t["steered"][i], ref[i]) <= tol, f"decode step {i - n_prompt}"
     # and steering moved the rows by far more than the tolerance
     assert normalized_error(t["unsteered"], ref) > 10 * tol
+
+
+# Decode folds a short concept's values through cross_out (docs/ARCHITECTURE.md); a concept longer
+# than the folding limit (head_dim - 1 keys with f32 weights and values) reads cross_out instead.
+LONG_CONCEPT = "Answer every question as a weary sea captain who has sailed the seven seas for forty years"
+
+
+@pytest.mark.parametrize("text", [CONCEPT, LONG_CONCEPT], ids=["folded", "long-not-folded"])
+def test_decode_rows_match_the_reference_with_and_without_folding(models, flows, tiny, base_config, text):
+    m = models["f32"]
+    n_keys = len(m.tokenize(text, add_bos=True, special=True))
+    assert n_keys <= 64 and (n_keys < m.flow_info["head_dim"]) == (text == CONCEPT)  # each side of the limit
+    t = m.trace(PROMPT, concept=text, flowtime=2.0, n_steps=3, n_decode=6)
+    ref = FlowReference(flows["f32"][1], base_config).steer(t["unsteered"], encode_concept(tiny[0], text), 2.0, 3)
+    n_prompt = len(m.prompt_tokens(PROMPT))
+    for i in range(n_prompt, n_prompt + 6):
+        assert normalized_error(t["steered"][i], ref[i]) <= 1e-4, f"decode step {i - n_prompt}"
+
+
+def test_a_concept_slot_encoded_again_gets_its_own_folded_values(tiny_base_f32, flows, tiny, base_config, concept_c):
+    """One concept slot: the pirate evicts the other concept from the slot the sequence used, and
+    decode must not fold the old concept's values."""
+    with FlasModel(tiny_base_f32, flows["f32"][0], n_ctx=256, exact=True, concept_cache=1) as m:
+        m.generate(PROMPT, concept="Respond as a noir detective", flowtime=2.0, max_tokens=4, temperature=0.0)
+        t = m.trace(PROMPT, concept=CONCEPT, flowtime=2.0, n_steps=3, n_decode=4)
+    ref = FlowReference(flows["f32"][1], base_config).steer(t["unsteered"], concept_c, 2.0, 3)
+    assert normalized_error(t["steered"], ref) <= 1e-4
 
 
 def test_flowtime_zero_is_the_identity_bit_for_bit(models):

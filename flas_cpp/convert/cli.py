@@ -12,7 +12,7 @@ import threading
 
 from .base import BASE_OUTTYPES, convert_base
 from .common import ConversionError
-from .flow import FLOW_OUTTYPES, convert_flow
+from .flow import DEFAULT_FLOW_OUTTYPE, FLOW_OUTTYPES, convert_flow
 
 EPILOG = """examples:
   flas-convert base gemma-2-2b-it/ -o gemma-2-2b-it-Q4_K_M.gguf --outtype Q4_K_M
@@ -38,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base-config", help="the base model's HF config.json; needed unless the flow's model_id "
                                          "is a local checkpoint directory or a known base (google/gemma-2-2b-it, "
                                          "google/gemma-3-270m, ...)")
-    f.add_argument("--outtype", default="q4_k_m", choices=list(FLOW_OUTTYPES),
+    f.add_argument("--outtype", default=DEFAULT_FLOW_OUTTYPE, choices=list(FLOW_OUTTYPES),
                    help="matrix type, or a K-quant recipe (q4_k_m, q5_k_m: MLP inputs at the low type, the rest of "
                         "what decode reads q6_k, what it never reads f16; docs/FLOW_GGUF.md); norms, gates and biases "
-                        "stay f32 (default q4_k_m: the one flow within every speed and quality target of "
+                        f"stay f32 (default {DEFAULT_FLOW_OUTTYPE}: the one flow within every speed and quality target of "
                         "docs/PERFORMANCE.md; q6_k for the closest match to f32 at 2-3%% slower decode)")
 
     for p in (b, f):

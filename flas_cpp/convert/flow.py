@@ -173,6 +173,7 @@ FLOW_OUTTYPES: dict[str, dict[str, GGMLQuantizationType]] = {
     "q5_k_m": {"mlp_in": T.Q5_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "concept": T.F16, "time": T.F16},
     "q4_k_m": {"mlp_in": T.Q4_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "concept": T.F16, "time": T.F16},
 }
+DEFAULT_FLOW_OUTTYPE = "q4_k_m"  # the one flow within every target of docs/PERFORMANCE.md's K-quant report
 K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 K_FALLBACK = T.Q8_0  # for rows that do not fill whole 256-value K-quant blocks
 
@@ -286,7 +287,7 @@ def add_metadata(w: GGUFWriter, fc: FlowConfig, base: BaseFacts, disabled: dict[
 
 
 def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | None = None,
-                 base_config: str | Path | None = None, outtype: str = "q4_k_m", force: bool = False,
+                 base_config: str | Path | None = None, outtype: str = DEFAULT_FLOW_OUTTYPE, force: bool = False,
                  dry_run: bool = False, progress: bool = True) -> str:
     """Convert; returns the summary line. Raises ConversionError for bad input."""
     flow_path, out = Path(flow_path), Path(out)
