@@ -19,11 +19,6 @@ struct flas_segment {
     ggml_tensor * mask = nullptr;             // [p0+n, n] causal (0 or -INF); null when n == 1
 };
 
-// Up to this many rows, a one-concept cross-attention reads the sequence's folded values (K*nH*H)
-// instead of cross_out's weights; a prompt chunk reads the weights once for all its rows anyway,
-// and its K*nH attention weights per row would cost more than the projection saves.
-constexpr int FLAS_FOLD_MAX_ROWS = 16;
-
 // One forward pass of the flow over the steered rows of a batch (R rows, several sequences).
 // Segments are sorted by n_steps, descending, so the rows still integrating at step k are a
 // prefix of the rows: step k works on the first rows_at(k) columns.
@@ -39,8 +34,8 @@ struct flas_pass {
     ggml_tensor * dt = nullptr;         // [1, R] f32, each row's step size T/N
     ggml_tensor * cross_mask = nullptr; // [n_keys, R] f32 block mask over the concept keys; null: one concept, all keys
     int key0 = 0, n_keys = 0;           // the range of concept keys the cross-attention reads
-    int fold_seq = -1;                  // >= 0: one concept, few rows: the cross-attention reads this
-                                        // sequence's folded values (concepts.uo), not cross_out
+    int fold_seq = -1;                  // >= 0: one concept: the cross-attention reads this sequence's
+                                        // folded values (concepts.uo), not cross_out
 
     int n_steps_max() const { return segs.empty() ? 0 : segs.front().n_steps; }
     int rows_at(int step) const;

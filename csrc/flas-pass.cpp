@@ -68,9 +68,9 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     if (slot_lo != slot_hi && hp.has_cross_attn) {
         p.cross_mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, p.n_keys, R));
     }
-    // one concept, short enough to fold (flas_fold_max_keys), and its folded values in place: every
-    // segment's sequence holds the same ones, computed by set_steering
-    if (!all_keys && slot_lo == slot_hi && R <= FLAS_FOLD_MAX_ROWS && p.n_keys <= concept_.fold_keys &&
+    // one concept, short enough to fold (flas_fold_max_keys), whose folded values the first
+    // segment's sequence holds (set_steering computed them; every segment has this concept)
+    if (!all_keys && slot_lo == slot_hi && p.n_keys <= concept_.fold_keys &&
         seqs_[order.front().seq].values_encoding == concepts_.slots[slot_lo].encoding) {
         p.fold_seq = order.front().seq;
     }
