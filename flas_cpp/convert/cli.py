@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="matrix type, or a K-quant recipe (q4_k_m, q5_k_m: MLP inputs at the low type, the rest of "
                         "what decode reads q6_k, what it never reads f16; docs/FLOW_GGUF.md); norms, gates and biases "
                         f"stay f32 (default {DEFAULT_FLOW_OUTTYPE}: the one flow within every speed and quality target of "
-                        "docs/PERFORMANCE.md; q6_k for the closest match to f32 at 2-3%% slower decode)")
+                        "docs/PERFORMANCE.md; q6_k for the closest match to f32 at 1-2%% slower decode)")
 
     for p in (b, f):
         p.add_argument("-o", "--out", required=True, help="output .gguf file")
