@@ -307,10 +307,28 @@ void flas_engine::run_exclusive(const std::function<void()> & fn) {
         throw std::invalid_argument("this call waits for the decode step to end, and cannot be made from inside it "
                                     "(a steer hook or an eval callback): make it from another thread");
     }
+    // Announced first: between two steps the worker waits for the announced callers instead of
+    // taking the step lock straight back (a mutex is not fair, and a long request would otherwise
+    // keep them out until it ends).
+    struct waiting {
+        flas_engine & e;
+        waiting(flas_engine & e) : e(e) {
+            std::lock_guard<std::mutex> lk(e.mutex_);
+            e.n_exclusive_waiting_++;
+        }
+        ~waiting() {
+            std::lock_guard<std::mutex> lk(e.mutex_);
+            e.n_exclusive_waiting_--;
+            e.work_cv_.notify_all();
+        }
+    };
     std::unique_lock<std::timed_mutex> step(step_mutex_, std::defer_lock);
-    while (!step.try_lock_for(std::chrono::milliseconds(20))) {  // the worker may never let go of it
-        std::lock_guard<std::mutex> lk(mutex_);
-        throw_if_lost();
+    {
+        waiting announced(*this);
+        while (!step.try_lock_for(std::chrono::milliseconds(20))) {  // the worker may be gone for good
+            std::lock_guard<std::mutex> lk(mutex_);
+            throw_if_lost();
+        }
     }
     {
         std::lock_guard<std::mutex> lk(mutex_);
@@ -366,7 +384,7 @@ void flas_engine::run() {
     for (;;) {
         {
             std::unique_lock<std::mutex> lk(mutex_);
-            work_cv_.wait(lk, [&] { return stop_ || n_active_ > 0 || !queue_.empty(); });
+            work_cv_.wait(lk, [&] { return stop_ || (n_exclusive_waiting_ == 0 && (n_active_ > 0 || !queue_.empty())); });
             if (stop_ || !lost_.empty()) {
                 return;
             }

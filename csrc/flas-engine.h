@@ -132,6 +132,8 @@ class flas_engine {
     uint64_t next_id_ = 1;
     bool stop_ = false;
     int  n_active_ = 0;
+    int  n_exclusive_waiting_ = 0;        // callers of run_exclusive waiting for the step lock: the
+                                          // worker lets them in before its next step
     flas_engine_stats stats_;
 
     std::string lost_;                    // guarded by mutex_
