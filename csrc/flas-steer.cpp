@@ -155,12 +155,12 @@ void flas_runtime::compute_folded_values(int seq) {
             flas_build_folded_values(ctx.get(), gf, flow_, concept_, b, s.slot, entry.n_tokens, seq, eye);
         }
     }
-    std::vector<float> identity((size_t) hp.n_head * hp.n_head, 0.0f);
-    for (int h = 0; h < hp.n_head; ++h) {
-        identity[(size_t) h * hp.n_head + h] = 1.0f;
-    }
     flas_compute_once(backend_.get(), gf, [&] {
-        if (eye != nullptr) {
+        if (eye != nullptr) {  // a graph of copies has no input
+            std::vector<float> identity((size_t) hp.n_head * hp.n_head, 0.0f);
+            for (int h = 0; h < hp.n_head; ++h) {
+                identity[(size_t) h * hp.n_head + h] = 1.0f;
+            }
             ggml_backend_tensor_set(eye, identity.data(), 0, ggml_nbytes(eye));
         }
     });
