@@ -99,6 +99,8 @@ def test_the_page_streams_baseline_and_steered_side_by_side(browser, tiny, tiny_
 
         # the chat tab: two turns of one conversation, with its own concept
         page.js("document.getElementById('tab-chat').click(); true")
+        # greedy: a sampled first token of the random model can be end-of-turn, an empty (and correct) reply
+        page.js("document.getElementById('chat-temperature').value = 0; true")
         for text in ("Hello!", "And then?"):
             page.js(f"document.getElementById('chat-input').value = {json.dumps(text)};"
                     "document.getElementById('chat-max').value = 12; document.getElementById('chat-send').click(); true")
