@@ -448,6 +448,10 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release release;
             check(flas_model_reserve(h.get(), n_steps));
         }, py::arg("n_steps"))
+        .def("prompt_tokens", [](const model & s, const std::string & prompt) {
+            auto h = s.get();
+            return read_all<int32_t>([&](int32_t * t, int32_t n) { return flas_prompt_tokens(h.get(), prompt.c_str(), t, n); });
+        }, py::arg("prompt"))
         .def("tokenize", [](const model & s, const std::string & text, bool add_special, bool parse_special) {
             auto h = s.get();
             return read_all<int32_t>([&](int32_t * t, int32_t n) {

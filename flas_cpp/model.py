@@ -17,7 +17,7 @@ from .placement import base_layer_count, device_total, fit_gpu_layers, gib, pars
 from . import completions
 from .completions import stop_list
 from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
-from .prompting import Message, alpaca_prompt, check_sampling, check_steering, normalize_messages
+from .prompting import Message, check_sampling, check_steering, normalize_messages
 
 
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
@@ -154,11 +154,12 @@ class FlasModel:
     def prompt_tokens(self, prompt: str | None = None, messages: Sequence[Message] | None = None) -> list[int]:
         """The prompt as trained: the chat template with the generation prompt (or alpaca), BOS first."""
         turns = normalize_messages(prompt, messages)
+        if len(turns) == 1:  # one user turn
+            return self._m.prompt_tokens(turns[0][1])  # the core's template, as the C API's
         if self.flow_info["prompt_format"] == "alpaca":
-            text = alpaca_prompt(turns)
-        else:
-            text = self._m.chat_template(turns)
-        return self._m.tokenize(text, True, True)
+            raise ValueError("this flow was trained with the alpaca prompt format, which has no multi-turn form; "
+                             "pass a single prompt")
+        return self._m.tokenize(self._m.chat_template(turns), True, True)
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of text, as llama-cpp-python's Llama.tokenize (bytes; str is taken as UTF-8)."""

@@ -9,8 +9,6 @@ from ._native import core
 
 Message = dict  # {"role": "user" | "assistant" | "model" | "system", "content": str}
 
-ALPACA_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"  # the BOS comes from the tokenizer
-
 
 def normalize_messages(prompt: str | None, messages: Sequence[Message] | None) -> list[tuple[str, str]]:
     """(role, content) pairs for the chat template: one user turn, or a conversation ending in one."""
@@ -29,13 +27,6 @@ def normalize_messages(prompt: str | None, messages: Sequence[Message] | None) -
     if not out or out[-1][0] != "user":
         raise ValueError("messages must end with a user turn (the model answers it)")
     return out
-
-
-def alpaca_prompt(turns: list[tuple[str, str]]) -> str:
-    if len(turns) != 1:
-        raise ValueError("this flow was trained with the alpaca prompt format, which has no multi-turn form; "
-                         "pass a single prompt")
-    return ALPACA_TEMPLATE.format(prompt=turns[0][1])
 
 
 def check_steering(concept: str | None, flowtime: float, n_steps: int) -> None:

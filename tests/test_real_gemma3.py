@@ -84,6 +84,22 @@ def test_unsteered_generation_equals_llama_cpp_python(base, model, prompt):
     assert len(ours.tokens) == 32 and ours.tokens == theirs[:len(ours.tokens)]
 
 
+def test_the_base_model_flow_prompts_in_alpaca_format(base, model):
+    """FLAS_SPEC.md 5: a base-model flow (prompt_format alpaca) is prompted as
+    <bos>### Instruction:\n{prompt}\n\n### Response:\n, tokenized by llama-cpp-python here."""
+    import llama_cpp
+
+    assert model.flow_info["prompt_format"] == "alpaca"
+    llm = llama_cpp.Llama(str(base), n_ctx=256, vocab_only=True, verbose=False)
+    want = llm.tokenize(f"### Instruction:\n{PROMPTS[1]}\n\n### Response:\n".encode(), add_bos=True, special=True)
+    llm.close()
+    assert want[0] == llm.token_bos() and model.prompt_tokens(PROMPTS[1]) == want
+    assert model.prompt_tokens(messages=[{"role": "user", "content": PROMPTS[1]}]) == want
+    with pytest.raises(ValueError, match="alpaca prompt format, which has no multi-turn form"):
+        model.prompt_tokens(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                      {"role": "user", "content": PROMPTS[1]}])
+
+
 # ---- an independent Gemma-3 encoder: embedding, layers 0 and 1, final norm ----------------------
 
 class Gemma3Encoder:
