@@ -1,11 +1,10 @@
 #include "flas-runtime.h"
 
+#include "flas-base-gguf.h"
 #include "flas-graph.h"
 #include "flas-log.h"
 #include "flas-platform.h"
-#include "gguf.h"
 
-#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -76,7 +75,7 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     if (params.model != nullptr) {
         model_ = params.model;
     } else {
-        check_base_vectors(params.base_path);
+        output_norm_ = flas_base_gguf_read_output_norm(params.base_path);  // before llama.cpp reads the file
         llama_model_params mparams = model_params();
         owned_model_.reset(llama_model_load_from_file(params.base_path.c_str(), mparams));
         model_ = owned_model_.get();
@@ -114,9 +113,7 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
         }
     }
     check_compatible(params.model != nullptr ? "(the application's model)" : params.base_path, params.flow_path);
-    if (params.model == nullptr) {
-        load_output_norm(params.base_path);
-    } else if ((int) output_norm_.size() != flow_.hp.n_embd) {  // read from the graph by the probe
+    if (params.model != nullptr && (int) output_norm_.size() != flow_.hp.n_embd) {  // read from the graph by the probe
         throw std::invalid_argument("the application's model has no final norm the concept encoder can use");
     }
 
@@ -178,65 +175,6 @@ void flas_runtime::check_compatible(const std::string & base_path, const std::st
         throw std::invalid_argument("the flow " + flow_path + " steers layer " + std::to_string(hp.layer) +
                                     " but the base model " + base_path + " has " +
                                     std::to_string(llama_model_n_layer(model_)) + " layers");
-    }
-}
-
-// llama.cpp's CPU kernels multiply and add only f32 vectors (norm weights, biases): another type
-// aborts the process inside its graph. Its converter never writes one; refuse such a file first.
-void flas_runtime::check_base_vectors(const std::string & path) {
-    ggml_context * meta = nullptr;
-    gguf_init_params gp = { /*no_alloc =*/ true, /*ctx =*/ &meta };
-    gguf_context_ptr gctx(gguf_init_from_file(path.c_str(), gp));
-    if (!gctx) {
-        throw std::invalid_argument("llama.cpp could not load the base model " + path + " (not a readable GGUF file)");
-    }
-    ggml_context_ptr meta_owner(meta);
-    for (ggml_tensor * t = ggml_get_first_tensor(meta); t != nullptr; t = ggml_get_next_tensor(meta, t)) {
-        if (ggml_n_dims(t) == 1 && t->type != GGML_TYPE_F32) {
-            throw std::invalid_argument("base model " + path + ": vector '" + ggml_get_name(t) + "' is " +
-                                        ggml_type_name(t->type) + ", but llama.cpp computes norms and biases with f32 "
-                                        "vectors only; convert the model again (flas-convert base, or llama.cpp's "
-                                        "convert_hf_to_gguf.py keep them f32)");
-        }
-    }
-}
-
-// The concept encoder ends with the base model's final RMSNorm (FLAS_SPEC.md 2); llama.cpp does
-// not expose model tensors, so read output_norm.weight from the GGUF itself.
-void flas_runtime::load_output_norm(const std::string & path) {
-    ggml_context * meta = nullptr;
-    gguf_init_params gp = { /*no_alloc =*/ true, /*ctx =*/ &meta };
-    gguf_context * gctx = gguf_init_from_file(path.c_str(), gp);
-    if (gctx == nullptr) {
-        throw std::invalid_argument("cannot read GGUF " + path);
-    }
-    ggml_context_ptr meta_owner(meta);
-    const int64_t id = gguf_find_tensor(gctx, "output_norm.weight");
-    ggml_tensor * t = id >= 0 ? ggml_get_tensor(meta, "output_norm.weight") : nullptr;
-    if (t == nullptr || ggml_nelements(t) != flow_.hp.n_embd ||
-        (t->type != GGML_TYPE_F32 && ggml_get_type_traits(t->type)->to_float == nullptr)) {
-        gguf_free(gctx);
-        throw std::invalid_argument("base model " + path + " has no usable output_norm.weight of size " +
-                                    std::to_string(flow_.hp.n_embd));
-    }
-    std::vector<uint8_t> raw(ggml_nbytes(t));
-    std::ifstream file(path, std::ios::binary);
-    file.seekg(gguf_get_data_offset(gctx) + gguf_get_tensor_offset(gctx, id));
-    file.read(reinterpret_cast<char *>(raw.data()), raw.size());
-    gguf_free(gctx);
-    if (!file) {
-        throw std::invalid_argument("base model " + path + ": truncated output_norm.weight");
-    }
-    output_norm_.resize(flow_.hp.n_embd);
-    if (t->type == GGML_TYPE_F32) {
-        memcpy(output_norm_.data(), raw.data(), raw.size());
-    } else {
-        ggml_get_type_traits(t->type)->to_float(raw.data(), output_norm_.data(), flow_.hp.n_embd);
-    }
-    for (float w : output_norm_) {
-        if (!std::isfinite(w)) {
-            throw std::invalid_argument("base model " + path + ": output_norm.weight holds a non-finite value (NaN or Inf)");
-        }
     }
 }
 

@@ -176,8 +176,6 @@ struct flas_runtime {
     llama_context_params context_params(int n_ctx, int n_batch, int n_seq) const;
     llama_model_params model_params();           // fills devices_ and tensor_split_
     ggml_backend_dev_t probe_layer_device();
-    static void check_base_vectors(const std::string & path);
-    void load_output_norm(const std::string & path);
     void check_compatible(const std::string & base_path, const std::string & flow_path) const;
     int  acquire_concept(const std::string & text, int & n_total);  // -> slot
     void compute_time_embeddings(int seq);
