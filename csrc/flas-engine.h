@@ -11,6 +11,7 @@
 
 #include "flas-runtime.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -142,4 +143,23 @@ class flas_engine {
 
     std::timed_mutex step_mutex_;         // held by the worker during a step
     std::thread worker_;
+};
+
+using flas_clock = std::chrono::steady_clock;
+
+// A request and its progress: the worker's fields (flas-scheduler.cpp), the outbox the waiters read.
+struct flas_engine::job {
+    uint64_t     id = 0;
+    flas_request req;
+    // worker only
+    int    seq      = -1;
+    size_t n_fed    = 0;      // prompt tokens in the sequence
+    int    n_out    = 0;      // tokens generated
+    llama_token pending = -1; // sampled, to be decoded next step
+    bool   sampled_once = false;
+    flas_clock::time_point t_start;
+    // guarded by the engine's mutex
+    flas_update outbox;       // what the next wait() returns
+    bool cancelled = false;
+    bool queued    = true;
 };
