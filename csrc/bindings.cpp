@@ -35,6 +35,14 @@ static T check(T status) {
     }
 }
 
+// A C string ends at its first NUL: text with one inside would reach the core cut short.
+static const char * c_text(const std::string & s, const char * what) {
+    if (s.find('\0') != std::string::npos) {
+        throw py::value_error(std::string(what) + " contains a NUL character ('\\0'), where a C string ends; remove it");
+    }
+    return s.c_str();
+}
+
 static const char * finish_name(enum flas_finish f) {
     switch (f) {
         case FLAS_FINISH_EOG:        return "eog";
@@ -57,10 +65,10 @@ struct model_params {
                  int main_gpu, std::vector<float> tensor_split)
         : base(std::move(base_)), flow(std::move(flow_)), split(std::move(tensor_split)) {
         for (const std::string & e : rpc_servers) {
-            rpc += (rpc.empty() ? "" : ",") + e;
+            rpc += (rpc.empty() ? "" : ",") + std::string(c_text(e, "an RPC server endpoint"));
         }
-        p.base_path      = base.c_str();
-        p.flow_path      = flow.c_str();
+        p.base_path      = c_text(base, "the base model path");
+        p.flow_path      = c_text(flow, "the flow path");
         p.n_ctx          = n_ctx;
         p.n_batch        = n_batch;
         p.n_seq          = n_seq;
@@ -246,7 +254,7 @@ struct request {
         struct flas_request_params out = p;
         out.prompt   = prompt.data();
         out.n_prompt = (int32_t) prompt.size();
-        out.concept  = concept.c_str();
+        out.concept  = c_text(concept, "the concept");
         return out;
     }
 };
@@ -348,7 +356,7 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("validate_flow", [](const std::string & path) {
         py::gil_scoped_release release;
-        check(flas_flow_validate(path.c_str()));
+        check(flas_flow_validate(c_text(path, "the flow path")));
     }, py::arg("path"), "flas_flow_validate: every check of loading a flow GGUF, without a base model (ValueError).");
     m.def("quantize_rows", [](py::array_t<float, py::array::c_style | py::array::forcecast> rows, int type) {
         if (rows.ndim() != 2) {
@@ -369,22 +377,23 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("rows"), py::arg("type"), "ggml's quantizer: float32 rows -> the bytes of ggml type `type`, [n_rows, row bytes].");
     m.def("quantize", [](const std::string & in, const std::string & out, int ftype, int n_threads) {
         py::gil_scoped_release release;
-        check(flas_quantize(in.c_str(), out.c_str(), ftype, n_threads));
+        check(flas_quantize(c_text(in, "the input path"), c_text(out, "the output path"), ftype, n_threads));
     }, py::arg("path_in"), py::arg("path_out"), py::arg("ftype"), py::arg("n_threads") = 0,
        "llama.cpp's quantizer on a GGUF file; ftype is a llama_ftype.");
     m.def("rpc_serve", [](const std::string & endpoint, int n_threads, const std::string & cache_dir) {
         py::gil_scoped_release release;
-        check(flas_rpc_serve(endpoint.c_str(), n_threads, cache_dir.empty() ? nullptr : cache_dir.c_str()));
+        check(flas_rpc_serve(c_text(endpoint, "the endpoint"), n_threads,
+                             cache_dir.empty() ? nullptr : c_text(cache_dir, "the cache directory")));
     }, py::arg("endpoint"), py::arg("n_threads") = 0, py::arg("cache_dir") = "",
        "Serve this machine's backend to ggml RPC clients at endpoint (host:port); returns only on error.");
     m.def("endpoint_reachable", [](const std::string & endpoint, int timeout_ms) {
         py::gil_scoped_release release;
-        return flas_endpoint_reachable(endpoint.c_str(), timeout_ms);
+        return flas_endpoint_reachable(c_text(endpoint, "the endpoint"), timeout_ms);
     }, py::arg("endpoint"), py::arg("timeout_ms") = 1000);
     m.def("rpc_device_handles", [](const std::vector<std::string> & endpoints) {
         std::vector<uintptr_t> out;
         for (const std::string & e : endpoints) {
-            void * dev = flas_rpc_device(e.c_str());
+            void * dev = flas_rpc_device(c_text(e, "an RPC server endpoint"));
             if (dev == nullptr) {
                 check(FLAS_ERR_INVALID_ARGUMENT);
             }
@@ -450,19 +459,21 @@ PYBIND11_MODULE(_core, m) {
         }, py::arg("n_steps"))
         .def("prompt_tokens", [](const model & s, const std::string & prompt) {
             auto h = s.get();
-            return read_all<int32_t>([&](int32_t * t, int32_t n) { return flas_prompt_tokens(h.get(), prompt.c_str(), t, n); });
+            const char * prompt_text = c_text(prompt, "the prompt");
+            return read_all<int32_t>([&](int32_t * t, int32_t n) { return flas_prompt_tokens(h.get(), prompt_text, t, n); });
         }, py::arg("prompt"))
         .def("tokenize", [](const model & s, const std::string & text, bool add_special, bool parse_special) {
             auto h = s.get();
+            const char * text_c = c_text(text, "the text");
             return read_all<int32_t>([&](int32_t * t, int32_t n) {
-                return flas_tokenize(h.get(), text.c_str(), add_special, parse_special, t, n);
+                return flas_tokenize(h.get(), text_c, add_special, parse_special, t, n);
             });
         }, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
         .def("chat_template", [](const model & s, const std::vector<std::pair<std::string, std::string>> & turns) {
             auto h = s.get();
             std::vector<flas_chat_message> msgs;
             for (const auto & t : turns) {
-                msgs.push_back({t.first.c_str(), t.second.c_str()});
+                msgs.push_back({c_text(t.first, "a message's role"), c_text(t.second, "a message's content")});
             }
             std::vector<char> buf(1024);
             int32_t n = check(flas_chat_template(h.get(), msgs.data(), (int32_t) msgs.size(), buf.data(), (int32_t) buf.size()));
@@ -484,8 +495,9 @@ PYBIND11_MODULE(_core, m) {
         }, py::arg("token"))
         .def("encode_concept", [](const model & s, const std::string & concept) {
             auto h = s.get();
+            const char * concept_text = c_text(concept, "the concept");
             py::gil_scoped_release release;
-            return check(flas_encode_concept(h.get(), concept.c_str()));
+            return check(flas_encode_concept(h.get(), concept_text));
         }, py::arg("concept"))
         .def("submit_many", [](const model & s, const std::vector<request> & reqs) {
             auto h = s.get();
@@ -562,8 +574,9 @@ PYBIND11_MODULE(_core, m) {
              py::arg("fn"), "flas_exclusive: fn() between two decode steps; the seq_* methods work inside it.")
         .def("seq_set_steering", [](const model & s, int seq, const std::string & concept, float flowtime, int n_steps) {
             auto h = s.get();
+            const char * concept_text = c_text(concept, "the concept");
             py::gil_scoped_release release;
-            return check(flas_seq_set_steering(h.get(), seq, concept.c_str(), flowtime, n_steps));
+            return check(flas_seq_set_steering(h.get(), seq, concept_text, flowtime, n_steps));
         }, py::arg("seq"), py::arg("concept"), py::arg("flowtime"), py::arg("n_steps"))
         .def("seq_decode", [](const model & s, const std::vector<std::pair<int32_t, std::vector<int32_t>>> & batch) {
             auto h = s.get();

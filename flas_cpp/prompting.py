@@ -37,6 +37,8 @@ def check_steering(concept: str | None, flowtime: float, n_steps: int) -> None:
         raise ValueError(f"n_steps must be an integer in 1..{max_steps} (the flow's default is usually 3), got {n_steps!r}")
     if concept is not None and (not isinstance(concept, str) or not concept.strip()):
         raise ValueError("concept is empty; describe it in words, e.g. concept=\"Talk like a pirate\"")
+    if concept is not None and "\0" in concept:
+        raise ValueError("the concept contains a NUL character ('\\0'), where a C string ends; remove it")
     if flowtime > 0 and concept is None:
         raise ValueError("steering (flowtime > 0) needs a concept, e.g. concept=\"Talk like a pirate\"; "
                          "use flowtime=0 for the unsteered model")

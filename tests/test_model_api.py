@@ -82,6 +82,7 @@ def test_multi_turn_messages_use_the_chat_template(model, tiny):
     (dict(concept=""), "concept is empty"),
     (dict(concept="   \n"), "concept is empty"),
     (dict(concept=None, flowtime=2.0), "needs a concept"),
+    (dict(concept="Talk like\0 a pirate"), "the concept contains a NUL character"),
     (dict(flowtime=-0.5), "flowtime must be a finite number >= 0"),
     (dict(flowtime=math.nan), "flowtime must be a finite number >= 0"),
     (dict(flowtime=math.inf), "flowtime must be a finite number >= 0"),
@@ -106,6 +107,14 @@ def test_bad_prompts(model):
         model.generate(messages=[{"role": "assistant", "content": "hi"}], concept=CONCEPT)
     with pytest.raises(ValueError, match=r"messages\[0\] must be"):
         model.generate(messages=[{"role": "robot", "content": "hi"}], concept=CONCEPT)
+    # a C string ends at NUL: text with one inside is refused, never cut short
+    with pytest.raises(ValueError, match=r"the prompt contains a NUL character \('\\0'\), where a C string ends"):
+        model.generate("Tell me\0 about your day.", concept=CONCEPT)
+    with pytest.raises(ValueError, match="a message's content contains a NUL character"):
+        model.generate(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel\0lo"},
+                                 {"role": "user", "content": PROMPT}], concept=CONCEPT)
+    with pytest.raises(ValueError, match="the text contains a NUL character"):
+        model.tokenize(b"a\0b")
 
 
 def test_long_concept_is_truncated_with_a_warning(model):

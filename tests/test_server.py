@@ -236,6 +236,8 @@ GOOD = {"model": "flas", "messages": [{"role": "user", "content": "Hi"}], "max_t
     ({"messages": []}, 400, "messages", None),
     ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role", None),
     ({"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content", None),
+    ({"messages": [{"role": "user", "content": "Hi\u0000"}]}, 400, None, None),  # NUL: refused, not cut short
+    ({"steering": {"concept": "pirate\u0000"}}, 400, None, None),
     ({"messages": [{"role": "user", "content": "pirate " * 400}]}, 400, "messages", "context_length_exceeded"),
     ({"n": 2}, 400, "n", None),
     ({"stop": [1]}, 400, "stop", None),
