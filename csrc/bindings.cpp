@@ -485,13 +485,10 @@ PYBIND11_MODULE(_core, m) {
         }, py::arg("messages"))
         .def("token_to_piece", [](const model & s, int32_t token) {
             auto h = s.get();
-            std::vector<char> buf(64);
-            int32_t n = check(flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size()));
-            if (n > (int32_t) buf.size()) {
-                buf.resize((size_t) n);
-                n = check(flas_token_to_piece(h.get(), token, buf.data(), (int32_t) buf.size()));
-            }
-            return py::bytes(buf.data(), (size_t) n);
+            const std::vector<char> piece = read_all<char>([&](char * buf, int32_t n) {
+                return flas_token_to_piece(h.get(), token, buf, n);
+            });
+            return py::bytes(piece.data(), piece.size());
         }, py::arg("token"))
         .def("encode_concept", [](const model & s, const std::string & concept) {
             auto h = s.get();
