@@ -7,7 +7,6 @@
 #include <future>
 #include <stdexcept>
 
-
 flas_engine::flas_engine(flas_runtime & rt) : rt_(&rt), slots_(rt.n_seq()) {
     watch_devices();
     worker_ = std::thread([this] { run(); });
