@@ -2,10 +2,10 @@
 
 #include "ggml-alloc.h"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
-
-#include <cmath>
 
 namespace {
 
@@ -57,8 +57,8 @@ ggml_tensor * attend(ggml_context * ctx, const flas_flow_hparams & hp, ggml_tens
     return ggml_reshape_2d(ctx, kqv, (int64_t) hp.head_dim * hp.n_head, kqv->ne[2]);
 }
 
-// Queries of the rows against the keys of their own concept: one attention over
-// the key range of every concept in the pass, split by the block mask.
+// Queries of the rows against the keys of their own concept, run by run. Runs that fold add
+// their rows' outputs directly; consecutive runs that do not share one read of cross_out.
 ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, int b, ggml_tensor * x) {
     const flas_flow_hparams & hp = p.flow.hp;
     ggml_context * ctx = p.ctx;
@@ -66,25 +66,48 @@ ggml_tensor * cross_attention(const flas_pass & p, const flas_flow_block & blk, 
     ggml_tensor * q = ggml_mul_mat(ctx, blk.cross_q, x);
     q = ggml_reshape_3d(ctx, q, hp.head_dim, hp.n_head, n);
     q = ggml_mul(ctx, ggml_rms_norm(ctx, q, hp.rms_eps), blk.cross_q_norm);
-    q = ggml_permute(ctx, rope(ctx, p.flow, q, rows_view(ctx, p.pos, n)), 0, 2, 1, 3);  // [D, n, nH]
+    q = rope(ctx, p.flow, q, rows_view(ctx, p.pos, n));                // [D, nH, n]
     ggml_tensor * kc = p.concepts.k[b];
     ggml_tensor * vt = p.concepts.vt[b];
-    ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, p.n_keys, hp.n_head_kv, kc->nb[1], kc->nb[2],
-                                   (size_t) p.key0 * kc->nb[1]);
     const float scale = 1.0f / sqrtf((float) hp.head_dim);
-    if (p.fold_seq >= 0) {
-        // sum over keys j and heads h of a[j, h] U[j + K*h, :]: cross_out's weights are not read
-        const int64_t KH = (int64_t) p.n_keys * hp.n_head;
-        ggml_tensor * uo = p.concepts.uo[b];
-        ggml_tensor * u = ggml_view_2d(ctx, uo, KH, hp.n_embd, KH * ggml_element_size(uo), (size_t) p.fold_seq * uo->nb[1]);
-        ggml_tensor * a = attention_weights(ctx, hp, q, k, nullptr, scale);                 // [K, n, nH]
-        a = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, a, 0, 2, 1, 3)), KH, n);  // [K*nH, n]
-        return ggml_mul_mat(ctx, u, a);                                                     // [H, n]
+
+    ggml_tensor * out = nullptr;       // [H, rows so far]
+    ggml_tensor * unfolded = nullptr;  // [nH*D, rows] attended, waiting for cross_out
+    auto append = [&](ggml_tensor *& acc, ggml_tensor * y) { acc = acc ? ggml_concat(ctx, acc, y, 1) : y; };
+    auto flush = [&] {
+        if (unfolded != nullptr) {
+            append(out, ggml_mul_mat(ctx, blk.cross_out, unfolded));
+            unfolded = nullptr;
+        }
+    };
+    for (const flas_concept_run & run : p.runs) {
+        if (run.r0 >= n) {
+            break;  // rows past n have finished integrating
+        }
+        const int n_run = std::min(run.n, n - run.r0);
+        ggml_tensor * q_run = ggml_view_3d(ctx, q, hp.head_dim, hp.n_head, n_run, q->nb[1], q->nb[2],
+                                           (size_t) run.r0 * q->nb[2]);
+        q_run = ggml_permute(ctx, q_run, 0, 2, 1, 3);                  // [D, n_run, nH]
+        ggml_tensor * k = ggml_view_3d(ctx, kc, hp.head_dim, run.n_keys, hp.n_head_kv, kc->nb[1], kc->nb[2],
+                                       (size_t) run.key0 * kc->nb[1]);
+        if (run.fold_seq >= 0) {
+            // sum over keys j and heads h of a[j, h] U[j + K*h, :]: cross_out's weights are not read
+            flush();
+            const int64_t KH = (int64_t) run.n_keys * hp.n_head;
+            ggml_tensor * uo = p.concepts.uo[b];
+            ggml_tensor * u = ggml_view_2d(ctx, uo, KH, hp.n_embd, KH * ggml_element_size(uo),
+                                           (size_t) run.fold_seq * uo->nb[1]);
+            ggml_tensor * a = attention_weights(ctx, hp, q_run, k, nullptr, scale);                 // [K, n_run, nH]
+            a = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, a, 0, 2, 1, 3)), KH, n_run);  // [K*nH, n_run]
+            append(out, ggml_mul_mat(ctx, u, a));                                                   // [H, n_run]
+        } else {
+            ggml_tensor * v = ggml_view_3d(ctx, vt, run.n_keys, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2],
+                                           (size_t) run.key0 * ggml_element_size(vt));
+            append(unfolded, attend(ctx, hp, q_run, k, v, nullptr, scale));
+        }
     }
-    ggml_tensor * v = ggml_view_3d(ctx, vt, p.n_keys, hp.head_dim, hp.n_head_kv, vt->nb[1], vt->nb[2],
-                                   (size_t) p.key0 * ggml_element_size(vt));
-    ggml_tensor * mask = p.cross_mask ? ggml_view_2d(ctx, p.cross_mask, p.n_keys, n, p.cross_mask->nb[1], 0) : nullptr;
-    return ggml_mul_mat(ctx, blk.cross_out, attend(ctx, hp, q, k, v, mask, scale));
+    flush();
+    return out;
 }
 
 // Each sequence attends to its own step-`step` cache: the projections and RoPE run over all
@@ -239,7 +262,7 @@ void flas_build_folded_values(ggml_context * ctx, ggml_cgraph * gf, const flas_f
 }
 
 size_t flas_graph_max_nodes(const flas_flow & flow, int n_steps, int n_seg) {
-    return (size_t) n_steps * (size_t) flow.hp.n_block * (96 + 24 * (size_t) n_seg) + (size_t) n_steps * 16 + 64;
+    return (size_t) n_steps * (size_t) flow.hp.n_block * (96 + 48 * (size_t) n_seg) + (size_t) n_steps * 16 + 64;
 }
 
 ggml_context_ptr flas_graph_context(size_t n_nodes) {

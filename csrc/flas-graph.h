@@ -19,6 +19,14 @@ struct flas_segment {
     ggml_tensor * mask = nullptr;             // [p0+n, n] causal (0 or -INF); null when n == 1
 };
 
+// Consecutive pass rows conditioned on one concept: they attend to its keys alone, so that a
+// row is computed the same whatever concepts share its pass.
+struct flas_concept_run {
+    int r0 = 0, n = 0;
+    int key0 = 0, n_keys = 0;  // the concept's keys in the concept state
+    int fold_seq = -1;         // >= 0: read this sequence's folded values (concepts.uo), not cross_out
+};
+
 // One forward pass of the flow over the steered rows of a batch (R rows, several sequences).
 // Segments are sorted by n_steps, descending, so the rows still integrating at step k are a
 // prefix of the rows: step k works on the first rows_at(k) columns.
@@ -32,10 +40,7 @@ struct flas_pass {
     ggml_tensor * pos = nullptr;        // [R] i32, absolute positions
     ggml_tensor * time_idx = nullptr;   // [R * n_steps_max] i32: row r at step k reads time_emb column [k*R + r]
     ggml_tensor * dt = nullptr;         // [1, R] f32, each row's step size T/N
-    ggml_tensor * cross_mask = nullptr; // [n_keys, R] f32 block mask over the concept keys; null: one concept, all keys
-    int key0 = 0, n_keys = 0;           // the range of concept keys the cross-attention reads
-    int fold_seq = -1;                  // >= 0: one concept: the cross-attention reads this sequence's
-                                        // folded values (concepts.uo), not cross_out
+    std::vector<flas_concept_run> runs; // cover the R rows in order
 
     int n_steps_max() const { return segs.empty() ? 0 : segs.front().n_steps; }
     int rows_at(int step) const;

@@ -20,14 +20,16 @@ struct flas_runtime::flow_pass {
 };
 
 // One builder for the worst-case reservation and every real pass, so the two cannot drift
-// apart. all_keys: the cross-attention reads every concept slot under a mask (the worst case).
-flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_entry> & steered, int n_all, bool all_keys) {
+// apart. worst_case: the concept is as long as a concept can be, and does not fold.
+flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_entry> & steered, int n_all, bool worst_case) {
     const flas_flow_hparams & hp = flow_.hp;
 
-    // segments sorted by N, descending: the rows still integrating at step k are a prefix
+    // segments sorted by N, descending: the rows still integrating at step k are a prefix; then
+    // by concept, so that sequences of one concept make one run
     std::vector<batch_entry> order = steered;
     std::stable_sort(order.begin(), order.end(), [&](const batch_entry & a, const batch_entry & b) {
-        return seqs_[a.seq].n_steps > seqs_[b.seq].n_steps;
+        const flas_seq & sa = seqs_[a.seq], & sb = seqs_[b.seq];
+        return sa.n_steps != sb.n_steps ? sa.n_steps > sb.n_steps : sa.slot < sb.slot;
     });
     int R = 0;
     for (const batch_entry & e : order) {
@@ -52,29 +54,31 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     p.time_idx = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) R * n_steps_max));
     p.dt       = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, R));
 
-    // the concept keys the pass reads: one slot, or the range spanning every slot in use
-    int slot_lo = concepts_.slots.size(), slot_hi = -1;
-    for (const batch_entry & e : order) {
-        slot_lo = std::min(slot_lo, seqs_[e.seq].slot);
-        slot_hi = std::max(slot_hi, seqs_[e.seq].slot);
-    }
-    if (all_keys) {
-        slot_lo = 0;
-        slot_hi = (int) concepts_.slots.size() - 1;
-    }
-    p.key0   = slot_lo * concept_.k_max;
-    p.n_keys = all_keys ? concept_.n_slot * concept_.k_max - p.key0
-                        : slot_hi * concept_.k_max + concepts_.slots[slot_hi].n_tokens - p.key0;
-    if (slot_lo != slot_hi && hp.has_cross_attn) {
-        p.cross_mask = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, p.n_keys, R));
-    }
-    // one concept, short enough to fold (flas_fold_max_keys), whose folded values the first
-    // segment's sequence holds (set_steering computed them; every segment has this concept)
-    if (!all_keys && slot_lo == slot_hi && p.n_keys <= concept_.fold_keys &&
-        seqs_[order.front().seq].values_encoding == concepts_.slots[slot_lo].encoding) {
-        p.fold_seq = order.front().seq;
-    }
+    // runs of rows with one concept; a sequence folds when its concept is short enough and it
+    // holds that concept's folded values (flas_fold_max_keys, compute_folded_values)
     int r0 = 0;
+    for (const batch_entry & e : order) {
+        flas_concept_run run;
+        run.r0 = r0;
+        run.n  = e.n;
+        if (worst_case) {  // the sequence may hold no concept yet
+            run.n_keys = concept_.k_max;
+        } else {
+            const flas_seq & s = seqs_[e.seq];
+            const flas_concept_entry & entry = concepts_.slots[s.slot];
+            run.key0     = s.slot * concept_.k_max;
+            run.n_keys   = entry.n_tokens;
+            run.fold_seq = entry.n_tokens <= concept_.fold_keys && s.values_encoding == entry.encoding ? e.seq : -1;
+        }
+        flas_concept_run * last = p.runs.empty() ? nullptr : &p.runs.back();
+        if (last != nullptr && last->key0 == run.key0 && (last->fold_seq >= 0) == (run.fold_seq >= 0)) {
+            last->n += e.n;  // the same concept: its folded values are the same in every sequence holding them
+        } else {
+            p.runs.push_back(run);
+        }
+        r0 += e.n;
+    }
+    r0 = 0;
     for (const batch_entry & e : order) {
         flas_segment sg;
         sg.r0 = r0;
@@ -109,7 +113,7 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
 // reallocated (and the freed buffers left resident) as positions grow.
 void flas_runtime::reserve_flow(int seq) {
     const int rows = std::min(FLAS_MAX_PASS_ROWS, n_ctx_seq_);
-    flow_pass fp = build_flow_pass({{seq, 0, rows, n_ctx_seq_ - rows}}, params_.n_batch, /*all_keys =*/ true);
+    flow_pass fp = build_flow_pass({{seq, 0, rows, n_ctx_seq_ - rows}}, params_.n_batch, /*worst_case =*/ true);
     if (!ggml_gallocr_reserve(allocr_.get(), fp.gf)) {
         throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
     }
@@ -117,7 +121,7 @@ void flas_runtime::reserve_flow(int seq) {
 
 void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered) {
     const int n_all = (int) t->ne[1];
-    flow_pass fp = build_flow_pass(steered, n_all, /*all_keys =*/ false);
+    flow_pass fp = build_flow_pass(steered, n_all, /*worst_case =*/ false);
     const flas_pass & p = fp.p;
     const std::vector<batch_entry> & order = fp.order;
     const int R = p.n_rows;
@@ -157,19 +161,6 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     set(p.dt, dt.data());
     set(fp.gather, gather_idx.data());
     set(fp.scatter, scatter_idx.data());
-    if (p.cross_mask != nullptr && p.cross_mask->buffer != nullptr) {
-        std::vector<float> m((size_t) p.n_keys * R, -INFINITY);
-        r0 = 0;
-        for (const batch_entry & e : order) {
-            const int slot = seqs_[e.seq].slot;
-            const int k0 = slot * concept_.k_max - p.key0, K = concepts_.slots[slot].n_tokens;
-            for (int j = 0; j < e.n; ++j) {
-                std::fill_n(m.begin() + (size_t) (r0 + j) * p.n_keys + k0, K, 0.0f);
-            }
-            r0 += e.n;
-        }
-        set(p.cross_mask, m.data());
-    }
     for (const flas_segment & s : p.segs) {
         if (s.mask != nullptr && s.mask->buffer != nullptr) {
             const int n_kv = s.p0 + s.n;

@@ -297,3 +297,21 @@ def test_a_long_prefill_is_steered_in_several_passes_like_the_reference(four, re
     for r, t in zip(requests, traces):
         ref = reference.steer(t["unsteered"], encode(r["concept"]), r["flowtime"], r["n_steps"])
         assert normalized_error(t["steered"], ref) <= 1e-4, r
+
+
+def test_a_sequence_s_rows_do_not_depend_on_the_concepts_beside_it(tiny, tiny_base_f32, tmp_path_factory):
+    """The default (not exact) model: f16 concept state and folded values, a bf16 flow. A pass
+    mixing concepts computes each row as a pass of its concept alone does: the prompt's steered
+    rows, prefilled beside other concepts, are bit for bit those prefilled alone. Decoded rows
+    then differ only by llama.cpp's own rounding in a larger batch (about 1e-4 relative here,
+    also between two unsteered sequences), not by another arithmetic path of the flow."""
+    flow = convert_tiny_flow(tiny, tmp_path_factory.mktemp("mixed") / "flow-bf16.gguf", "bf16")
+    with FlasModel(tiny_base_f32, flow, n_ctx=3 * 256, n_seq=3) as m:
+        pirate = dict(prompt=PROMPTS[0], concept=PIRATE, flowtime=2.0, n_steps=3)
+        n_prompt = len(m.prompt_tokens(PROMPTS[0]))
+        alone = traced_together(m, [pirate], n_decode=6)[0]
+        beside = traced_together(m, [pirate, dict(prompt=PROMPTS[1], concept=NOIR, flowtime=1.0, n_steps=2),
+                                     dict(prompt=PROMPTS[2], concept=LEGAL, flowtime=3.0, n_steps=4)], n_decode=6)[0]
+        np.testing.assert_array_equal(beside["steered"][:n_prompt], alone["steered"][:n_prompt])
+        assert normalized_error(beside["steered"], alone["steered"]) <= 1e-3
+        assert normalized_error(alone["steered"], alone["unsteered"]) > 1e-2  # it was steered

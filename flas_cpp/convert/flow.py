@@ -321,9 +321,10 @@ def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | No
     note = f" [ablated: {', '.join(ablated)}]" if ablated else ""
     fell_back = [t for t in plan if recipe[matrix_role(t.name)] in K_QUANTS and t.qtype not in K_QUANTS
                  and t.qtype != GGMLQuantizationType.F32]
-    if fell_back:
-        widths = sorted({t.shape[-1] for t in fell_back})
-        note += (f" [{len(fell_back)} matrices as {fell_back[0].qtype.name.lower()}: their rows of "
+    for qtype in sorted({t.qtype for t in fell_back}, key=lambda q: q.name):
+        group = [t for t in fell_back if t.qtype == qtype]
+        widths = sorted({t.shape[-1] for t in group})
+        note += (f" [{len(group)} matrices as {qtype.name.lower()}: their rows of "
                  f"{', '.join(map(str, widths))} values do not fill 256-value K-quant blocks]")
     if dry_run:
         return summary.line(out, dry_run=True) + note
