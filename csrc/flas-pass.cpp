@@ -19,9 +19,8 @@ struct flas_runtime::flow_pass {
     ggml_tensor * sums = nullptr;     // [1, R]: each steered row's sum, NaN or Inf if the row holds one
 };
 
-// One builder for the worst-case reservation and every real pass, so the two cannot drift
-// apart. worst_case: the concept is as long as a concept can be, and does not fold.
-flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_entry> & steered, int n_all, bool worst_case) {
+// One builder for the worst-case reservations and every real pass, so they cannot drift apart.
+flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_entry> & steered, int n_all, pass_shape shape) {
     const flas_flow_hparams & hp = flow_.hp;
 
     // segments sorted by N, descending: the rows still integrating at step k are a prefix; then
@@ -61,8 +60,11 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
         flas_concept_run run;
         run.r0 = r0;
         run.n  = e.n;
-        if (worst_case) {  // the sequence may hold no concept yet
+        if (shape == pass_shape::worst_unfolded) {  // the sequence may hold no concept yet
             run.n_keys = concept_.k_max;
+        } else if (shape == pass_shape::worst_folded) {
+            run.n_keys   = concept_.fold_keys;
+            run.fold_seq = e.seq;
         } else {
             const flas_seq & s = seqs_[e.seq];
             const flas_concept_entry & entry = concepts_.slots[s.slot];
@@ -108,20 +110,27 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     return fp;
 }
 
-// The compute buffer, reserved for the largest pass a sequence steered like `seq` can make
-// (a full pass at the end of its context, every concept slot): reserved once, it is not
-// reallocated (and the freed buffers left resident) as positions grow.
+// The compute buffer, reserved for the largest pass a sequence steered like `seq` can make (a
+// full pass at the end of its context, the longest concept): reserved once, it is not
+// reallocated (and the freed buffers left resident) as positions grow. Both ways of attending:
+// a folded run holds its scores twice at once (the softmax and its copy), which with a small
+// head dimension outweighs an unfolded run; a reservation only ever grows the buffer.
 void flas_runtime::reserve_flow(int seq) {
     const int rows = std::min(FLAS_MAX_PASS_ROWS, n_ctx_seq_);
-    flow_pass fp = build_flow_pass({{seq, 0, rows, n_ctx_seq_ - rows}}, params_.n_batch, /*worst_case =*/ true);
-    if (!ggml_gallocr_reserve(allocr_.get(), fp.gf)) {
-        throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
+    for (pass_shape shape : {pass_shape::worst_unfolded, pass_shape::worst_folded}) {
+        if (shape == pass_shape::worst_folded && concept_.fold_keys == 0) {
+            continue;
+        }
+        flow_pass fp = build_flow_pass({{seq, 0, rows, n_ctx_seq_ - rows}}, params_.n_batch, shape);
+        if (!ggml_gallocr_reserve(allocr_.get(), fp.gf)) {
+            throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
+        }
     }
 }
 
 void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered) {
     const int n_all = (int) t->ne[1];
-    flow_pass fp = build_flow_pass(steered, n_all, /*worst_case =*/ false);
+    flow_pass fp = build_flow_pass(steered, n_all, pass_shape::real);
     const flas_pass & p = fp.p;
     const std::vector<batch_entry> & order = fp.order;
     const int R = p.n_rows;

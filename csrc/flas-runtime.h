@@ -184,7 +184,9 @@ struct flas_runtime {
     bool steering_active() const;
     void steer_rows(ggml_tensor * t, int row0, int n);
     struct flow_pass;
-    flow_pass build_flow_pass(const std::vector<batch_entry> & steered, int n_all, bool worst_case);
+    // a real pass, or the largest one of a concept: the longest unfolded, or the longest folded
+    enum class pass_shape { real, worst_unfolded, worst_folded };
+    flow_pass build_flow_pass(const std::vector<batch_entry> & steered, int n_all, pass_shape shape);
     void reserve_flow(int seq);
     void run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered);  // row0: rows of t
 

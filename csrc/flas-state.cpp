@@ -52,7 +52,7 @@ void flas_concept_state_init(flas_concept_state & cs, const flas_flow & flow, gg
     const size_t cross_out_bytes = flow.hp.has_cross_attn ? ggml_nbytes(flow.blocks[0].cross_out) : 0;
     describe_concept_state(cs, flow.hp, n_slot, n_seq, uo_type, flas_fold_max_keys(flow.hp, cross_out_bytes, uo_type));
     cs.buf.reset(alloc_or_throw(cs.ctx.get(), backend, "concept state"));
-    ggml_backend_buffer_clear(cs.buf.get(), 0);  // 0 * garbage could be NaN under the cross-attention mask
+    ggml_backend_buffer_clear(cs.buf.get(), 0);  // no read of a slot not yet written can meet NaN
 }
 
 size_t flas_concept_state_bytes(const flas_flow_hparams & hp, ggml_backend_buffer_type_t buft, int n_slot, int n_seq,

@@ -16,8 +16,8 @@ inline ggml_type flas_state_type(bool exact) { return exact ? GGML_TYPE_F32 : GG
 
 // Sized once for concept_max_len tokens per slot and FLAS_MAX_STEPS (flas.h) steps per sequence.
 
-// Slot s holds its concept's keys at key indices s*K_max .. s*K_max+K-1, so the keys of
-// neighbouring slots form one view that a block mask splits between rows.
+// Slot s holds its concept's keys at key indices s*K_max .. s*K_max+K-1; a pass's rows attend
+// to their own slot's keys, run by run.
 struct flas_concept_state {
     std::vector<ggml_tensor *> k;   // per block: [D, K_max*n_slot, nKV], after k_norm and RoPE at 0..K-1
     std::vector<ggml_tensor *> vt;  // per block: [K_max*n_slot, D, nKV], V transposed
@@ -33,7 +33,7 @@ struct flas_concept_state {
     int k_max  = 0;                 // concept_max_len
 
     ggml_context_ptr        ctx;
-    ggml_backend_buffer_ptr buf;    // cleared: masked keys of unused slots must be finite
+    ggml_backend_buffer_ptr buf;    // cleared at load: no read of a slot not yet written can meet NaN
 };
 
 // The most concept keys whose folded values (K*H*nH of uo_type per block) weigh less than
