@@ -53,8 +53,9 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     p.time_idx = input(ggml_new_tensor_1d(ctx, GGML_TYPE_I32, (int64_t) R * n_steps_max));
     p.dt       = input(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 1, R));
 
-    // runs of rows with one concept; a sequence folds when its concept is short enough and it
-    // holds that concept's folded values (flas_fold_max_keys, compute_folded_values)
+    // each sequence's rows: a segment, and a run of its concept (or part of one); a sequence folds
+    // when its concept is short enough and it holds that concept's folded values
+    // (flas_fold_max_keys, compute_folded_values)
     int r0 = 0;
     for (const batch_entry & e : order) {
         flas_concept_run run;
@@ -78,10 +79,7 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
         } else {
             p.runs.push_back(run);
         }
-        r0 += e.n;
-    }
-    r0 = 0;
-    for (const batch_entry & e : order) {
+
         flas_segment sg;
         sg.r0 = r0;
         sg.n  = e.n;
