@@ -20,6 +20,10 @@ struct device_lost : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+struct context_length : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
 // Raises the exception of a negative status; returns non-negative values.
 template <typename T>
 static T check(T status) {
@@ -31,6 +35,7 @@ static T check(T status) {
         case FLAS_ERR_INVALID_ARGUMENT:
         case FLAS_ERR_NOT_FOUND:   throw py::value_error(msg);
         case FLAS_ERR_DEVICE_LOST: throw device_lost(msg);
+        case FLAS_ERR_CONTEXT_LENGTH: throw context_length(msg);
         default:                   throw std::runtime_error(msg);
     }
 }
@@ -103,10 +108,11 @@ static py::list memory_list(const std::vector<flas_memory_row> & rows) {
     return out;
 }
 
-// Reads a variable-length result: f(buffer, n_max) returns the length needed.
+// Reads a variable-length result: f(buffer, n_max) returns the length needed (first: the room
+// tried first, enough for most results, so that f usually runs once).
 template <typename T, typename F>
-static std::vector<T> read_all(F && f) {
-    std::vector<T> out(256);
+static std::vector<T> read_all(F && f, size_t first = 256) {
+    std::vector<T> out(first);
     for (;;) {
         const auto n = check(f(out.data(), (decltype(f(nullptr, 0))) out.size()));
         if ((size_t) n <= out.size()) {
@@ -306,6 +312,9 @@ PYBIND11_MODULE(_core, m) {
         } catch (const device_lost & e) {
             py::object cls = py::module_::import("flas_cpp.generation").attr("DeviceLostError");
             PyErr_SetString(cls.ptr(), e.what());
+        } catch (const context_length & e) {
+            py::object cls = py::module_::import("flas_cpp.generation").attr("ContextLengthError");
+            PyErr_SetString(cls.ptr(), e.what());
         }
     });
     m.attr("MAX_STEPS") = FLAS_MAX_STEPS;
@@ -460,14 +469,37 @@ PYBIND11_MODULE(_core, m) {
         .def("prompt_tokens", [](const model & s, const std::string & prompt) {
             auto h = s.get();
             const char * prompt_text = c_text(prompt, "the prompt");
-            return read_all<int32_t>([&](int32_t * t, int32_t n) { return flas_prompt_tokens(h.get(), prompt_text, t, n); });
+            py::gil_scoped_release release;  // tokenizing a long text takes a while
+            return read_all<int32_t>([&](int32_t * t, int32_t n) { return flas_prompt_tokens(h.get(), prompt_text, t, n); },
+                                     (size_t) flas_model_n_ctx_seq(h.get()));
         }, py::arg("prompt"))
+        .def("chat_tokens", [](const model & s, const std::vector<std::pair<std::string, std::string>> & turns,
+                               bool content_special) {
+            auto h = s.get();
+            std::vector<flas_chat_message> msgs;
+            for (const auto & t : turns) {
+                msgs.push_back({c_text(t.first, "a message's role"), c_text(t.second, "a message's content")});
+            }
+            py::gil_scoped_release release;
+            return read_all<int32_t>([&](int32_t * t, int32_t n) {
+                return flas_chat_tokens(h.get(), msgs.data(), (int32_t) msgs.size(), content_special, t, n);
+            }, (size_t) flas_model_n_ctx_seq(h.get()));
+        }, py::arg("messages"), py::arg("content_special"))
+        .def("text_tokens", [](const model & s, const std::string & text, bool parse_special) {
+            auto h = s.get();
+            const char * text_c = c_text(text, "the prompt");
+            py::gil_scoped_release release;
+            return read_all<int32_t>([&](int32_t * t, int32_t n) {
+                return flas_text_tokens(h.get(), text_c, parse_special, t, n);
+            }, (size_t) flas_model_n_ctx_seq(h.get()));
+        }, py::arg("text"), py::arg("parse_special"))
         .def("tokenize", [](const model & s, const std::string & text, bool add_special, bool parse_special) {
             auto h = s.get();
             const char * text_c = c_text(text, "the text");
+            py::gil_scoped_release release;
             return read_all<int32_t>([&](int32_t * t, int32_t n) {
                 return flas_tokenize(h.get(), text_c, add_special, parse_special, t, n);
-            });
+            }, text.size() + 2);  // a token covers at least one byte; BOS and EOS
         }, py::arg("text"), py::arg("add_special"), py::arg("parse_special"))
         .def("chat_template", [](const model & s, const std::vector<std::pair<std::string, std::string>> & turns) {
             auto h = s.get();
@@ -475,6 +507,7 @@ PYBIND11_MODULE(_core, m) {
             for (const auto & t : turns) {
                 msgs.push_back({c_text(t.first, "a message's role"), c_text(t.second, "a message's content")});
             }
+            py::gil_scoped_release release;
             std::vector<char> buf(1024);
             int32_t n = check(flas_chat_template(h.get(), msgs.data(), (int32_t) msgs.size(), buf.data(), (int32_t) buf.size()));
             if (n >= (int32_t) buf.size()) {

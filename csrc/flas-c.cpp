@@ -285,18 +285,25 @@ int32_t flas_tokenize(const flas_model * model, const char * text, bool add_spec
     });
 }
 
+static std::vector<flas_turn> turns_of(const struct flas_chat_message * messages, int32_t n_messages,
+                                       const char * fn) {
+    flas_need(messages != nullptr || n_messages == 0, (std::string(fn) + ": messages is NULL").c_str());
+    flas_need(n_messages >= 0, (std::string(fn) + ": n_messages is negative").c_str());
+    std::vector<flas_turn> turns;
+    for (int32_t i = 0; i < n_messages; ++i) {
+        flas_need(messages[i].role != nullptr && messages[i].content != nullptr,
+                  (std::string(fn) + ": a message's role or content is NULL").c_str());
+        turns.push_back({messages[i].role, messages[i].content});
+    }
+    return turns;
+}
+
 int32_t flas_chat_template(const flas_model * model, const struct flas_chat_message * messages, int32_t n_messages,
                            char * buf, int32_t size) {
     return flas_guarded([&] {
-        flas_need(model != nullptr && (messages != nullptr || n_messages == 0) && (buf != nullptr || size == 0),
-                  "flas_chat_template: model, messages and buf must not be NULL");
-        std::vector<std::pair<std::string, std::string>> turns;
-        for (int32_t i = 0; i < n_messages; ++i) {
-            flas_need(messages[i].role != nullptr && messages[i].content != nullptr,
-                      "flas_chat_template: a message's role or content is NULL");
-            turns.emplace_back(messages[i].role, messages[i].content);
-        }
-        const std::string text = model->engine->runtime().apply_chat_template(turns);
+        flas_need(model != nullptr && (buf != nullptr || size == 0), "flas_chat_template: model and buf must not be NULL");
+        const std::string text = model->engine->runtime().apply_chat_template(
+            turns_of(messages, n_messages, "flas_chat_template"));
         if ((int32_t) text.size() < size) {
             memcpy(buf, text.c_str(), text.size() + 1);
         }
@@ -304,16 +311,31 @@ int32_t flas_chat_template(const flas_model * model, const struct flas_chat_mess
     });
 }
 
+int32_t flas_chat_tokens(const flas_model * model, const struct flas_chat_message * messages, int32_t n_messages,
+                         bool content_special, int32_t * tokens, int32_t n_max) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr, "flas_chat_tokens: model must not be NULL");
+        flas_need(tokens != nullptr || n_max == 0, "flas_chat_tokens: tokens is NULL");
+        const std::vector<flas_turn> turns = turns_of(messages, n_messages, "flas_chat_tokens");
+        flas_need(!turns.empty(), "flas_chat_tokens: no messages");
+        return (int32_t) flas_copy_out(model->engine->runtime().prompt_tokens(turns, content_special), tokens, n_max);
+    });
+}
+
+int32_t flas_text_tokens(const flas_model * model, const char * text, bool parse_special, int32_t * tokens,
+                         int32_t n_max) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr && text != nullptr, "flas_text_tokens: model and text must not be NULL");
+        flas_need(tokens != nullptr || n_max == 0, "flas_text_tokens: tokens is NULL");
+        return (int32_t) flas_copy_out(model->engine->runtime().text_tokens(text, parse_special), tokens, n_max);
+    });
+}
+
 int32_t flas_prompt_tokens(const flas_model * model, const char * prompt, int32_t * tokens, int32_t n_max) {
     return flas_guarded([&] {
         flas_need(model != nullptr && prompt != nullptr, "flas_prompt_tokens: model and prompt must not be NULL");
         flas_need(tokens != nullptr || n_max == 0, "flas_prompt_tokens: tokens is NULL");
-        const flas_runtime & rt = model->engine->runtime();
-        // as trained (FLAS_SPEC.md 5): the chat template with the generation prompt, or alpaca
-        const std::string text = rt.flow_hparams().prompt_format == "alpaca"
-            ? "### Instruction:\n" + std::string(prompt) + "\n\n### Response:\n"
-            : rt.apply_chat_template({{"user", prompt}});
-        return (int32_t) flas_copy_out(rt.tokenize(text, /*add_special =*/ true, /*parse_special =*/ true), tokens, n_max);
+        return (int32_t) flas_copy_out(model->engine->runtime().prompt_tokens({{"user", prompt}}, false), tokens, n_max);
     });
 }
 

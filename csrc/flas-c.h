@@ -55,6 +55,9 @@ static auto flas_guarded(F && fn) -> decltype(fn()) {
     } catch (const flas_device_lost & e) {
         error = e.what();
         return FLAS_ERR_DEVICE_LOST;
+    } catch (const flas_context_length & e) {
+        error = e.what();
+        return FLAS_ERR_CONTEXT_LENGTH;
     } catch (const std::out_of_range & e) {
         error = e.what();
         return FLAS_ERR_INVALID_ARGUMENT;

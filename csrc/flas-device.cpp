@@ -179,6 +179,13 @@ std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> 
     if (endpoints.empty()) {
         return devices;
     }
+    // the endpoints' form first: a typo is named whether or not this llama.cpp has the RPC backend
+    for (const std::string & e : endpoints) {
+        std::string host, port;
+        if (!split_endpoint(e, host, port)) {
+            throw std::invalid_argument("rpc server '" + e + "' is not host:port (e.g. 127.0.0.1:50052)");
+        }
+    }
     using add_server_t = ggml_backend_reg_t (*)(const char *);
     auto add_server = (add_server_t) ggml_backend_reg_get_proc_address(rpc_reg_or_throw(), "ggml_backend_rpc_add_server");
     if (add_server == nullptr) {
@@ -186,9 +193,7 @@ std::vector<ggml_backend_dev_t> flas_rpc_devices(const std::vector<std::string> 
     }
     for (const std::string & e : endpoints) {
         std::string host, port;
-        if (!split_endpoint(e, host, port)) {
-            throw std::invalid_argument("rpc server '" + e + "' is not host:port (e.g. 127.0.0.1:50052)");
-        }
+        split_endpoint(e, host, port);
         {
             std::lock_guard<std::mutex> lk(g_watch_mutex);
             if (g_lost_endpoints.count(e) != 0) {

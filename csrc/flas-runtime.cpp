@@ -98,6 +98,8 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     }
     n_ctx_     = (int) llama_n_ctx(ctx_.get());
     n_ctx_seq_ = n_ctx_ / params.n_seq;
+    prompt_ = std::make_unique<flas_prompt>(model_, hp.prompt_format == "alpaca", n_ctx_seq_,
+                                            "n_ctx " + std::to_string(n_ctx_) + " / n_seq " + std::to_string(params.n_seq));
 
     // The flow runs on the device that computes layer L, so that its rows never leave it.
     ggml_backend_dev_t dev = probe_layer_device();
@@ -205,27 +207,6 @@ std::string flas_runtime::token_to_piece(llama_token token) const {
 bool flas_runtime::is_eog(llama_token token) const { return llama_vocab_is_eog(vocab_, token); }
 
 int flas_runtime::n_vocab() const { return llama_vocab_n_tokens(vocab_); }
-
-std::string flas_runtime::apply_chat_template(const std::vector<std::pair<std::string, std::string>> & messages) const {
-    const char * tmpl = llama_model_chat_template(model_, nullptr);
-    if (tmpl == nullptr) {
-        throw std::invalid_argument("the base model has no chat template; use a chat model or prompt_format alpaca");
-    }
-    std::vector<llama_chat_message> msgs;
-    for (const auto & m : messages) {
-        msgs.push_back({m.first.c_str(), m.second.c_str()});
-    }
-    std::vector<char> buf(1024);
-    int n = llama_chat_apply_template(tmpl, msgs.data(), msgs.size(), true, buf.data(), (int32_t) buf.size());
-    if (n > (int) buf.size()) {
-        buf.resize(n);
-        n = llama_chat_apply_template(tmpl, msgs.data(), msgs.size(), true, buf.data(), (int32_t) buf.size());
-    }
-    if (n < 0) {
-        throw std::invalid_argument("llama.cpp does not support this model's chat template");
-    }
-    return std::string(buf.data(), n);
-}
 
 // ---------------------------------------------------------------------------------------------
 // sequences

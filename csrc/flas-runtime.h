@@ -13,6 +13,7 @@
 #include "flas-device.h"
 #include "flas-flow.h"
 #include "flas-log.h"
+#include "flas-prompt.h"
 #include "flas-seq.h"
 #include "flas-state.h"
 
@@ -110,8 +111,16 @@ struct flas_runtime {
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string token_to_piece(llama_token token) const;  // raw bytes (may split UTF-8 sequences)
     bool is_eog(llama_token token) const;
-    // The model's chat template applied to (role, content) messages, plus the generation prompt.
-    std::string apply_chat_template(const std::vector<std::pair<std::string, std::string>> & messages) const;
+    // The prompt as the flow was trained on it, as tokens (flas-prompt.h): refused with
+    // flas_context_length when it cannot fit one sequence.
+    std::vector<llama_token> prompt_tokens(const std::vector<flas_turn> & turns, bool content_special) const {
+        return prompt_->tokens(turns, content_special);
+    }
+    std::vector<llama_token> text_tokens(const std::string & text, bool parse_special) const {
+        return prompt_->text_tokens(text, parse_special);
+    }
+    // The model's chat template applied to the turns, plus the generation prompt.
+    std::string apply_chat_template(const std::vector<flas_turn> & turns) const { return prompt_->apply_template(turns); }
 
     // ---- steering of one sequence (empties it: its caches no longer apply) ----
     // concept "" or flowtime 0: unsteered. The concept is encoded through the base model
@@ -198,6 +207,7 @@ struct flas_runtime {
     llama_model *     model_ = nullptr; // owned_model_, or the application's
     llama_context_ptr ctx_;
     const llama_vocab * vocab_ = nullptr;
+    std::unique_ptr<flas_prompt> prompt_;
 
     ggml_backend_ptr   backend_;        // the flow's backend (that of layer L)
     flas_flow          flow_;

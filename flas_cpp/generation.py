@@ -43,6 +43,7 @@ class Request:
     min_p: float = 0.0                # 0: off
     repeat_penalty: float = 1.0       # 1: off (llama.cpp's penalty over the last 64 tokens)
     stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
+    parse_special: bool = False       # control-token text in the prompt/messages is a control token (else text)
 
     @classmethod
     def of(cls, request: "Request | dict", index: int | None = None) -> "Request":
@@ -97,6 +98,7 @@ class _Settings:
     repeat_penalty: float = 1.0
     stops: list[str] = dataclasses.field(default_factory=list)
     trace: bool = False
+    error: str | None = None          # fails without running (a prompt too long for a sequence)
 
     def engine_request(self, core: Any) -> Any:
         r = core.Request()
@@ -115,28 +117,63 @@ def raise_if_failed(g: Generation) -> Generation:
 
 
 class StopMatcher:
-    """Cuts the text at the first stop string, holding back what could be the start of one."""
+    """Cuts the text at the first stop string, holding back what could be the start of one.
+
+    An Aho-Corasick automaton over the stop strings: each character fed costs O(1) amortized
+    whatever the strings' lengths (checking the held text against every prefix of every stop
+    string cost O(length^2) per token). The state is the longest end of the text that begins a
+    stop string, which is exactly what must be held back."""
 
     def __init__(self, stops: Sequence[str]):
         self.stops, self.held, self.stopped = list(stops), "", False
+        self._goto: list[dict[str, int]] = [{}]
+        depth, longest = [0], [0]  # longest: of the stop strings ending at this state, the longest
+        for stop in self.stops:
+            state = 0
+            for ch in stop:
+                if ch not in self._goto[state]:
+                    self._goto.append({})
+                    depth.append(depth[state] + 1)
+                    longest.append(0)
+                    self._goto[state][ch] = len(self._goto) - 1
+                state = self._goto[state][ch]
+            longest[state] = len(stop)
+        fail = [0] * len(self._goto)
+        queue = list(self._goto[0].values())
+        for state in queue:  # breadth first: a state's fallback is shallower, so already done
+            for ch, nxt in self._goto[state].items():
+                f = fail[state]
+                while f and ch not in self._goto[f]:
+                    f = fail[f]
+                fail[nxt] = self._goto[f].get(ch, 0) if self._goto[f].get(ch, 0) != nxt else 0
+                longest[nxt] = max(longest[nxt], longest[fail[nxt]])
+                queue.append(nxt)
+        self._fail, self._depth, self._longest, self._state = fail, depth, longest, 0
 
     def feed(self, piece: str) -> str:
         """The text that is safe to send now."""
         if self.stopped or not self.stops:
             return "" if self.stopped else piece
+        goto, fail, state, first = self._goto, self._fail, self._state, -1
+        base = len(self.held)
+        for k, ch in enumerate(piece):
+            while state and ch not in goto[state]:
+                state = fail[state]
+            state = goto[state].get(ch, 0)
+            if self._longest[state]:  # a stop string ends here; keep looking for one starting earlier
+                start = base + k + 1 - self._longest[state]
+                first = start if first < 0 else min(first, start)
         text = self.held + piece
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        if first >= 0:
             self.stopped, self.held = True, ""
-            return text[:cut]
-        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            return text[:first]
+        self._state, keep = state, self._depth[state]
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep]
 
     def flush(self) -> str:
         out, self.held = ("" if self.stopped else self.held), ""
         return out
-
 
 
 class Handle:
@@ -153,11 +190,16 @@ class Handle:
         self._lock = threading.Lock()
         self._stop = StopMatcher(settings.stops)
         self._n_at_stop: int | None = None  # tokens when a stop string appeared (more may follow until cancelled)
+        self._cancelled = False             # no more text is made: its tokens are only drained
         self.id = id
+        if settings.error is not None:  # never submitted
+            self._final = {"finish": "error", "error": settings.error, "seconds": 0.0, "prompt_seconds": 0.0,
+                           "n_cached": 0}
 
     def __del__(self) -> None:
         try:  # an abandoned request stops decoding, and the engine forgets it
-            self._m.release(self.id)
+            if self.id:
+                self._m.release(self.id)
         except Exception:
             pass
 
@@ -166,6 +208,7 @@ class Handle:
         return self._final is not None
 
     def cancel(self) -> None:
+        self._cancelled = True
         if self._final is None:
             try:
                 self._m.cancel(self.id)
@@ -181,13 +224,16 @@ class Handle:
             pieces = []
             for tok in update["tokens"]:
                 self._tokens.append(tok)
+                if self._cancelled:  # tokens decoded before the cancel reached the engine
+                    continue
                 pieces.append(self._stop.feed(self._utf8.decode(self._m.token_to_piece(tok))))
                 if self._stop.stopped and self._n_at_stop is None:
                     self._n_at_stop = len(self._tokens)
                     self.cancel()
-            if update["done"]:
+            if update["done"] and not self._cancelled:
                 pieces.append(self._stop.feed(self._utf8.decode(b"", final=True)))
                 pieces.append(self._stop.flush())
+            if update["done"]:
                 self._final = update
             piece = "".join(pieces)
             if piece:

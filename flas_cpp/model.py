@@ -17,7 +17,7 @@ from .placement import base_layer_count, device_total, fit_gpu_layers, gib, pars
 from . import completions
 from .completions import stop_list
 from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
-from .prompting import Message, check_sampling, check_steering, normalize_messages
+from .prompting import Message, check_sampling, check_steering, check_text, normalize_messages
 
 
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
@@ -151,15 +151,15 @@ class FlasModel:
 
     # ---- prompts and tokens ----------------------------------------------------------------
 
-    def prompt_tokens(self, prompt: str | None = None, messages: Sequence[Message] | None = None) -> list[int]:
-        """The prompt as trained: the chat template with the generation prompt (or alpaca), BOS first."""
-        turns = normalize_messages(prompt, messages)
-        if len(turns) == 1:  # one user turn
-            return self._m.prompt_tokens(turns[0][1])  # the core's template, as the C API's
-        if self.flow_info["prompt_format"] == "alpaca":
-            raise ValueError("this flow was trained with the alpaca prompt format, which has no multi-turn form; "
-                             "pass a single prompt")
-        return self._m.tokenize(self._m.chat_template(turns), True, True)
+    def prompt_tokens(self, prompt: str | None = None, messages: Sequence[Message] | None = None,
+                      parse_special: bool = False) -> list[int]:
+        """The prompt as trained: the chat template with the generation prompt (or alpaca), BOS first,
+        built by the core (flas_chat_tokens). The template's markers are control tokens; the text of
+        the prompt and messages stays text unless parse_special (then "<end_of_turn>" written in it
+        is the control token). A prompt that cannot fit a sequence raises ContextLengthError."""
+        if not isinstance(parse_special, bool):
+            raise ValueError(f"parse_special must be True or False, got {parse_special!r}")
+        return self._m.chat_tokens(normalize_messages(prompt, messages), parse_special)
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of text, as llama-cpp-python's Llama.tokenize (bytes; str is taken as UTF-8)."""
@@ -233,7 +233,7 @@ class FlasModel:
         """(index, text piece) as the requests decode together. After the last piece, a request that
         failed raises RuntimeError naming it."""
         handles = self._submit_all(requests)
-        live = {h.id: (i, h) for i, h in enumerate(handles)}
+        live = {h.id: (i, h) for i, h in enumerate(handles) if not h.done}
         try:
             while live:
                 ready = self._m.wait_any(list(live), 100)
@@ -309,7 +309,9 @@ class FlasModel:
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _settings(self, r: Request) -> _Settings:
+    def _settings(self, r: Request, fail_alone: bool = False) -> _Settings:
+        """r checked and tokenized. With fail_alone, a prompt too long for a sequence gives settings
+        that fail as that request's sequence would fail it (the others still run)."""
         n_steps = self.flow_info["n_steps"] if r.n_steps is None else r.n_steps
         check_steering(r.concept, r.flowtime, n_steps)
         check_sampling(r.max_tokens, r.temperature, r.top_k, r.top_p, r.min_p, r.repeat_penalty)
@@ -318,19 +320,25 @@ class FlasModel:
             raise ValueError(f"seed must be an integer, got {seed!r}")
         stops = stop_list(r.stop)
         concept = None if r.flowtime == 0 else r.concept
-        if r.raw:
-            if not isinstance(r.prompt, str) or r.messages is not None:
-                raise ValueError("a raw request takes a prompt string and no messages")
-            tokens = self._m.tokenize(r.prompt, True, True)
-        else:
-            tokens = self.prompt_tokens(r.prompt, r.messages)
+        if r.raw and (not isinstance(r.prompt, str) or r.messages is not None):
+            raise ValueError("a raw request takes a prompt string and no messages")
+        error = None
+        try:
+            if r.raw:  # the prompt as it is, control tokens parsed, as llama.cpp's completions
+                tokens = self._m.text_tokens(check_text(r.prompt, "the prompt"), True)
+            else:
+                tokens = self.prompt_tokens(r.prompt, r.messages, r.parse_special)
+        except ContextLengthError as e:
+            if not fail_alone:
+                raise
+            tokens, error = [], str(e)
         if concept is not None:
             n_concept, limit = len(self._m.tokenize(concept, True, True)), self.flow_info["concept_max_len"]
             if n_concept > limit:
                 warnings.warn(f"the concept is {n_concept} tokens; only the first {limit} are used, as in training",
                               stacklevel=4)
         return _Settings(tokens, concept, float(r.flowtime), n_steps, r.max_tokens, float(r.temperature), r.top_k,
-                         float(r.top_p), seed, float(r.min_p), float(r.repeat_penalty), stops)
+                         float(r.top_p), seed, float(r.min_p), float(r.repeat_penalty), stops, error=error)
 
     def _checked(self, s: _Settings) -> _Settings:
         if len(s.tokens) >= self.n_ctx_seq:
@@ -348,7 +356,7 @@ class FlasModel:
         settings = []
         for i, r in enumerate(requests):
             try:
-                settings.append(self._settings(Request.of(r, i)))
+                settings.append(self._settings(Request.of(r, i), fail_alone=True))
             except (ValueError, TypeError) as e:
                 msg = str(e)
                 raise ValueError(msg if msg.startswith(f"request {i}:") else f"request {i}: {msg}") from None
@@ -356,8 +364,8 @@ class FlasModel:
 
     def _start(self, settings: list[_Settings]) -> list[Handle]:
         """Queue them together: free sequences take them in the same decode step."""
-        ids = self._m.submit_many([s.engine_request(core()) for s in settings])
-        return [Handle(self._m, s, i) for s, i in zip(settings, ids)]
+        ids = iter(self._m.submit_many([s.engine_request(core()) for s in settings if s.error is None]))
+        return [Handle(self._m, s, next(ids) if s.error is None else 0) for s in settings]
 
     def _stream(self, handle: Handle) -> Iterator[str]:
         yield from handle

@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or a signature of this header changes (no ABI promise before 1.0). */
-#define FLAS_API_VERSION 2
+#define FLAS_API_VERSION 3
 
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
@@ -43,6 +43,7 @@ enum flas_status {
     FLAS_ERR_RUNTIME           = -2,  /* llama.cpp or the flow failed (the model stays usable) */
     FLAS_ERR_DEVICE_LOST       = -3,  /* an RPC server stopped answering: free the model */
     FLAS_ERR_NOT_FOUND         = -4,  /* an unknown or finished request id */
+    FLAS_ERR_CONTEXT_LENGTH    = -5,  /* a prompt longer than one sequence holds */
 };
 
 enum flas_finish {
@@ -215,19 +216,32 @@ FLAS_API int flas_model_reserve(flas_model * model, int32_t n_steps);
 
 /* ---- tokens ---- */
 
-/* The prompt as the flow was trained on it (the chat template with its generation prompt, or
- * alpaca), BOS first. Returns the token count; if it exceeds n_max, nothing useful is written
- * and the count says how much room is needed. Negative: a flas_status. */
-FLAS_API int32_t flas_prompt_tokens(const flas_model * model, const char * prompt, int32_t * tokens, int32_t n_max);
-/* llama.cpp's tokenizer on text as it is (add_special: BOS; parse_special: control tokens in the
- * text). Returns as flas_prompt_tokens. */
-FLAS_API int32_t flas_tokenize(const flas_model * model, const char * text, bool add_special, bool parse_special,
-                               int32_t * tokens, int32_t n_max);
 /* One turn of a conversation (llama_chat_message's layout). */
 struct flas_chat_message {
     const char * role;          /* "system", "user", "assistant" */
     const char * content;
 };
+/* The conversation as the flow was trained on it (the chat template with its generation prompt,
+ * or alpaca), BOS first, as tokens. The template's own markers are control tokens; the messages'
+ * text is plain text unless content_special (then control-token text in it, e.g.
+ * "<end_of_turn>", becomes control tokens, as llama.cpp's parse_special does): with it off, a
+ * user cannot forge turns by typing the markers. Returns the token count; if it exceeds n_max,
+ * nothing useful is written and the count says how much room is needed. A conversation that
+ * cannot fit one sequence (flas_model_n_ctx_seq tokens or more) is FLAS_ERR_CONTEXT_LENGTH,
+ * told from its bytes before tokenizing where they suffice. Other errors: a negative flas_status. */
+FLAS_API int32_t flas_chat_tokens(const flas_model * model, const struct flas_chat_message * messages,
+                                  int32_t n_messages, bool content_special, int32_t * tokens, int32_t n_max);
+/* flas_chat_tokens of one user turn, its text plain text. */
+FLAS_API int32_t flas_prompt_tokens(const flas_model * model, const char * prompt, int32_t * tokens, int32_t n_max);
+/* A prompt as it is, without a template (a completion's): BOS first, control-token text in it a
+ * control token if parse_special, as llama.cpp's tokenizer gives them; with flas_chat_tokens's
+ * length check. Returns as flas_chat_tokens. */
+FLAS_API int32_t flas_text_tokens(const flas_model * model, const char * text, bool parse_special, int32_t * tokens,
+                                  int32_t n_max);
+/* llama.cpp's tokenizer on text as it is (add_special: BOS; parse_special: control tokens in the
+ * text). Returns as flas_chat_tokens, without the length check. */
+FLAS_API int32_t flas_tokenize(const flas_model * model, const char * text, bool add_special, bool parse_special,
+                               int32_t * tokens, int32_t n_max);
 /* The model's chat template applied to the messages, with the generation prompt. Returns the
  * length in bytes; if it is >= size, nothing useful is written (call again with length + 1);
  * otherwise buf is NUL-terminated. Negative: a flas_status. */

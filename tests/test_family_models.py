@@ -130,3 +130,26 @@ def test_a_9b_shaped_gemma2_flow_matches_the_reference(tmp_path):
     # (measured 9.5e-4; the bf16 bound of the family tests is 2e-2)
     assert rel_err(t["steered"], ref) <= 5e-3
     assert rel_err(t["unsteered"], ref) > 1e-2
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": PROMPT}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi!  "},
+     {"role": "assistant", "content": "Hello.\n"}, {"role": "user", "content": "What is a flow?\n\n"}],
+    [{"role": "user", "content": ""}],
+]
+
+
+def test_conversations_tokenize_as_llama_cpp_tokenizes_the_templated_text(family):
+    """The core builds a prompt piece by piece (markup with control tokens, messages as text); on
+    text without markers that is exactly llama-cpp-python's tokenization of the whole templated
+    string with special tokens parsed."""
+    import llama_cpp
+
+    m = family["models"]["f32"]
+    ll = llama_cpp.Llama(str(family["base"]), vocab_only=True, verbose=False)
+    for msgs in CONVERSATIONS:
+        turns = [(x["role"], x["content"]) for x in msgs]
+        text = m._m.chat_template(turns)
+        want = ll.tokenize(text.encode(), add_bos=True, special=True)
+        assert m.prompt_tokens(messages=msgs) == want, (family["name"], msgs)
