@@ -1,10 +1,13 @@
 """The HTTP application: OpenAI-compatible endpoints over FlasModel's engine, the web page,
-/health and /metrics. Blocking waits on the engine run in worker threads, so the event loop
-serves every stream while the engine decodes them together."""
+/health and /metrics. Everything that may take long runs in worker threads (reading the body
+as JSON, the chat template and tokenization, waits on the engine), so the event loop serves
+/health and every stream while one request is prepared and the engine decodes them together."""
 
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -13,13 +16,18 @@ from typing import AsyncIterator
 import anyio
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..completions import finish_reason, new_id
 from ..generation import ContextLengthError, Generation, Handle
 from ..model import FlasModel
-from .openai_api import ApiError, Completion, Steering, chunk, parse_completion, response, usage_chunk
+from .openai_api import ApiError, Completion, Steering, chunk, parse_completion, parse_json, response, usage_chunk
 
 WAIT_MS = 100  # one blocking wait on the engine; the loop checks for disconnects between them
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}  # metrics labels
+DISCONNECTED = 499  # the status counted for a client that went away (nginx's convention)
+log = logging.getLogger("flas-server")
 
 
 @dataclass
@@ -31,6 +39,8 @@ class ServerConfig:
     queue: int = 64                 # requests waiting for a sequence
     max_body: int = 1 << 20         # bytes
     cors: list[str] = field(default_factory=list)
+    read_timeout: float = 30.0      # seconds for a request's head, and again for its body
+    preparing: int = 2              # requests whose prompt is tokenized at once (the rest wait their turn)
 
 
 @dataclass
@@ -53,12 +63,24 @@ class State:
         self.model: FlasModel | None = None
         self.load_error: str | None = None
         self.metrics = Metrics()
+        self.running: set[Handle] = set()  # requests on the engine, ended at shutdown
+        self.stopping = False
+        self.preparing = anyio.CapacityLimiter(config.preparing)
+
+    def shutdown(self) -> None:
+        """Ends every running request (each stream then sends its last event and [DONE]) and
+        refuses new ones. Called from the signal handler, before uvicorn waits for the streams."""
+        self.stopping = True
+        for handle in list(self.running):
+            handle.cancel()
 
     @property
     def models(self) -> dict[str, Steering]:
         return {self.config.model_alias: self.config.default_steering, **self.config.presets}
 
     def ready(self) -> FlasModel:
+        if self.stopping:
+            raise ApiError(503, "the server is shutting down", type="server_error", code="server_shutdown")
         if self.model is None:
             msg = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
             raise ApiError(503, msg, type="server_error", code="model_loading", headers={"Retry-After": "1"})
@@ -87,45 +109,43 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse(ApiError(405, f"{request.method} is not allowed on {request.url.path}").body(),
                             status_code=405)
 
-    @app.exception_handler(Exception)
-    async def internal(request: HttpRequest, e: Exception) -> JSONResponse:
-        return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body(),
-                            status_code=500)
+    app.add_middleware(InternalErrors, metrics=state.metrics)
 
     def authorize(request: HttpRequest) -> None:
         key = config.api_key
-        if key and request.headers.get("authorization", "") != f"Bearer {key}":
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if key and not hmac.compare_digest(given, f"Bearer {key}".encode()):  # no timing hint at the key
             raise ApiError(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
                            type="authentication_error", code="invalid_api_key")
 
-    async def read_json(request: HttpRequest) -> object:
+    async def read_body(request: HttpRequest) -> bytes:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > config.max_body:
             raise ApiError(413, f"the body is {length} bytes; the limit is {config.max_body} (--max-body)")
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > config.max_body:
-                raise ApiError(413, f"the body is over the limit of {config.max_body} bytes (--max-body)")
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+        with anyio.move_on_after(config.read_timeout) as scope:
+            async for part in request.stream():
+                body += part
+                if len(body) > config.max_body:
+                    raise ApiError(413, f"the body is over the limit of {config.max_body} bytes (--max-body)")
+        if scope.cancelled_caught:
+            raise ApiError(408, f"the body did not arrive within {config.read_timeout:g} s", code="timeout")
+        return bytes(body)
 
     # ---- pages and facts --------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8"))
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         if state.model is None:
             return JSONResponse({"status": "error" if state.load_error else "loading", "error": state.load_error},
                                 status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: HttpRequest) -> JSONResponse:
         authorize(request)
         m = state.ready()
@@ -133,15 +153,16 @@ def create_app(config: ServerConfig) -> FastAPI:
                  "steering": s.as_dict(m.flow_info["n_steps"])} for name, s in state.models.items()]
         return JSONResponse({"object": "list", "data": data})
 
-    @app.get("/v1/props")
+    @app.api_route("/v1/props", methods=["GET", "HEAD"])
     async def props(request: HttpRequest) -> JSONResponse:
         """What the page needs: sequences, context, the flow's defaults, whether a key is required."""
+        authorize(request)
         m = state.model
         return JSONResponse({"ready": m is not None, "api_key_required": bool(config.api_key),
                              "parallel": m.n_seq if m else None, "n_ctx_seq": m.n_ctx_seq if m else None,
                              "n_steps": m.flow_info["n_steps"] if m else None, "model": config.model_alias})
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: HttpRequest) -> PlainTextResponse:
         authorize(request)
         st = state.model.stats() if state.model else {}
@@ -168,21 +189,36 @@ def create_app(config: ServerConfig) -> FastAPI:
         try:
             authorize(request)
             m = state.ready()
-            c = parse_completion(await read_json(request), chat, state.models, config.model_alias, m.n_ctx_seq)
+            body = await read_body(request)
             st = m.stats()
             if st["active"] + st["queued"] >= m.n_seq + config.queue:
                 state.metrics.rejected_full += 1
                 raise ApiError(503, f"the server is full ({m.n_seq} decoding, {config.queue} waiting); retry shortly",
                                type="server_error", code="server_busy", headers={"Retry-After": "1"})
-            try:
-                handle = m.submit(c.request)
-            except ContextLengthError as e:
-                raise ApiError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
-            except ValueError as e:
-                raise ApiError(400, str(e)) from None
+
+            def prepare() -> tuple[Completion, Handle]:
+                # JSON, the checks, the chat template and tokenization: off the event loop (the
+                # tokenizer runs without the GIL); a prompt that cannot fit is refused from its bytes
+                c = parse_completion(parse_json(body), chat, state.models, config.model_alias, m.n_ctx_seq)
+                try:
+                    return c, m.submit(c.request)
+                except ContextLengthError as e:
+                    raise ApiError(400, str(e), param="messages" if chat else "prompt",
+                                   code="context_length_exceeded") from None
+                except ValueError as e:
+                    raise ApiError(400, str(e)) from None
+
+            c, handle = await anyio.to_thread.run_sync(prepare, limiter=state.preparing)
+        except ClientDisconnect:  # gone while sending its body: nobody to answer
+            log.warning("flas-server: a client went away while sending its request body")
+            state.metrics.count(endpoint, DISCONNECTED)
+            return Response(status_code=400)
         except ApiError as e:
             state.metrics.count(endpoint, e.status)
             raise
+        state.running.add(handle)
+        if state.stopping:  # the signal came while it was prepared: end it with the others
+            handle.cancel()
         steering = c.steering.as_dict(m.flow_info["n_steps"])
         if c.stream:
             return StreamingResponse(stream(handle, c, chat, steering, endpoint), media_type="text/event-stream",
@@ -193,17 +229,25 @@ def create_app(config: ServerConfig) -> FastAPI:
                 text.append(await anyio.to_thread.run_sync(handle.poll, WAIT_MS))
                 if await request.is_disconnected():
                     handle.cancel()
-                    break
+                    state.metrics.count(endpoint, DISCONNECTED)
+                    return Response(status_code=400)  # nobody reads it
             g = await anyio.to_thread.run_sync(handle.result)
-            fail(g)
+            if g.stop_reason == "cancelled" and state.stopping:
+                e = ApiError(503, "the server is shutting down; the reply was cut short", type="server_error",
+                             code="server_shutdown")
+                state.metrics.count(endpoint, e.status)
+                raise e
+            fail(g, endpoint)
             account(g, endpoint)
             return JSONResponse(response(c, chat, new_id(chat), "".join(text), g, steering))
         finally:
             handle.cancel()
+            state.running.discard(handle)
 
     async def stream(handle: Handle, c: Completion, chat: bool, steering: dict | None,
                      endpoint: str) -> AsyncIterator[str]:
         rid, created = new_id(chat), int(time.time())
+        counted = False
 
         def event(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -216,7 +260,12 @@ def create_app(config: ServerConfig) -> FastAPI:
                 if piece:
                     yield event(chunk(c, chat, rid, created, steering, text=piece))
             g = await anyio.to_thread.run_sync(handle.result)
-            if g.stop_reason == "error":
+            counted = True
+            if g.stop_reason == "cancelled" and state.stopping:
+                state.metrics.count(endpoint, 503)
+                yield event(ApiError(503, "the server is shutting down; the reply was cut short", type="server_error",
+                                     code="server_shutdown").body())
+            elif g.stop_reason == "error":
                 account(g, endpoint, 500)
                 yield event(ApiError(500, f"generation failed: {g.error}", type="server_error").body())
             else:
@@ -228,9 +277,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away: its sequence is freed within one decode step
             handle.cancel()  # (a stream never started is cancelled when its Handle is collected)
+            state.running.discard(handle)
+            if not counted:
+                state.metrics.count(endpoint, DISCONNECTED)
 
-    def fail(g: Generation) -> None:
+    def fail(g: Generation, endpoint: str) -> None:
         if g.stop_reason == "error":
+            state.metrics.count(endpoint, 500)
             raise ApiError(500, f"generation failed: {g.error}", type="server_error")
 
     def account(g: Generation, endpoint: str, status: int = 200) -> None:
@@ -247,3 +300,34 @@ def create_app(config: ServerConfig) -> FastAPI:
         return await complete(request, chat=False)
 
     return app
+
+
+class InternalErrors:
+    """An error of the server's own (not of the request) as a generic 500, answered here: its
+    details go to the log in one line, never to the client, and it is counted. Unlike an
+    exception handler for Exception (which Starlette answers and then raises again, so that
+    uvicorn logs a traceback and drops the connection), the connection stays usable."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as e:  # noqa: BLE001 (the point: nothing of it escapes)
+            log.error("flas-server: internal error on %s %s: %s: %s", scope.get("method"), scope.get("path"),
+                      type(e).__name__, e)
+            self.metrics.count(ENDPOINTS.get(scope.get("path", ""), "other"), 500)
+            if not started:
+                body = ApiError(500, "internal server error", type="server_error").body()
+                await JSONResponse(body, status_code=500)(scope, receive, send)

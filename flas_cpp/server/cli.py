@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow this web origin (repeatable)")
     ap.add_argument("--queue", type=int, default=64, help="requests waiting for a sequence before 503 (default 64)")
     ap.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MB)")
+    ap.add_argument("--read-timeout", type=float, default=30.0,
+                    help="seconds a client has to send a request's head, and again its body (default 30)")
     ap.add_argument("--exact", action="store_true", help="f32 KV caches, no flash attention (parity tests)")
     return ap.parse_args(argv)
 
@@ -44,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from(a: argparse.Namespace, ap_error) -> ServerConfig:
     if (a.base is None) != (a.flow is None):
         ap_error("pass both --base and --flow, or neither for the demo model")
-    if a.parallel < 1 or a.queue < 0 or a.max_body < 1:
-        ap_error("--parallel must be >= 1, --queue >= 0 and --max-body >= 1")
+    if a.parallel < 1 or a.queue < 0 or a.max_body < 1 or not 0 < a.read_timeout < 86400:
+        ap_error("--parallel must be >= 1, --queue >= 0, --max-body >= 1 and --read-timeout in (0, 86400)")
     if a.concept is not None and not a.concept.strip():
         ap_error("--concept is empty")
     presets = {}
@@ -59,7 +61,8 @@ def config_from(a: argparse.Namespace, ap_error) -> ServerConfig:
         presets[name] = steering
     default = Steering(a.concept, a.flowtime if a.concept else 0.0, a.n_steps)
     return ServerConfig(model_alias=a.model_alias, default_steering=default, presets=presets,
-                        api_key=a.api_key or None, queue=a.queue, max_body=a.max_body, cors=a.cors)
+                        api_key=a.api_key or None, queue=a.queue, max_body=a.max_body, cors=a.cors,
+                        read_timeout=a.read_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
     except ImportError:
         error("the server needs FastAPI and uvicorn: pip install \"flas-cpp[server]\"")
+
+    from .protocol import with_head_timeout
 
     app = create_app(config)
     state = app.state.flas
@@ -99,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flas-server: error: {e}", file=sys.stderr, flush=True)
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            # end the running requests first: each stream sends its last event and [DONE] well
+            # within uvicorn's grace period, instead of being cut off mid-body after it
+            state.shutdown()
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self):
             # Ctrl-C and SIGTERM end serving gracefully; unlike uvicorn, the signal is not raised
@@ -113,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{a.host}:{a.port}"
     print(f"flas-server: listening on {url} (web page {url}/, API {url}/v1); loading the model ...",
           file=sys.stderr, flush=True)
-    threading.Thread(target=load, name="flas-load", daemon=True).start()
-    Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=3)).run()
+    loader = threading.Thread(target=load, name="flas-load", daemon=True)
+    loader.start()
+    Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=10,
+                          http=with_head_timeout(a.read_timeout))).run()
+    if loader.is_alive():  # stopped while llama.cpp loads: nothing to close, and nothing waits for it
+        print("flas-server: stopped while loading", file=sys.stderr, flush=True)
+        os._exit(0)
+    if state.model is not None:
+        state.model.close()  # the engine's thread ends; a request still polled ends as closed
     print("flas-server: stopped", file=sys.stderr, flush=True)
     return 0
 

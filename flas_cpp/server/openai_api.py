@@ -3,6 +3,7 @@ errors in OpenAI's form, and the response and stream-chunk objects."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -13,6 +14,14 @@ from .._native import core
 from ..generation import Generation, Request
 
 ROLES = ("system", "user", "assistant")
+
+# Bounds on what a body may ask for, so that every value reaches the core in range and no field
+# costs more than its worth (each is a 400 naming the field and its range).
+INT32_MAX = 2**31 - 1    # the C API's counts
+MAX_FLOWTIME = 100.0     # T: the paper steers at 2, 0.5 to 4 is reported stable
+MAX_STOPS = 4            # OpenAI's limit
+MAX_STOP_CHARS = 1000
+MAX_CONCEPT_CHARS = 2000  # the flow reads a concept's first 64 tokens; this is far beyond them
 
 
 class ApiError(Exception):
@@ -81,26 +90,60 @@ def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param)
 
 
-def _number(body: dict, name: str, default: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
+def _shown(v: Any) -> str:
+    """A value in a message, cut short: a 4,000-digit number is not echoed whole."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"an integer of {len(str(abs(v)))} digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     v = body.get(name)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise _bad(name, f"must be a finite number, got {v!r}")
-    if v < lo or (lo_open and v == lo) or v > hi:
-        raise _bad(name, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise _bad(name, f"must be a finite number, got {_shown(v)}")
+    if v < lo or (lo_open and v == lo) or v > hi:  # exact for integers of any size: no float overflow
+        raise _bad(name, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {_shown(v)}")
     return float(v)
 
 
-def _integer(body: dict, name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+def _integer(body: dict, name: str, default: int | None, lo: int, hi: int = INT32_MAX) -> int | None:
     v = body.get(name)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _bad(name, f"must be an integer, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        raise _bad(name, f"must be in {lo}..{hi if hi is not None else ''}, got {v}")
+        raise _bad(name, f"must be an integer, got {_shown(v)}")
+    if not lo <= v <= hi:
+        raise _bad(name, f"must be in {lo}..{hi}, got {_shown(v)}")
     return v
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, refused (400) when it is not JSON, is nested too deeply for the parser, or
+    holds a string that is not Unicode text (a lone surrogate escape such as "\\ud800")."""
+    try:
+        obj = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    stack = [(obj, "")]  # iterative: a deep body must not exhaust the stack here either
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                where = path or "the body"
+                raise ApiError(400, f"{where}: contains a lone surrogate ({value[e.start]!r}), which is not Unicode "
+                                    "text", param=path or None) from None
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((k, path))
+                stack.append((v, f"{path}.{k}" if path else str(k)))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+    return obj
 
 
 def _text(content: Any, param: str) -> str:
@@ -136,7 +179,10 @@ def _steering(body: dict, base: Steering) -> Steering:
     concept = s.get("concept", base.concept)
     if concept is not None and (not isinstance(concept, str) or not concept.strip()):
         raise _bad("steering.concept", "must be a non-empty string (or null for no steering)")
-    flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, 0.0)
+    if concept is not None and len(concept) > MAX_CONCEPT_CHARS:
+        raise _bad("steering.concept", f"is {len(concept)} characters; at most {MAX_CONCEPT_CHARS} (the flow reads "
+                                       "a concept's first 64 tokens)")
+    flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, 0.0, MAX_FLOWTIME)
     n_steps = _integer(s, "n_steps", base.n_steps, 1, core().MAX_STEPS)
     if flowtime > 0 and concept is None:
         raise _bad("steering.concept", "steering with flowtime > 0 needs a concept")
@@ -151,7 +197,7 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
         raise ApiError(400, "the request body must be a JSON object")
     model = body.get("model") or default_model
     if not isinstance(model, str) or model not in models:
-        raise ApiError(404, f"model {model!r} does not exist; GET /v1/models lists them ({', '.join(models)})",
+        raise ApiError(404, f"model {_shown(model)} does not exist; GET /v1/models lists them ({', '.join(models)})",
                        param="model", code="model_not_found")
     if _integer(body, "n", 1, 1) != 1:
         raise _bad("n", "only n = 1 is supported")
@@ -161,11 +207,14 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
     top_k = _integer(body, "top_k", 0, 0)
-    seed = _integer(body, "seed", None, -2**63)
+    seed = _integer(body, "seed", None, -2**63, 2**64 - 1)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop) or len(stop) > 4):
-        raise _bad("stop", "must be a string or a list of at most 4 non-empty strings")
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop)
+                             or len(stop) > MAX_STOPS):
+        raise _bad("stop", f"must be a string or a list of at most {MAX_STOPS} non-empty strings")
+    if stop is not None and any(len(x) > MAX_STOP_CHARS for x in stop):
+        raise _bad("stop", f"a stop string is {max(len(x) for x in stop)} characters; at most {MAX_STOP_CHARS}")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("stream", f"must be true or false, got {stream!r}")
