@@ -11,7 +11,7 @@ def replace_section(text: str, title: str, md: str) -> str:
     """text with its section `title` (up to the next "## " heading) replaced by md, or md appended."""
     marker = "\n" + title
     if marker not in text:
-        return text.rstrip("\n") + "\n" + md
+        return text.rstrip("\n") + "\n\n" + md
     head, rest = text.split(marker, 1)
     nxt = rest.find("\n## ")
     tail = rest[nxt:] if nxt >= 0 else ""
