@@ -21,7 +21,7 @@ from run import Args, machine, measure_speed  # noqa: E402
 from sections import replace_section  # noqa: E402
 
 from flas_cpp.convert import convert_base, convert_flow  # noqa: E402
-from flas_cpp.demo import real_models  # noqa: E402
+from flas_cpp.bundled import real_models  # noqa: E402
 from flas_cpp.testing.make_models import FAMILY_SIZES, make_models  # noqa: E402
 
 SHAPES = {"qwen3-0.6b": "Qwen3-0.6B shapes", "llama-3.2-1b": "Llama-3.2-1B shapes", "gemma3-1b": "Gemma-3-1B shapes"}

@@ -63,6 +63,51 @@ std::string flas_prompt::apply_template(const std::vector<flas_turn> & turns) co
     return std::string(buf.data(), n);
 }
 
+// The alpaca format (FLAS_SPEC.md 5) for one instruction, as the flow was trained:
+//     ### Instruction:\n{prompt}\n\n### Response:\n
+// It has no multi-turn form of its own; this is its natural extension, which a base model
+// continues well (docs/PROMPTS.md): a system message as a preamble followed by a blank line,
+// each earlier exchange as an instruction block and its response followed by a blank line, and
+// the last user message as the instruction to answer. One user message gives exactly the
+// trained prompt.
+std::vector<flas_prompt::segment> flas_prompt::alpaca_segments(const std::vector<flas_turn> & turns) {
+    std::vector<segment> out;
+    for (size_t i = 0; i < turns.size(); ++i) {
+        const flas_turn & t = turns[i];
+        const std::string where = "message " + std::to_string(i) + " (" + t.role + ")";
+        if (t.role == "system") {
+            if (i != 0) {
+                throw std::invalid_argument(where + ": in the alpaca prompt format a system message can only come first");
+            }
+            out.push_back({t.content, true});
+            out.push_back({"\n\n", false});
+        } else if (t.role == "user") {
+            if (i > 0 && turns[i - 1].role == "user") {
+                throw std::invalid_argument(where + ": in the alpaca prompt format each user message is answered by "
+                                            "an assistant message before the next");
+            }
+            out.push_back({"### Instruction:\n", false});
+            out.push_back({t.content, true});
+            out.push_back({"\n\n### Response:\n", false});
+        } else if (t.role == "assistant") {
+            if (i == 0 || turns[i - 1].role != "user") {
+                throw std::invalid_argument(where + ": in the alpaca prompt format an assistant message answers the "
+                                            "user message before it");
+            }
+            out.push_back({t.content, true});
+            out.push_back({"\n\n", false});
+        } else {
+            throw std::invalid_argument(where + ": the alpaca prompt format knows the roles system, user and "
+                                        "assistant");
+        }
+    }
+    if (turns.empty() || turns.back().role != "user") {
+        throw std::invalid_argument("in the alpaca prompt format the conversation ends with a user message (the "
+                                    "instruction to answer)");
+    }
+    return out;
+}
+
 // The prompt as markup and message text, in order. The template is applied twice: with a
 // sentinel in place of each message, which shows where the markup ends and each message sits,
 // and with the messages, from which each message's text is read as the template wrote it
@@ -70,14 +115,7 @@ std::string flas_prompt::apply_template(const std::vector<flas_turn> & turns) co
 std::vector<flas_prompt::segment> flas_prompt::segments(const std::vector<flas_turn> & turns) const {
     std::vector<segment> out;
     if (alpaca_) {
-        if (turns.size() != 1 || turns[0].role != "user") {
-            throw std::invalid_argument("this flow was trained with the alpaca prompt format, which has no multi-turn "
-                                        "form; pass a single prompt");
-        }
-        out.push_back({"### Instruction:\n", false});
-        out.push_back({turns[0].content, true});
-        out.push_back({"\n\n### Response:\n", false});
-        return out;
+        return alpaca_segments(turns);
     }
     std::vector<flas_turn> marked = turns;
     for (size_t i = 0; i < marked.size(); ++i) {

@@ -1,5 +1,6 @@
 // Prompts as the flow was trained on them (FLAS_SPEC.md 5), built as tokens: the chat template
-// with its generation prompt, or the alpaca format.
+// with its generation prompt, or the alpaca format (with a multi-turn form of ours,
+// docs/PROMPTS.md).
 //
 // The template's own markers are control tokens; the messages' text is tokenized as text unless
 // the caller asks for control tokens in it (content_special). A message whose text is
@@ -60,6 +61,7 @@ class flas_prompt {
     };
 
     std::vector<segment> segments(const std::vector<flas_turn> & turns) const;
+    static std::vector<segment> alpaca_segments(const std::vector<flas_turn> & turns);
     std::vector<llama_token> tokens_of(const std::vector<segment> & segs, bool content_special) const;
     void split_control(const std::string & text, std::vector<fragment> & out) const;
 

@@ -7,6 +7,7 @@ import sys
 from typing import Callable, TextIO
 
 from ._native import core
+from .bundled import add_model_args, check_model_args, chosen_models
 from .devices import add_device_args, device_kwargs
 from .model import FlasModel
 
@@ -16,7 +17,8 @@ HELP = """commands:
   /steps <n>        Euler steps N (1..64)
   /temp <t>         sampling temperature (0 = greedy)
   /off, /on         steering off / back on (concept and strength are kept)
-  /compare <msg>    answer <msg> unsteered and steered, side by side (not added to the history)
+  /compare <msg>    answer <msg> alone (without the conversation), unsteered and steered,
+                    side by side; not added to the history
   /reset            forget the conversation
   /status           show the settings
   /help             this text
@@ -33,6 +35,8 @@ class ChatSession:
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.enabled = concept is not None
         self.history: list[dict] = []
+        # A pretrained base goes on past its answer with an instruction of its own (docs/PROMPTS.md)
+        self.stop = ["### Instruction:"] if model.flow_info["prompt_format"] == "alpaca" else None
 
     # ---- settings -----------------------------------------------------------------------------
     def steering(self) -> tuple[str | None, float]:
@@ -101,34 +105,39 @@ class ChatSession:
 
     # ---- replies --------------------------------------------------------------------------------
     def _kwargs(self) -> dict:
-        return dict(n_steps=self.n_steps, max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+        return dict(n_steps=self.n_steps, max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed,
+                    stop=self.stop)
 
     def reply(self, message: str) -> None:
-        """Stream the answer to `message`; Ctrl-C stops it and keeps what was said."""
+        """Stream the answer to `message`; Ctrl-C stops it and keeps what was said. An error is
+        printed and leaves the conversation as it was."""
         concept, flowtime = self.steering()
         messages = self.history + [{"role": "user", "content": message}]
         pieces: list[str] = []
-        stream = self.model.stream(messages=messages, concept=concept, flowtime=flowtime, **self._kwargs())
+        try:
+            stream = self.model.stream(messages=messages, concept=concept, flowtime=flowtime, **self._kwargs())
+        except ValueError as e:  # refused before it ran: a prompt too long, a conversation the format cannot say
+            self.write(f"error: {e}" + (" (/reset starts a new conversation)\n" if "context" in str(e) else "\n"))
+            return
         try:
             for piece in stream:
                 pieces.append(piece)
                 self.write(piece)
         except KeyboardInterrupt:
             self.write(" [stopped]")
-        except ValueError as e:
-            self.write(f"error: {e}" + (" (/reset starts a new conversation)\n" if "context" in str(e) else "\n"))
-            return
         finally:
             stream.close()
         self.write("\n")
-        self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": "".join(pieces)}]
+        # stripped as chat templates strip a message (the alpaca form adds its own blank line)
+        self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": "".join(pieces).strip()}]
 
     def compare(self, message: str) -> None:
+        """The message alone, unsteered and steered: what the concept does, apart from the conversation."""
         concept, flowtime = self.concept, self.flowtime if self.flowtime > 0 else 2.0
         if not concept:
             raise ValueError("set a concept first: /concept <text>")
-        messages = self.history + [{"role": "user", "content": message}]
-        base, steered = self.model.compare(messages=messages, concept=concept, flowtime=flowtime, **self._kwargs())
+        base, steered = self.model.compare(messages=[{"role": "user", "content": message}], concept=concept,
+                                           flowtime=flowtime, **self._kwargs())
         self.write(f"[baseline] {base.text}\n[steered: {concept}, T={flowtime:g}] {steered.text}\n")
 
 
@@ -147,18 +156,21 @@ def run_repl(session: ChatSession, stdin: TextIO = sys.stdin) -> None:
         line = line.strip()
         if not line:
             continue
-        if line.startswith("/"):
-            if not session.command(line):
-                return
-            continue
-        session.write("model> ")
-        session.reply(line)
+        try:
+            if line.startswith("/"):
+                if not session.command(line):
+                    return
+                continue
+            session.write("model> ")
+            session.reply(line)
+        except Exception as e:  # noqa: BLE001 (a REPL prints what went wrong and goes on)
+            session.write(f"\nerror: {type(e).__name__}: {e}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="flas-chat", description="Chat with a FLAS-steered Gemma-2 (streaming, multi-turn).")
-    ap.add_argument("--base", required=True, help="base model GGUF")
-    ap.add_argument("--flow", required=True, help="flow GGUF")
+    ap = argparse.ArgumentParser(prog="flas-chat", description="Chat with a FLAS-steered model (Gemma-2, Gemma-3, "
+                                 "Qwen3, Llama), streaming and multi-turn; the demo model unless told otherwise.")
+    add_model_args(ap)
     ap.add_argument("--concept", help="concept to steer toward, e.g. \"Talk like a pirate\"")
     ap.add_argument("--flowtime", type=float, default=2.0, help="steering strength T (default 2.0)")
     ap.add_argument("--n-steps", type=int, help="Euler steps N (default: the flow's)")
@@ -169,17 +181,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="CPU threads (default: one per physical core)")
     add_device_args(ap)
     a = ap.parse_args(argv)
+    check_model_args(a, ap.error)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
     try:
-        model = FlasModel(a.base, a.flow, n_ctx=a.n_ctx, n_threads=a.threads, **device_kwargs(a))
+        base, flow = chosen_models(a)
+        model = FlasModel(base, flow, n_ctx=a.n_ctx, n_threads=a.threads, **device_kwargs(a))
         session = ChatSession(model, a.concept, a.flowtime, a.n_steps, a.temp, a.max_tokens, a.seed, write)
     except (ValueError, RuntimeError) as e:
         print(f"flas-chat: error: {e}", file=sys.stderr)
         return 2
+    info = model.flow_info
+    write(f"base: {base} ({model.family})\nflow: {flow} (layer {info['layer']}, prompt format {info['prompt_format']})\n")
+    if not a.base:
+        write("(the demo model has random weights: its text is noise)\n" if not a.real else
+              "(Gemma-3 270M is a real pretrained base; its flow has random weights: steering at work, no trained "
+              "concept)\n")
     run_repl(session)
     return 0
 

@@ -50,3 +50,16 @@ def tiny_flow_dir(tmp_path_factory) -> Path:
 def convert_tiny_flow(tiny, out: Path, outtype: str) -> Path:
     convert_flow(tiny[1], out, base_config=tiny[0] / "config.json", outtype=outtype, progress=False)
     return out
+
+
+def convert_alpaca_flow(tiny, out: Path) -> Path:
+    """The tiny flow as if trained on a pretrained base: its config says prompt_format alpaca
+    (FLAS_SPEC.md 5), which the converter records; the weights are the tiny flow's."""
+    src = Path(tiny[1])
+    d = out.parent / f"{out.stem}-checkpoint"
+    d.mkdir(parents=True)
+    (d / src.name).symlink_to(src)
+    config = json.loads((src.parent / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "prompt_format": "alpaca"}))
+    convert_flow(d / src.name, out, base_config=tiny[0] / "config.json", outtype="f32", progress=False)
+    return out

@@ -74,6 +74,22 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(tiny_base_f32, flow_g
     assert len(session.history) == 4
 
 
+def test_no_error_ends_the_repl(tiny_base_f32, flow_gguf, monkeypatch):
+    model = FlasModel(tiny_base_f32, flow_gguf, n_ctx=512)
+    out = io.StringIO()
+    session = ChatSession(model, None, 2.0, None, 0.0, 4, 0, out.write)
+
+    def failing_stream(**kwargs):
+        yield "half"
+        raise RuntimeError("device lost: the RPC server went away")
+
+    monkeypatch.setattr(model, "stream", failing_stream)
+    run_repl(session, io.StringIO("Hello\n/status\n/quit\n"))
+    text = out.getvalue()
+    assert "error: RuntimeError: device lost: the RPC server went away" in text
+    assert "turns: 0" in text  # the failed reply left the conversation as it was
+
+
 def test_flas_demo_from_a_clean_cache(tmp_path):
     cache = tmp_path / "cache"
     run = subprocess.run([shutil.which("flas-demo"), "--cache-dir", str(cache), "--max-tokens", "12"],
@@ -90,3 +106,14 @@ def test_flas_demo_from_a_clean_cache(tmp_path):
         return [line for line in stdout.splitlines() if not any(w in line for w in ("tok/s", "prefill", "speed"))]
 
     assert text_only(again.stdout) == text_only(run.stdout)
+
+    # flas-chat with no models named starts on the same demo models (the cache is built)
+    chat = subprocess.run([shutil.which("flas-chat"), "--cache-dir", str(cache), "--max-tokens", "4"],
+                          input="/status\nHello\n/quit\n", capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert chat.returncode == 0, chat.stderr
+    assert f"base: {cache / 'demo-base-f16.gguf'} (gemma2)" in chat.stdout
+    assert "the demo model has random weights" in chat.stdout and "turns: 0" in chat.stdout
+    assert "model> " in chat.stdout and "building" not in chat.stderr
+    half = subprocess.run([shutil.which("flas-chat"), "--base", str(cache / "demo-base-f16.gguf")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert half.returncode == 2 and "pass both --base and --flow" in half.stderr

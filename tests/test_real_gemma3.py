@@ -95,9 +95,34 @@ def test_the_base_model_flow_prompts_in_alpaca_format(base, model):
     llm.close()
     assert want[0] == llm.token_bos() and model.prompt_tokens(PROMPTS[1]) == want
     assert model.prompt_tokens(messages=[{"role": "user", "content": PROMPTS[1]}]) == want
-    with pytest.raises(ValueError, match="alpaca prompt format, which has no multi-turn form"):
-        model.prompt_tokens(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-                                      {"role": "user", "content": PROMPTS[1]}])
+
+
+def test_a_conversation_in_alpaca_format(base, model):
+    """docs/PROMPTS.md: a system preamble, each exchange as an instruction block and its response,
+    the last user message as the instruction; the documented text tokenized by llama-cpp-python
+    (no control-token text in it, so parsing it as special changes nothing)."""
+    import llama_cpp
+
+    conversation = [{"role": "system", "content": "Below is an instruction. Answer it."},
+                    {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."},
+                    {"role": "user", "content": PROMPTS[1]}]
+    text = ("Below is an instruction. Answer it.\n\n### Instruction:\nHi\n\n### Response:\nHello.\n\n"
+            "### Instruction:\nName a color.\n\n### Response:\nBlue.\n\n"
+            f"### Instruction:\n{PROMPTS[1]}\n\n### Response:\n")
+    llm = llama_cpp.Llama(str(base), n_ctx=256, vocab_only=True, verbose=False)
+    want = llm.tokenize(text.encode(), add_bos=True, special=True)
+    without_system = llm.tokenize(text.split("\n\n", 1)[1].encode(), add_bos=True, special=True)
+    llm.close()
+    assert model.prompt_tokens(messages=conversation) == want
+    assert model.prompt_tokens(messages=conversation[1:]) == without_system
+    for bad, why in [(conversation[:-1], "must end with a user turn"),
+                     (conversation[1:2] * 2, "answered by an assistant message"),
+                     (conversation[1:2] + conversation[:1] + conversation[1:2], "a system message can only come first"),
+                     (conversation[2:4], "an assistant message answers the user message before it"),
+                     ([{"role": "tool", "content": "x"}] + conversation[1:2], r"messages\[0\] must be")]:
+        with pytest.raises(ValueError, match=why):
+            model.prompt_tokens(messages=bad)
 
 
 # ---- an independent Gemma-3 encoder: embedding, layers 0 and 1, final norm ----------------------

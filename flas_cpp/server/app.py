@@ -160,7 +160,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         m = state.model
         return JSONResponse({"ready": m is not None, "api_key_required": bool(config.api_key),
                              "parallel": m.n_seq if m else None, "n_ctx_seq": m.n_ctx_seq if m else None,
-                             "n_steps": m.flow_info["n_steps"] if m else None, "model": config.model_alias})
+                             "n_steps": m.flow_info["n_steps"] if m else None, "model": config.model_alias,
+                             "prompt_format": m.flow_info["prompt_format"] if m else None})
 
     @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: HttpRequest) -> PlainTextResponse:

