@@ -80,7 +80,7 @@ def test_base_not_a_gemma2_config(capsys, out, tiny, tmp_path):
     edit_json(d / "config.json", model_type="mistral", architectures=["MistralForCausalLM"])
     assert_refused(capsys, out, "not a config flas-convert base knows (model_type 'mistral'", "base", str(d))
     edit_json(d / "config.json", model_type="gemma3", architectures=["Gemma3ForConditionalGeneration"])
-    assert_refused(capsys, out, "a multimodal Gemma-3 checkpoint", "base", str(d))
+    assert_refused(capsys, out, "a multimodal Gemma-3 config without text_config", "base", str(d))
 
 
 def test_base_tensor_with_wrong_shape(capsys, out, tiny, tmp_path):

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType
 
 from .. import safetensors_io
 from . import decoder, spm
@@ -44,14 +44,18 @@ class GemmaHparams:
     query_pre_attn_scalar: float
     arch: str = "gemma2"              # llama.cpp's architecture: "gemma2" or "gemma3"
     rope_local_theta: float = 10000.0  # gemma3: the sliding layers' RoPE base
+    rope_linear_factor: float = 1.0    # gemma3 4B and up: linear scaling of the global layers' RoPE
+    multimodal: bool = False           # gemma3: the language model of a Gemma3ForConditionalGeneration
 
     @classmethod
     def from_config(cls, cfg: dict, where: Path) -> "GemmaHparams":
         archs = cfg.get("architectures") or []
-        if cfg.get("model_type") == "gemma3":
-            raise ConversionError(f"{where}: a multimodal Gemma-3 checkpoint; flas-convert base converts its text "
-                                  "models (model_type gemma3_text, e.g. google/gemma-3-270m, google/gemma-3-1b-it); "
-                                  "convert this one with llama.cpp's convert_hf_to_gguf.py")
+        if cfg.get("model_type") == "gemma3" or "Gemma3ForConditionalGeneration" in archs:
+            text = cfg.get("text_config")
+            if not isinstance(text, dict):
+                raise ConversionError(f"{where}: a multimodal Gemma-3 config without text_config; its language "
+                                      "model cannot be read")
+            return gemma3_hparams({**GEMMA3_TEXT_DEFAULTS, **text}, where, multimodal=True)
         if cfg.get("model_type") == "gemma3_text" or "Gemma3ForCausalLM" in archs:
             return gemma3_hparams(cfg, where)
         if cfg.get("model_type") != "gemma2" and "Gemma2ForCausalLM" not in archs:
@@ -87,8 +91,49 @@ class GemmaHparams:
         return hp
 
 
-def gemma3_hparams(cfg: dict, where: Path) -> GemmaHparams:
-    """A Gemma-3 text config (Gemma3ForCausalLM), as llama.cpp's gemma3 reads it."""
+# transformers' Gemma3TextConfig defaults: a multimodal checkpoint's text_config (google/gemma-3-4b-it's)
+# lists only what differs from them
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "query_pre_attn_scalar": 256,
+    "rope_theta": 1e6, "rope_local_base_freq": 1e4, "rms_norm_eps": 1e-6, "max_position_embeddings": 131072,
+    "sliding_window": 4096,
+}
+# where a multimodal Gemma-3 checkpoint keeps its language model's tensors (the hub's files, and
+# transformers 5's layout), and the towers flas-cpp leaves out
+GEMMA3_TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
+GEMMA3_OTHER_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.",
+                         "language_model.lm_head.")
+
+
+def gemma3_rope(cfg: dict, where: Path) -> tuple[float, float, float]:
+    """(global RoPE base, sliding RoPE base, linear factor of the global layers) from either form:
+    rope_theta / rope_local_base_freq / rope_scaling, or transformers 5's rope_parameters per
+    layer type."""
+    params = cfg.get("rope_parameters") or {}
+    if isinstance(params.get("full_attention"), dict):
+        full, sliding = params["full_attention"], params.get("sliding_attention") or {}
+        theta, local = full.get("rope_theta", 1e6), sliding.get("rope_theta", 1e4)
+        scaling = full
+        if sliding.get("rope_type", "default") != "default":
+            raise ConversionError(f"{where}: the sliding layers' RoPE {sliding} is scaled; Gemma-3 scales only the "
+                                  "global layers, as llama.cpp's gemma3 does")
+    else:
+        theta, local = cfg.get("rope_theta", 1e6), cfg.get("rope_local_base_freq", 1e4)
+        scaling = cfg.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "linear"):
+        raise ConversionError(f"{where}: RoPE scaling {scaling} is not converted (Gemma-3 uses none or linear)")
+    factor = scaling.get("factor", 1.0) if kind == "linear" else 1.0
+    for name, v in (("rope_theta", theta), ("the sliding rope_theta", local), ("the RoPE factor", factor)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e30:
+            raise ConversionError(f"{where}: {name} should be a positive number, got {v!r}"[:300])
+    return float(theta), float(local), float(factor)
+
+
+def gemma3_hparams(cfg: dict, where: Path, multimodal: bool = False) -> GemmaHparams:
+    """A Gemma-3 text config (Gemma3ForCausalLM, or a multimodal checkpoint's text_config), as
+    llama.cpp's gemma3 reads it."""
     def need(key: str):
         return config_value(cfg, key, where, "Gemma-3")
 
@@ -102,18 +147,17 @@ def gemma3_hparams(cfg: dict, where: Path) -> GemmaHparams:
                                   "which llama.cpp's gemma3 assumes")
     elif pattern != 6:
         raise ConversionError(f"{where}: sliding_window_pattern {pattern}; llama.cpp's gemma3 assumes 6")
-    if cfg.get("rope_scaling"):
-        raise ConversionError(f"{where}: rope_scaling {cfg['rope_scaling']} is not converted yet")
+    theta, local, factor = gemma3_rope(cfg, where)
     head_dim = int(need("head_dim"))
     hp = GemmaHparams(
         n_vocab=int(need("vocab_size")), n_embd=int(need("hidden_size")), n_layer=n_layer,
         n_head=int(need("num_attention_heads")), n_head_kv=int(cfg.get("num_key_value_heads", need("num_attention_heads"))),
         head_dim=head_dim, n_ff=int(need("intermediate_size")),
         n_ctx_train=int(cfg.get("max_position_embeddings", 32768)), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 1e6)), sliding_window=int(cfg.get("sliding_window", 512) or 512),
+        rope_theta=theta, sliding_window=int(cfg.get("sliding_window", 512) or 512),
         attn_softcap=0.0, final_softcap=float(cfg.get("final_logit_softcapping") or 0.0),
         query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", head_dim)), arch="gemma3",
-        rope_local_theta=float(cfg.get("rope_local_base_freq", 10000.0)),
+        rope_local_theta=local, rope_linear_factor=factor, multimodal=multimodal,
     )
     if hp.query_pre_attn_scalar != hp.head_dim:
         raise ConversionError(f"{where}: query_pre_attn_scalar {hp.query_pre_attn_scalar:g} != head_dim "
@@ -257,6 +301,9 @@ def add_gemma_metadata(w: GGUFWriter, hp: GemmaHparams) -> None:
     w.add_sliding_window(hp.sliding_window)
     if hp.arch == "gemma3":
         w.add_rope_freq_base_swa(hp.rope_local_theta)
+        if hp.rope_linear_factor != 1.0:  # llama.cpp's gemma3 scales the global layers only, as transformers
+            w.add_rope_scaling_type(RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(hp.rope_linear_factor)
         if hp.final_softcap:
             w.add_final_logit_softcapping(hp.final_softcap)
     else:
@@ -298,6 +345,22 @@ def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp, qtype: GGMLQuant
     return plan_checkpoint(refs, expected, qtype, f"a {family} model with {hp.n_layer} layers", ("lm_head.weight",))
 
 
+def language_model_refs(refs: dict[str, safetensors_io.TensorRef], where: Path) -> dict[str, safetensors_io.TensorRef]:
+    """A multimodal Gemma-3 checkpoint's language model under Gemma3ForCausalLM's names; the vision
+    tower and the projector are left out (llama.cpp runs them from a separate mmproj file)."""
+    out = {}
+    for name, ref in refs.items():
+        prefix = next((p for p in GEMMA3_TEXT_PREFIXES if name.startswith(p)), None)
+        if prefix is not None:
+            out["model." + name[len(prefix):]] = ref
+        elif not name.startswith(GEMMA3_OTHER_PREFIXES) and name != "lm_head.weight":
+            out[name] = ref  # unknown: plan_checkpoint names it
+    if not any(n.startswith("model.layers.") for n in out):
+        raise ConversionError(f"{where}: a multimodal Gemma-3 checkpoint without language model tensors (looked for "
+                              f"{' and '.join(GEMMA3_TEXT_PREFIXES)})")
+    return out
+
+
 def intermediate_type(refs: dict[str, safetensors_io.TensorRef]) -> str:
     """The precision to hand llama.cpp's quantizer: the widest the checkpoint holds."""
     dtypes = {r.dtype for r in refs.values()}
@@ -321,6 +384,8 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
     tok_cfg = read_json(tok_cfg_path, "tokenizer_config.json") if tok_cfg_path.is_file() else {}
     vocab = load_vocab(hf_dir, hp, tok_cfg)
     refs = find_weights(hf_dir)
+    if getattr(hp, "multimodal", False):
+        refs = language_model_refs(refs, hf_dir)
     stage = key if key in PYTHON_OUTTYPES else intermediate_type(refs)
     plan = plan_tensors(refs, hp, PYTHON_OUTTYPES[stage])
     if not tok_cfg.get("chat_template"):

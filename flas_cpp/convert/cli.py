@@ -1,6 +1,8 @@
 """`flas-convert` (also `python convert_weights.py`): base model and FLAS flow checkpoints -> GGUF.
 
-Base models: Gemma-2, Gemma-3 text, and Qwen3/Llama with a SentencePiece vocabulary.
+Base models: Gemma-2, Gemma-3 (text checkpoints, with or without linear RoPE scaling, and the language
+model of a multimodal Gemma3ForConditionalGeneration checkpoint), and Qwen3/Llama with a
+SentencePiece vocabulary.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="{base,flow}")
 
-    b = sub.add_parser("base", help="a Hugging Face gemma2, gemma3_text, qwen3 or llama checkpoint directory "
-                                        "(SentencePiece vocabulary) -> llama.cpp GGUF")
+    b = sub.add_parser("base", help="a Hugging Face gemma2, gemma3_text, gemma3 (multimodal: its language "
+                                        "model), qwen3 or llama checkpoint directory (SentencePiece vocabulary) "
+                                        "-> llama.cpp GGUF")
     b.add_argument("hf_dir", help="directory with config.json, *.safetensors, tokenizer.model, tokenizer_config.json")
     b.add_argument("--outtype", default="f16", metavar="TYPE",
                    help=f"one of {', '.join(BASE_OUTTYPES)} (K-quants through llama.cpp's quantizer); default f16")

@@ -70,6 +70,10 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
         raise ConversionError(f"{where}: base model_type {model_type!r} is not supported; flas-cpp converts flows "
                               f"of {', '.join(sorted(SUPPORTED_FAMILIES))} bases")
     text = cfg.get("text_config") or cfg
+    if SUPPORTED_FAMILIES[model_type] == "gemma3" and text is not cfg:
+        from .base import GEMMA3_TEXT_DEFAULTS  # a multimodal text_config lists only what differs from them
+
+        text = {**GEMMA3_TEXT_DEFAULTS, **text}
 
     def need(key: str):
         return config_value(text, key, where, model_type)
@@ -83,12 +87,12 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
     scaling = text.get("rope_scaling") or {}
     kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
     if family == "gemma3":
+        from .base import gemma3_rope  # one reader of Gemma-3's RoPE, either form
+
         # the flow's RoPE is the base's global (full-attention) one: its base and linear scaling
-        if kind not in ("linear", "default", None):
-            raise ConversionError(f"{where}: rope_scaling {scaling} is not linear; not supported for {model_type}")
-        return BaseFacts(*dims, eps, float(text.get("attn_logit_softcapping") or 0.0), float(text.get("rope_theta", 1e6)),
-                         float(text.get("query_pre_attn_scalar", head_dim)), family=family,
-                         rope_scaling_factor=float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0)
+        theta, _, factor = gemma3_rope(text, where)
+        return BaseFacts(*dims, eps, float(text.get("attn_logit_softcapping") or 0.0), theta,
+                         float(text.get("query_pre_attn_scalar", head_dim)), family=family, rope_scaling_factor=factor)
     # qwen3 and llama: w*x norms, SiLU, scale head_dim^-0.5, no soft-capping (FLAS_SPEC.md 7)
     if text.get("attention_bias"):
         raise ConversionError(f"{where}: attention_bias is true; flows with attention biases are not supported yet")
