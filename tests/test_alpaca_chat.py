@@ -5,6 +5,7 @@ with the same conversation."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 
 import pexpect
@@ -13,7 +14,7 @@ from openai import BadRequestError, OpenAI
 
 from conftest import convert_alpaca_flow
 from flas_cpp import FlasModel
-from test_page import browser, open_page  # noqa: F401 (browser: a fixture)
+from test_page import ARTIFACTS, browser, open_page  # noqa: F401 (browser: a fixture)
 from test_server import server
 
 PIRATE = "Talk like a pirate"
@@ -137,3 +138,6 @@ def test_the_page_chats_with_an_alpaca_flow(browser, tiny_base_f32, alpaca_flow)
         errors = page.js("document.querySelectorAll('#chat-log .error').length")
         assert errors == 0, turns
         assert len(turns) == 4 and turns[2] == "youAnd then?" and turns[3].startswith("model") and len(turns[3]) > 5
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "server-page-chat-alpaca.png").write_bytes(
+            base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
