@@ -163,8 +163,11 @@ def test_health_and_streams_go_on_while_huge_prompts_are_prepared(srv):
         r = answers[name]
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
     assert "at least" in answers["turns"].json()["error"]["message"]  # refused from its bytes, untokenized
-    assert len(latencies) > 10 and max(latencies) < 1.0, max(latencies)
-    assert len(gaps) > 50 and max(gaps) < 1.0, max(gaps)
+    # Preparing these once stalled everything for 30 to 170 s; a bound of seconds, not of the
+    # milliseconds an idle machine shows, keeps a shared 2-core machine's noise out of the verdict
+    # (one gap of 1.16 s was seen with a compiler running beside the suite)
+    assert len(latencies) > 10 and max(latencies) < 5.0, max(latencies)
+    assert len(gaps) > 50 and max(gaps) < 5.0, max(gaps)
 
 
 # ---- stop strings ------------------------------------------------------------------------------
