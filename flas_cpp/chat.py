@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     info = model.flow_info
     write(f"base: {base} ({model.family})\nflow: {flow} (layer {info['layer']}, prompt format {info['prompt_format']})\n")
-    if not a.base:
+    if not a.base and not a.hf:
         write("(the demo model has random weights: its text is noise)\n" if not a.real else
               "(Gemma-3 270M is a real pretrained base; its flow has random weights: steering at work, no trained "
               "concept)\n")

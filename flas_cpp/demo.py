@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.real:
         print("\n(Gemma-3 270M is a real base model; its flow has random weights, so the steered column shows "
               "steering at work, not a trained concept)")
-    elif not a.base:
+    elif not a.base and not a.hf:
         print("\n(the demo model has random weights: its text is noise; the difference between the columns is "
               "the steering)")
     return 0

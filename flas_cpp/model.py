@@ -125,6 +125,17 @@ class FlasModel:
         print(f"flas-cpp: {self.placement}", file=sys.stderr)
         return ngl
 
+    @classmethod
+    def from_pretrained(cls, repo: str, base: str | None = None, revision: str | None = None,
+                        flow_outtype: str | None = None, **kwargs) -> "FlasModel":
+        """A FLAS flow repository on the Hugging Face hub with the base its config names, or `base`
+        ("REPO[:QUANT]": a GGUF repository's file, or a checkpoint converted to QUANT); downloaded
+        and converted on first use, then cached (flas_cpp.hub.pull). kwargs: FlasModel's."""
+        from .hub import pull
+
+        base_gguf, flow_gguf = pull(repo, base=base, revision=revision, flow_outtype=flow_outtype)
+        return cls(base_gguf, flow_gguf, **kwargs)
+
     def close(self) -> None:
         """Free the model, its context, the flow and every device buffer now (not when garbage
         collected). Requests still running end as cancelled; using the model afterwards raises."""

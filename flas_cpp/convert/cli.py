@@ -25,7 +25,7 @@ EPILOG = """examples:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flas-convert", description=__doc__.splitlines()[0].split(": ", 1)[1],
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{base,flow}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{base,flow,pull,list,rm}")
 
     b = sub.add_parser("base", help="a Hugging Face gemma2, gemma3_text, gemma3 (multimodal: its language "
                                         "model), qwen3 or llama checkpoint directory (SentencePiece vocabulary) "
@@ -52,7 +52,37 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
         p.add_argument("--dry-run", action="store_true", help="check everything and print the summary; write nothing")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pl = sub.add_parser("pull", help="download and convert a FLAS flow repository and its base into the cache "
+                                     "(what --hf does on first use)")
+    pl.add_argument("repo", help="a FLAS flow repository, e.g. flas-ai/flas-gemma-2-2b-it")
+    pl.add_argument("--hf-base", metavar="REPO[:QUANT]", help="the base instead of the flow's model_id")
+    pl.add_argument("--outtype", default=DEFAULT_FLOW_OUTTYPE, choices=list(FLOW_OUTTYPES), help="the flow's type")
+    sub.add_parser("list", help="the converted models in the cache: source, commit, type, size")
+    r = sub.add_parser("rm", help="remove what was converted from a repository")
+    r.add_argument("repo")
     return ap
+
+
+def hub_command(args) -> int:
+    from ..hub import HubError, cache_root, cached, pull, remove
+
+    try:
+        if args.command == "pull":
+            base, flow = pull(args.repo, base=args.hf_base, flow_outtype=args.outtype)
+            print(f"base: {base}\nflow: {flow}")
+        elif args.command == "list":
+            entries = cached()
+            for e in entries:
+                print(f"{e['repo']:<40} {e['commit'][:12]}  {e['outtype']:<7} {e['bytes'] / 2**20:9.1f} MiB  {e['path']}")
+            total = sum(e["bytes"] for e in entries)
+            print(f"{len(entries)} file{'' if len(entries) == 1 else 's'}, {total / 2**20:.1f} MiB in {cache_root()}")
+        else:
+            print(f"removed {args.repo}: {remove(args.repo) / 2**20:.1f} MiB freed")
+    except (HubError, ConversionError) as e:
+        print(f"flas-convert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _terminate(signum, frame):
@@ -61,6 +91,8 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("pull", "list", "rm"):
+        return hub_command(args)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # a killed conversion removes its temporary files too
     try:

@@ -1,0 +1,111 @@
+"""A Hugging Face hub on 127.0.0.1 for the tests (no internet here): the part of the hub's HTTP API
+that huggingface_hub calls to list and download a repository's files, with the hub's headers
+(X-Repo-Commit, ETag, Content-Length), ranges, and its error codes (401 GatedRepo, 404
+RepoNotFound / EntryNotFound). Point huggingface_hub at it with HF_ENDPOINT. It counts requests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+@dataclass
+class Repo:
+    files: dict[str, Path]           # name in the repository -> file on disk
+    sha: str = "1" * 40              # the commit a revision resolves to
+    gated: bool = False              # 401 without a token
+
+
+@dataclass
+class Hub:
+    repos: dict[str, Repo] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)   # "METHOD path" of every request
+
+    def __post_init__(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_HEAD(self):
+                hub.answer(self, body=False)
+
+            def do_GET(self):
+                hub.answer(self, body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---- answers ------------------------------------------------------------------------------
+
+    def answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
+        path = unquote(urlparse(h.path).path)
+        self.requests.append(f"{h.command} {path}")
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(?:/.*)?)?", path)
+        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        repo_id = api.group(1) if api else resolve.group(1) if resolve else None
+        repo = self.repos.get(repo_id or "")
+        if repo is None:
+            return self.error(h, 404, "RepoNotFound", f"Repository Not Found for url: {path}.")
+        if repo.gated and not h.headers.get("Authorization"):
+            return self.error(h, 401, "GatedRepo", f"Access to model {repo_id} is restricted.")
+        if api and api.group(2) == "tree":
+            return self.json(h, [{"type": "file", "path": n, "size": p.stat().st_size, "oid": repo.sha}
+                                 for n, p in sorted(repo.files.items())], body)
+        if api:
+            return self.json(h, {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
+                                 "gated": "manual" if repo.gated else False,
+                                 "siblings": [{"rfilename": n} for n in sorted(repo.files)]}, body)
+        name = resolve.group(3)
+        if name not in repo.files:
+            return self.error(h, 404, "EntryNotFound", f"{name} does not exist in {repo_id}", commit=repo.sha)
+        data = repo.files[name].read_bytes()
+        start = 0
+        m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", ""))
+        if m and body:
+            start = int(m.group(1))
+        h.send_response(206 if start else 200)
+        h.send_header("X-Repo-Commit", repo.sha)
+        h.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        h.send_header("Content-Length", str(len(data) - start))
+        if start:
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.end_headers()
+        if body:
+            h.wfile.write(data[start:])
+
+    @staticmethod
+    def json(h: BaseHTTPRequestHandler, obj, body: bool) -> None:
+        data = json.dumps(obj).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if body:
+            h.wfile.write(data)
+
+    @staticmethod
+    def error(h: BaseHTTPRequestHandler, status: int, code: str, message: str, commit: str | None = None) -> None:
+        data = json.dumps({"error": message}).encode()
+        h.send_response(status)
+        h.send_header("X-Error-Code", code)
+        h.send_header("X-Error-Message", message)
+        if commit:
+            h.send_header("X-Repo-Commit", commit)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
