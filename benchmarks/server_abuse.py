@@ -21,7 +21,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,22 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sections import replace_section  # noqa: E402
+from server_bench import free_port, rss_mb  # noqa: E402
 
 KEY = "secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPTS = ["Tell me about your day.", "Why is the sky blue?", "Write a limerick about a cat.", "What is a flow?"]
 CONCEPTS = ["Talk like a pirate", "Respond as a noir detective", "Use legal terminology", None]
 SECTION = "## Under load: streams, disconnects and abusive requests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    return next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) / 1024.0
 
 
 def abusive_bodies() -> list[tuple[str, bytes]]:

@@ -1,6 +1,7 @@
-"""The models a command runs on when it is given none: the demo models (tiny, random, built
-once by the test-model generator) or, with --real, the real Gemma-3 270M base with a random
-gemma3 flow. One choice for flas-demo, flas-chat and flas-server."""
+"""The models a command runs on: local GGUFs (--base/--flow), a flow repository on the hub (--hf,
+flas_cpp.hub), the real Gemma-3 270M base with a random gemma3 flow (--real), or else the demo
+models (tiny, random, built once by the test-model generator). One choice for flas-demo,
+flas-chat and flas-server."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
-DEFAULT_CACHE = Path(os.environ.get("FLAS_CPP_CACHE", Path.home() / ".cache" / "flas-cpp")) / "demo"
+def cache_home() -> Path:
+    """flas-cpp's cache: $FLAS_CPP_CACHE, else ~/.cache/flas-cpp (demo models, converted hub models)."""
+    return Path(os.environ.get("FLAS_CPP_CACHE", Path.home() / ".cache" / "flas-cpp"))
+
+
+DEFAULT_CACHE = cache_home() / "demo"
 
 
 def demo_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from .bundled import cache_home
 from .convert.common import ConversionError
 
 FORMAT_VERSION = 1           # raise when a converter writes something else for the same input
@@ -27,8 +28,7 @@ class HubError(ValueError):
 
 
 def cache_root() -> Path:
-    root = Path(os.environ.get("FLAS_CPP_CACHE", Path.home() / ".cache" / "flas-cpp"))
-    return root / "hub" / f"v{FORMAT_VERSION}"
+    return cache_home() / "hub" / f"v{FORMAT_VERSION}"
 
 
 def pull(repo: str, base: str | None = None, revision: str | None = None, flow_outtype: str | None = None,
@@ -92,12 +92,13 @@ def pull_base(spec: str, progress: bool) -> tuple[Path, Path | None]:
                        f"convert_hf_to_gguf.py converts; name a GGUF repository instead: --hf-base "
                        f"<owner>/{repo.split('/')[-1]}-GGUF:{quant}")
     out = cache_root() / repo.replace("/", "--") / commit / f"base-{quant}.gguf"
-    wanted = [f for f in files if f.endswith((".json", ".safetensors")) or f == "tokenizer.model"]
-    paths = [download(repo, f, commit) for f in wanted]
-    config = next(p for p in paths if p.name == "config.json")
-    if not out.is_file():
+    config = download(repo, "config.json", commit)  # what a flow of this base is converted with
+    if not out.is_file():  # the weights are fetched only to convert them
         from .convert import convert_base
 
+        for f in files:
+            if f.endswith((".json", ".safetensors")) or f == "tokenizer.model":
+                download(repo, f, commit)
         out.parent.mkdir(parents=True, exist_ok=True)
         convert_base(config.parent, out, quant, progress=progress)
         record(out, repo, commit, "*.safetensors", quant)

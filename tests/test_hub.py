@@ -152,14 +152,11 @@ def test_a_gated_repository_with_a_token(hub, tmp_path):
 def test_hf_in_the_server_and_the_chat(hub, tmp_path):
     """flas-server --hf with the official openai client, and flas-chat --hf in a terminal: the
     same text as FlasModel on the files converted by hand."""
-    import time
-
-    import httpx
     import pexpect
     from openai import OpenAI
 
     from flas_cpp import FlasModel
-    from test_server import free_port
+    from test_server import serve
 
     base, flow = tmp_path / "base.gguf", tmp_path / "flow.gguf"
     convert_base(hub["base_dir"], base, "Q4_K_M", progress=False)
@@ -168,28 +165,12 @@ def test_hf_in_the_server_and_the_chat(hub, tmp_path):
     with FlasModel(base, flow, n_ctx=512) as m:
         want = m.generate("Hello there", concept="Talk like a pirate", flowtime=2.0, temperature=0.0, max_tokens=8).text
 
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("flas-server"), "--hf", FLOW_REPO, "--port", str(port), "--parallel", "1",
-                             "--n-ctx", "512"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, env=hub_env(hub, tmp_path))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with serve("--hf", FLOW_REPO, "--parallel", "1", "--n-ctx", "512", env=hub_env(hub, tmp_path)) as url:
         client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         r = client.chat.completions.create(model="flas", messages=[{"role": "user", "content": "Hello there"}],
                                            max_tokens=8, temperature=0,
                                            extra_body={"steering": {"concept": "Talk like a pirate", "flowtime": 2.0}})
         assert r.choices[0].message.content == want
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
 
     chat = pexpect.spawn(shutil.which("flas-chat"), ["--hf", FLOW_REPO, "--max-tokens", "8", "--temp", "0",
                                                      "--n-ctx", "512", "--concept", "Talk like a pirate"],

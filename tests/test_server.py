@@ -35,11 +35,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
 def server(base: Path, flow: Path, *args: str, env: dict | None = None):
-    """The installed flas-server command, run away from the sources; yields its base URL once healthy."""
+    """serve() on a base and a flow GGUF."""
+    return serve("--base", str(base), "--flow", str(flow), *args, env=env)
+
+
+@contextmanager
+def serve(*args: str, env: dict | None = None):
+    """The installed flas-server command with these arguments, run away from the sources; yields
+    its base URL once healthy, and checks at the end that SIGTERM stopped it cleanly."""
     port = free_port()
-    cmd = [shutil.which("flas-server"), "--base", str(base), "--flow", str(flow), "--port", str(port), *args]
+    cmd = [shutil.which("flas-server"), "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/",
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
