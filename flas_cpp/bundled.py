@@ -92,7 +92,11 @@ def chosen_models(a: argparse.Namespace) -> tuple[Path, Path]:
     if a.base:
         return Path(a.base), Path(a.flow)
     if a.hf:
-        from .hub import pull
+        from .hub import INTERRUPTED, pull
 
-        return pull(a.hf, base=a.hf_base)
+        try:
+            return pull(a.hf, base=a.hf_base)
+        except KeyboardInterrupt:
+            print(f"{Path(sys.argv[0]).name}: {INTERRUPTED}", file=sys.stderr)
+            raise SystemExit(130) from None
     return real_models(a.cache_dir, a.rebuild) if a.real else demo_models(a.cache_dir, a.rebuild)

@@ -11,13 +11,16 @@ one never does, and with HF_HUB_OFFLINE=1 a cached model starts without a reques
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .bundled import cache_home
-from .convert.common import ConversionError
+from .convert.common import ConversionError, max_bytes_per_param, size_text
 
 FORMAT_VERSION = 1           # raise when a converter writes something else for the same input
 DEFAULT_BASE_QUANT = "Q4_K_M"  # as llama.cpp's -hf
@@ -25,6 +28,11 @@ DEFAULT_BASE_QUANT = "Q4_K_M"  # as llama.cpp's -hf
 
 class HubError(ValueError):
     """A repository, file or network problem, said with what to do about it."""
+
+
+# huggingface_hub (2.x) resumes a download whose connection breaks, within the run; it keeps no
+# partial file between runs, so an interrupted run's next run downloads that file again.
+INTERRUPTED = "interrupted; nothing half-downloaded or half-converted is kept (the next run starts those files again)"
 
 
 def cache_root() -> Path:
@@ -36,8 +44,10 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
     """(base GGUF, flow GGUF) of a FLAS flow repository, downloaded and converted on first use.
 
     base: "REPO[:QUANT]", a GGUF repository (the file of that quant, default Q4_K_M) or a
-    Hugging Face checkpoint repository (converted to QUANT); default: the flow's model_id."""
-    from .convert.flow import DEFAULT_FLOW_OUTTYPE, KNOWN_BASES
+    Hugging Face checkpoint repository (converted to QUANT); default: the flow's model_id.
+    Everything that can be checked from small files (the configs, the base's family, the disk
+    space) is checked before any weights are downloaded."""
+    from .convert.flow import DEFAULT_FLOW_OUTTYPE, KNOWN_BASES, base_facts_from_config
 
     outtype = (flow_outtype or DEFAULT_FLOW_OUTTYPE).lower()
     commit, files = resolve(repo, revision)
@@ -53,7 +63,8 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
     base_spec = base or flow_config.get("model_id")
     if not isinstance(base_spec, str) or not base_spec:
         raise HubError(f"{repo}: config.json names no base (model_id); pass --hf-base REPO[:QUANT]")
-    base_gguf, base_config = pull_base(base_spec, progress)
+    src = plan_base(base_spec)
+    base_config = src.config
     model_id = flow_config.get("model_id")
     if base_config is None and isinstance(model_id, str) and model_id not in KNOWN_BASES:
         # a GGUF base: the flow records its base's facts from the config.json of the checkpoint it names
@@ -61,8 +72,16 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
         if "config.json" not in mid_files:
             raise HubError(f"{repo}: its base {model_id} has no config.json to read the flow's base facts from")
         base_config = download(model_id, "config.json", mid_commit)
+    if base_config is not None:
+        try:
+            base_facts_from_config(base_config)  # a family the runtime does not steer stops here, before any weights
+        except ConversionError as e:
+            raise HubError(f"{repo} steers {model_id or base_spec}, which flas-cpp cannot run: {e}") from None
 
     out = cache_root() / repo.replace("/", "--") / commit / f"{Path(flow_file).stem}-{outtype}.gguf"
+    wanted = [] if out.is_file() else [(repo, commit, flow_file, files[flow_file], outtype, out)]
+    check_disk_space([*src.wanted, *wanted])
+    base_gguf = fetch_base(src, progress)
     if not out.is_file():
         from .convert import convert_flow
 
@@ -73,8 +92,24 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
     return base_gguf, out
 
 
-def pull_base(spec: str, progress: bool) -> tuple[Path, Path | None]:
-    """(base GGUF, its config.json if it came from a checkpoint) of "REPO[:QUANT]"."""
+# (repo, commit, file, bytes, output type or None for a GGUF used as it is, converted file or None)
+Wanted = tuple[str, str, str, int, "str | None", "Path | None"]
+
+
+@dataclass
+class BaseSource:
+    """Where a base comes from: a GGUF file of a repository, or a checkpoint converted to `quant`."""
+    repo: str
+    commit: str
+    quant: str
+    gguf: str | None          # the repository's GGUF file, or None for a checkpoint
+    out: Path | None          # the converted checkpoint in the cache
+    config: Path | None       # the checkpoint's config.json (what its flows are converted with)
+    wanted: list[Wanted]      # what must still be downloaded (and converted)
+
+
+def plan_base(spec: str) -> BaseSource:
+    """What "REPO[:QUANT]" needs, from the repository's listing and its config.json alone."""
     repo, _, quant = spec.partition(":")
     quant = (quant or DEFAULT_BASE_QUANT).upper()
     commit, files = resolve(repo, None)
@@ -84,7 +119,8 @@ def pull_base(spec: str, progress: bool) -> tuple[Path, Path | None]:
         if not picked:
             raise HubError(f"{repo} has no {quant} GGUF; it has: {', '.join(ggufs)} (pick one with "
                            f"--hf-base {repo}:<QUANT>)")
-        return download(repo, picked[0], commit), None
+        return BaseSource(repo, commit, quant, picked[0], None, None,
+                          [(repo, commit, picked[0], files[picked[0]], None, None)])
     if "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
         raise HubError(f"{repo} holds neither GGUF files nor a safetensors checkpoint")
     if "tokenizer.model" not in files:
@@ -93,16 +129,52 @@ def pull_base(spec: str, progress: bool) -> tuple[Path, Path | None]:
                        f"<owner>/{repo.split('/')[-1]}-GGUF:{quant}")
     out = cache_root() / repo.replace("/", "--") / commit / f"base-{quant}.gguf"
     config = download(repo, "config.json", commit)  # what a flow of this base is converted with
-    if not out.is_file():  # the weights are fetched only to convert them
+    wanted = [] if out.is_file() else [  # the weights are fetched only to convert them
+        (repo, commit, f, files[f], quant if f.endswith(".safetensors") else None, out if f.endswith(".safetensors")
+         else None) for f in files if f.endswith((".json", ".safetensors")) or f == "tokenizer.model"]
+    return BaseSource(repo, commit, quant, None, out, config, wanted)
+
+
+def fetch_base(src: BaseSource, progress: bool) -> Path:
+    if src.gguf is not None:
+        return download(src.repo, src.gguf, src.commit)
+    assert src.out is not None and src.config is not None
+    if not src.out.is_file():
         from .convert import convert_base
 
-        for f in files:
-            if f.endswith((".json", ".safetensors")) or f == "tokenizer.model":
-                download(repo, f, commit)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        convert_base(config.parent, out, quant, progress=progress)
-        record(out, repo, commit, "*.safetensors", quant)
-    return out, config
+        for _, commit, f, *_ in src.wanted:
+            download(src.repo, f, commit)
+        src.out.parent.mkdir(parents=True, exist_ok=True)
+        convert_base(src.config.parent, src.out, src.quant, progress=progress)
+        record(src.out, src.repo, src.commit, "*.safetensors", src.quant)
+    return src.out
+
+
+def check_disk_space(wanted: list[Wanted]) -> None:
+    """Stops before the first download when the downloads plus the conversions cannot fit."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    need: dict[int, list] = {}  # filesystem -> [bytes, a directory on it]
+
+    def add(directory: Path, n: float) -> None:
+        d = directory
+        while not d.exists():
+            d = d.parent
+        entry = need.setdefault(os.stat(d).st_dev, [0.0, d])
+        entry[0] += n
+
+    for repo, commit, f, size, outtype, out in wanted:
+        if not isinstance(try_to_load_from_cache(repo, f, revision=commit), str):
+            add(Path(constants.HF_HUB_CACHE), size)
+        if outtype is not None and out is not None:
+            add(out.parent, size / 2 * max_bytes_per_param(outtype))  # a checkpoint: 2 bytes a parameter or more
+    for n, d in need.values():
+        free = shutil.disk_usage(d).free
+        if n > free:
+            raise HubError(f"not enough disk space on {d}: the downloads and conversions need about {size_text(n)}, "
+                           f"{size_text(free)} are free; free some space (`flas-convert list` and `flas-convert rm` "
+                           "show and remove converted models, `hf cache rm` downloaded ones) or point HF_HOME and "
+                           "FLAS_CPP_CACHE at a larger disk")
 
 
 def record(out: Path, repo: str, commit: str, file: str, outtype: str) -> None:
@@ -124,8 +196,6 @@ def cached() -> list[dict]:
 def remove(repo: str) -> int:
     """Deletes what was converted from repo (every commit); the bytes freed. The downloads stay in
     huggingface_hub's cache (`hf cache rm` removes those)."""
-    import shutil
-
     d = cache_root() / repo.replace("/", "--")
     if not d.is_dir():
         known = sorted({e["repo"] for e in cached()})
@@ -137,8 +207,8 @@ def remove(repo: str) -> int:
 
 # ---- huggingface_hub, with its errors said plainly ----------------------------------------------
 
-def resolve(repo: str, revision: str | None) -> tuple[str, list[str]]:
-    """(commit, file names) of a repository at a revision; offline: the newest cached snapshot."""
+def resolve(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
+    """(commit, {file name: bytes}) of a repository at a revision; offline: the newest cached snapshot."""
     from huggingface_hub import HfApi, constants
 
     offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
@@ -148,19 +218,65 @@ def resolve(repo: str, revision: str | None) -> tuple[str, list[str]]:
         if revision is not None:
             cached = [p for p in cached if p.name == revision]
         if not cached:
-            raise HubError(f"HF_HUB_OFFLINE is set and nothing of {repo} is cached; run once with the network up")
+            raise HubError(f"HF_HUB_OFFLINE is set and nothing of {repo} is cached; run once with the network up"
+                           f" ({what_is_cached()})")
         snap = cached[-1]
-        return snap.name, [str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file() or p.is_symlink()]
+        return snap.name, {str(p.relative_to(snap)): p.stat().st_size for p in snap.rglob("*") if p.is_file()}
     with hub_errors(repo):
-        info = HfApi().model_info(repo, revision=revision)
-    return info.sha, [s.rfilename for s in info.siblings or []]
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    return info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}
 
 
 def download(repo: str, filename: str, commit: str) -> Path:
-    from huggingface_hub import hf_hub_download
+    """A file of the repository at a commit, from huggingface_hub's cache or downloaded into it
+    (resuming a download an earlier run left unfinished); a fresh download is checked against
+    the hub's checksum before anything reads it."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    fresh = not isinstance(try_to_load_from_cache(repo, filename, revision=commit), str)
     with hub_errors(repo, filename):
-        return Path(hf_hub_download(repo, filename, revision=commit))
+        path = Path(hf_hub_download(repo, filename, revision=commit))
+    if fresh:
+        verify(repo, filename, path)
+    return path
+
+
+def verify(repo: str, filename: str, path: Path) -> None:
+    """huggingface_hub names a blob by the hub's ETag: the sha256 of an LFS file, the git blob
+    sha1 of another; it checks a download's size, not its content. A mismatch deletes the file."""
+    blob = Path(os.path.realpath(path))
+    want = blob.name if blob.parent.name == "blobs" else ""
+    if len(want) == 64:
+        h = hashlib.sha256()
+    elif len(want) == 40:
+        h = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+    else:
+        return  # no checksum known (a cache without symlinks)
+    with open(blob, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    if h.hexdigest() != want:
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise HubError(f"{repo}/{filename}: the downloaded file does not match the hub's checksum ({h.name} "
+                       f"{h.hexdigest()[:16]}... instead of {want[:16]}...); it was deleted, run again to download "
+                       "it anew")
+
+
+def weights_of(repo: str) -> str:
+    """"; it has: ..." with the repository's .safetensors and .gguf files, for an error message."""
+    from huggingface_hub import HfApi
+
+    try:
+        names = sorted(f for f in HfApi().list_repo_files(repo) if f.endswith((".safetensors", ".gguf")))
+    except Exception:  # noqa: BLE001 (only a hint in a message that is already an error)
+        return ""
+    return f"; it has: {', '.join(names) or 'no .safetensors or .gguf file'}"
+
+
+def what_is_cached() -> str:
+    repos = sorted({e["repo"] for e in cached()})
+    return f"converted models cached: {', '.join(repos)}" if repos else "no converted model is cached"
 
 
 @contextlib.contextmanager
@@ -180,14 +296,14 @@ def hub_errors(repo: str, filename: str | None = None) -> Iterator[None]:
     except RevisionNotFoundError as e:
         raise HubError(f"{repo}: no such revision ({e})") from None
     except EntryNotFoundError:
-        raise HubError(f"{repo} has no file {filename}") from None
+        raise HubError(f"{repo} has no file {filename}{weights_of(repo)}") from None
     except LocalEntryNotFoundError:
         raise HubError(f"cannot reach {endpoint} and {repo}/{filename} is not cached; check the network, or "
-                       "set HF_HUB_OFFLINE=1 to use only what is cached") from None
+                       f"set HF_HUB_OFFLINE=1 to use only what is cached ({what_is_cached()})") from None
     except ConversionError:
         raise
     except Exception as e:  # noqa: BLE001 (the HTTP client's own errors: its module varies by version)
         if not isinstance(e, OSError) and not type(e).__module__.startswith(("httpx", "requests", "urllib3")):
             raise
         raise HubError(f"cannot reach {endpoint} for {repo} ({type(e).__name__}: {e}); HF_HUB_OFFLINE=1 uses only "
-                       "what is cached") from None
+                       f"what is cached ({what_is_cached()})") from None

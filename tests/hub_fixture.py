@@ -1,7 +1,9 @@
 """A Hugging Face hub on 127.0.0.1 for the tests (no internet here): the part of the hub's HTTP API
 that huggingface_hub calls to list and download a repository's files, with the hub's headers
-(X-Repo-Commit, ETag, Content-Length), ranges, and its error codes (401 GatedRepo, 404
-RepoNotFound / EntryNotFound). Point huggingface_hub at it with HF_ENDPOINT. It counts requests."""
+(X-Repo-Commit, ETag: the sha256 of the content, Content-Length), ranges, and its error codes (401
+GatedRepo, 404 RepoNotFound / EntryNotFound). Point huggingface_hub at it with HF_ENDPOINT. It
+counts requests, and can misbehave on purpose: stop a download halfway (`hold`) or serve a file
+whose bytes do not match its checksum (`corrupt`)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ class Repo:
 class Hub:
     repos: dict[str, Repo] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)   # "METHOD path" of every request
+    ranges: list[str] = field(default_factory=list)     # "name Range" of every download asking a range
+    hold: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before the download stalls (once)
+    holding: threading.Event = field(default_factory=threading.Event)   # set while a download stalls
+    release: threading.Event = field(default_factory=threading.Event)   # ends the stall (the connection closes)
+    corrupt: set[str] = field(default_factory=set)      # names served with a flipped byte, under the right ETag
 
     def __post_init__(self):
         hub = self
@@ -67,24 +74,39 @@ class Hub:
         if api:
             return self.json(h, {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
                                  "gated": "manual" if repo.gated else False,
-                                 "siblings": [{"rfilename": n} for n in sorted(repo.files)]}, body)
+                                 "siblings": [{"rfilename": n, "size": p.stat().st_size}
+                                              for n, p in sorted(repo.files.items())]}, body)
         name = resolve.group(3)
         if name not in repo.files:
             return self.error(h, 404, "EntryNotFound", f"{name} does not exist in {repo_id}", commit=repo.sha)
         data = repo.files[name].read_bytes()
-        start = 0
-        m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", ""))
+        etag = hashlib.sha256(data).hexdigest()
+        if body and name in self.corrupt:
+            data = data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:]
+        start, end = 0, len(data) - 1
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))
         if m and body:
-            start = int(m.group(1))
-        h.send_response(206 if start else 200)
+            self.ranges.append(f"{name} {m.group(0)}")
+            start, end = int(m.group(1)), min(int(m.group(2) or end), end)
+        partial = (start, end) != (0, len(data) - 1)
+        h.send_response(206 if partial else 200)
         h.send_header("X-Repo-Commit", repo.sha)
-        h.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        h.send_header("Content-Length", str(len(data) - start))
-        if start:
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        h.send_header("ETag", f'"{etag}"')
+        h.send_header("Content-Length", str(end + 1 - start))
+        if partial:
+            h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         h.end_headers()
-        if body:
-            h.wfile.write(data[start:])
+        if not body:
+            return
+        stall = self.hold.pop(name, None) if start == 0 else None
+        if stall is not None:  # part of the file, then nothing until released, then a closed connection
+            h.wfile.write(data[:stall])
+            h.wfile.flush()
+            self.holding.set()
+            self.release.wait(120)
+            h.close_connection = True
+            return
+        h.wfile.write(data[start:end + 1])
 
     @staticmethod
     def json(h: BaseHTTPRequestHandler, obj, body: bool) -> None:

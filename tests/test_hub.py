@@ -12,8 +12,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from flas_cpp import safetensors_io
 from flas_cpp.convert import convert_base, convert_flow
 from hub_fixture import Hub, Repo
 
@@ -39,13 +41,43 @@ def hub(tiny, tmp_path_factory):
         if f.is_file() and f.name != "tokenizer.model":
             shutil.copy(f, bpe / f.name)
     (bpe / "tokenizer.json").write_text("{}")
+    # a flow of a family flas-cpp does not run, and a flow whose checkpoint does not fit its base
+    other = d / "mistral"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
+    (other / "tokenizer.model").write_bytes(b"never downloaded")
+    (other / "model.safetensors").write_bytes(b"never downloaded")
+    other_flow = d / "other-flow"
+    other_flow.mkdir()
+    shutil.copy(flow_st, other_flow / "flas-mistral.safetensors")
+    (other_flow / "config.json").write_text(json.dumps({**config, "model_id": "flas-testing/mistral-tiny"}))
+    broken = d / "broken"
+    broken.mkdir()
+    refs, meta = safetensors_io.read_header(flow_st)
+    safetensors_io.write(broken / "flas-broken.safetensors",
+                         {n: ("F32", r.to_f32()[..., :-1] if n.endswith(".down_proj.weight") else r.to_f32())
+                          for n, r in refs.items()}, meta)
+    (broken / "config.json").write_text(json.dumps({**config, "model_id": BASE_REPO}))
+    # a flow larger than huggingface_hub's 10 MB write chunk, so that part of a download reaches the
+    # disk: padded with the rotary table the converter ignores (FLAS_SPEC.md section 6)
+    large = d / "large"
+    large.mkdir()
+    pad = np.random.default_rng(0).standard_normal(3_500_000).astype(np.float32)
+    safetensors_io.write(large / "flas-large.safetensors",
+                         {**{n: ("F32", r.to_f32()) for n, r in refs.items()}, "rotary_emb.inv_freq": ("F32", pad)},
+                         meta)
+    (large / "config.json").write_text(json.dumps({**config, "model_id": BASE_REPO}))
     h = Hub()
     files = lambda p: {f.name: f for f in p.iterdir() if f.is_file()}  # noqa: E731
     h.repos.update({FLOW_REPO: Repo(files(flow_repo)), BASE_REPO: Repo(files(base_dir), sha="2" * 40),
                     GGUF_REPO: Repo(files(ggufs), sha="3" * 40),
                     "flas-ai/flas-gated": Repo(files(flow_repo), gated=True),
-                    "flas-testing/bpe-tiny": Repo(files(bpe), sha="4" * 40)})
-    yield {"hub": h, "dir": d, "base_dir": base_dir, "flow_repo": flow_repo, "ggufs": ggufs}
+                    "flas-testing/bpe-tiny": Repo(files(bpe), sha="4" * 40),
+                    "flas-testing/mistral-tiny": Repo(files(other), sha="6" * 40),
+                    "flas-ai/flas-mistral": Repo(files(other_flow)),
+                    "flas-ai/flas-broken": Repo(files(broken)),
+                    "flas-ai/flas-large": Repo(files(large))})
+    yield {"hub": h, "dir": d, "base_dir": base_dir, "flow_repo": flow_repo, "ggufs": ggufs, "large": large}
     h.close()
 
 
@@ -208,3 +240,146 @@ def test_the_model_manager_lists_and_removes(hub, tmp_path):
     assert not flow.exists() and convert("list").stdout.splitlines()[-1].startswith("1 file, ")
     again = convert("rm", FLOW_REPO)
     assert again.returncode == 2 and f"nothing of {FLOW_REPO} is cached; cached: {BASE_REPO}" in again.stderr
+
+
+def pull(hub: dict, home: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([shutil.which("flas-convert"), "pull", *args], capture_output=True, text=True, timeout=300,
+                          cwd=home, env=env or hub_env(hub, home), **kw)
+
+
+def manual_flow(hub: dict, home: Path) -> bytes:
+    """The flow GGUF as flas-convert flow writes it from the repository's file, by hand."""
+    flow = home / "manual-flow.gguf"
+    convert_flow(hub["flow_repo"] / "flas-tiny.safetensors", flow, base_config=hub["base_dir"] / "config.json",
+                 progress=False)
+    return flow.read_bytes()
+
+
+def converted(home: Path) -> list[Path]:
+    """Everything in the converted-model cache, temporary files included."""
+    root = home / "cache" / "hub"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def test_a_download_cut_halfway_resumes_and_nothing_corrupt_is_used(hub, tmp_path):
+    """The hub closes the connection 1 MB before the end of a 14 MB file: huggingface_hub asks for
+    the rest only (from what it wrote, in its 10 MB chunks), and the whole file is converted."""
+    h = hub["hub"]
+    size = (hub["large"] / "flas-large.safetensors").stat().st_size
+    h.release.set()  # the connection closes at once
+    h.hold["flas-large.safetensors"] = size - 2**20
+    h.ranges.clear()
+    r = pull(hub, tmp_path, "flas-ai/flas-large", "--hf-base", f"{GGUF_REPO}:Q4_K_M")
+    assert r.returncode == 0, r.stderr
+    assert "Trying to resume download" in r.stderr
+    assert len(h.ranges) == 1 and h.ranges[0].startswith("flas-large.safetensors bytes=")
+    assert 0 < int(h.ranges[0].split("=")[1].rstrip("-")) < size
+    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-large" / ("1" * 40) / "flas-large-q4_k_m.gguf"
+    manual = tmp_path / "manual-flow.gguf"
+    convert_flow(hub["large"] / "flas-large.safetensors", manual, base_config=hub["base_dir"] / "config.json",
+                 progress=False)
+    assert flow.read_bytes() == manual.read_bytes()
+
+
+def test_ctrl_c_during_a_download_keeps_nothing_partial(hub, tmp_path):
+    """Ctrl-C while the download stalls: one line, no traceback, no partial file anywhere, and the
+    next run downloads the file whole (huggingface_hub 2 keeps no partial file between runs)."""
+    import signal
+
+    h = hub["hub"]
+    h.holding.clear()
+    h.release.clear()
+    h.hold["flas-large.safetensors"] = 2**20
+    proc = subprocess.Popen([shutil.which("flas-convert"), "pull", "flas-ai/flas-large", "--hf-base",
+                             f"{GGUF_REPO}:Q4_K_M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env=hub_env(hub, tmp_path))
+    try:
+        assert h.holding.wait(120), "the download never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        h.release.set()
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("flas-convert pull: interrupted; nothing half-downloaded or half-converted is kept "
+                                "(the next run starts those files again)")
+    assert "Traceback" not in err
+    left = [p for p in (tmp_path / "hf" / "hub" / "models--flas-ai--flas-large").rglob("*")
+            if p.is_file() and p.stat().st_size > 2**19]
+    assert left == [] and not any("flas-large" in p.name for p in converted(tmp_path))
+    again = pull(hub, tmp_path, "flas-ai/flas-large", "--hf-base", f"{GGUF_REPO}:Q4_K_M")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_download_that_does_not_match_its_checksum_is_deleted(hub, tmp_path):
+    h = hub["hub"]
+    h.corrupt.add("flas-tiny.safetensors")
+    try:
+        bad = pull(hub, tmp_path, FLOW_REPO, "--hf-base", f"{GGUF_REPO}:Q4_K_M")
+    finally:
+        h.corrupt.discard("flas-tiny.safetensors")
+    assert bad.returncode == 2, bad.stdout
+    assert (f"{FLOW_REPO}/flas-tiny.safetensors: the downloaded file does not match the hub's checksum (sha256 "
+            in bad.stderr) and "it was deleted, run again to download it anew" in bad.stderr
+    blobs = tmp_path / "hf" / "hub" / "models--flas-ai--flas-tiny" / "blobs"
+    assert all(p.stat().st_size < 1000 for p in blobs.iterdir())  # config.json only: the corrupt file is gone
+    assert not any(p.name.startswith("flas-tiny") for p in converted(tmp_path))
+
+    good = pull(hub, tmp_path, FLOW_REPO, "--hf-base", f"{GGUF_REPO}:Q4_K_M")
+    assert good.returncode == 0, good.stderr
+    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q4_k_m.gguf"
+    assert flow.read_bytes() == manual_flow(hub, tmp_path)
+
+
+def test_a_base_family_flas_cpp_does_not_run_stops_before_any_weights(hub, tmp_path):
+    h = hub["hub"]
+    n = len(h.requests)
+    r = pull(hub, tmp_path, "flas-ai/flas-mistral")
+    assert r.returncode == 2, r.stdout
+    assert ("flas-ai/flas-mistral steers flas-testing/mistral-tiny, which flas-cpp cannot run: " in r.stderr
+            and "base model_type 'mistral' is not supported; flas-cpp converts flows of gemma2, " in r.stderr)
+    got = [q for q in h.requests[n:] if "/resolve/" in q and q.startswith("GET")]
+    assert sorted(got) == sorted([f"GET /flas-ai/flas-mistral/resolve/{'1' * 40}/config.json",
+                                  f"GET /flas-testing/mistral-tiny/resolve/{'6' * 40}/config.json"])
+
+
+def test_a_failed_conversion_leaves_nothing_in_the_cache(hub, tmp_path):
+    r = pull(hub, tmp_path, "flas-ai/flas-broken", "--hf-base", f"{GGUF_REPO}:Q4_K_M")
+    assert r.returncode == 2, r.stdout
+    assert "blocks.0.down_proj.weight" in r.stderr and "Traceback" not in r.stderr
+    assert not any("broken" in str(p) for p in converted(tmp_path))
+
+
+def test_no_network_names_the_endpoint_and_what_is_cached(hub, tmp_path):
+    ok = pull(hub, tmp_path, FLOW_REPO, "--hf-base", f"{GGUF_REPO}:Q4_K_M")
+    assert ok.returncode == 0, ok.stderr
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {**hub_env(hub, tmp_path), "HF_ENDPOINT": dead}
+    r = pull(hub, tmp_path, FLOW_REPO, env=env)
+    assert r.returncode == 2, r.stdout
+    assert f"cannot reach {dead} for {FLOW_REPO} (" in r.stderr
+    assert (f"HF_HUB_OFFLINE=1 uses only what is cached (converted models cached: {FLOW_REPO})"
+            in r.stderr)
+    offline = pull(hub, tmp_path, FLOW_REPO, "--hf-base", f"{GGUF_REPO}:Q4_K_M", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 0, offline.stderr
+
+
+def test_not_enough_disk_space_is_said_before_any_download(hub, tmp_path):
+    """shutil.disk_usage reports 1 MB free: the tiny models' downloads (6 MB) and conversions need more."""
+    code = ("import collections, shutil, sys\n"
+            "shutil.disk_usage = lambda p: collections.namedtuple('u', 'total used free')(10**12, 0, 10**6)\n"
+            "from flas_cpp.convert.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    h = hub["hub"]
+    n = len(h.requests)
+    r = subprocess.run(["python3", "-c", code, "pull", FLOW_REPO, "--outtype", "f32"], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path, env=hub_env(hub, tmp_path))
+    assert r.returncode == 2, r.stdout
+    assert f"not enough disk space on {tmp_path}" in r.stderr
+    need = float(r.stderr.split("conversions need about ")[1].split(" MB")[0])
+    assert 6.0 < need < 20.0 and ", 1.0 MB are free; free some space" in r.stderr
+    assert not any(q.endswith(".safetensors") for q in h.requests[n:])

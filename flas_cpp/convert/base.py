@@ -12,9 +12,9 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingTyp
 
 from .. import safetensors_io
 from . import decoder, spm
-from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, checked_config,
-                     config_value, plan_checkpoint, read_json, read_safetensors, summarize, summarize_file, temp_beside,
-                     write_gguf)
+from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_free_space, check_output,
+                     checked_config, config_value, max_bytes_per_param, plan_checkpoint, read_json, read_safetensors,
+                     summarize, summarize_file, temp_beside, write_gguf)
 
 # llama.cpp's llama_ftype values for the types only its quantizer writes (include/llama.h).
 LLAMA_QUANT_FTYPES = {
@@ -395,6 +395,9 @@ def convert_base(hf_dir: str | Path, out: str | Path, outtype: str = "f16", forc
         note = f" (then quantized to {key} by llama.cpp)" if key in LLAMA_QUANT_FTYPES else ""
         return summary.line(out, dry_run=True) + note
 
+    # a K-quant is written twice: the stage file, then llama.cpp's output
+    check_free_space(out, summary.n_bytes + (max_bytes_per_param(key) * summary.n_params
+                                             if key in LLAMA_QUANT_FTYPES else 0))
     name = cfg.get("_name_or_path") or hf_dir.resolve().name
     with atomic_output(out) as tmp:
         if key in PYTHON_OUTTYPES:

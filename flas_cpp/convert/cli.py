@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def hub_command(args) -> int:
-    from ..hub import HubError, cache_root, cached, pull, remove
+    from ..hub import INTERRUPTED, HubError, cache_root, cached, pull, remove
 
     try:
         if args.command == "pull":
@@ -82,6 +82,9 @@ def hub_command(args) -> int:
     except (HubError, ConversionError) as e:
         print(f"flas-convert {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"flas-convert {args.command}: {INTERRUPTED}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -91,10 +94,10 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("pull", "list", "rm"):
-        return hub_command(args)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # a killed conversion removes its temporary files too
+    if args.command in ("pull", "list", "rm"):
+        return hub_command(args)
     try:
         if args.command == "base":
             line = convert_base(args.hf_dir, args.out, args.outtype, args.force, args.dry_run,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -27,6 +28,16 @@ PYTHON_OUTTYPES = {
     "f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
     "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0,
 }
+
+
+def max_bytes_per_param(outtype: str) -> float:
+    """At most how many bytes a parameter takes in a converted file of outtype: the K-quant
+    types and recipes (q4_k_m, Q4_K_M, ...) stay under 0.85, their widest part being q6_k's 0.82."""
+    qtype = PYTHON_OUTTYPES.get(outtype.lower())
+    if qtype is None:
+        return 0.85
+    block, size = GGML_QUANT_SIZES[qtype]
+    return size / block
 
 
 @dataclass
@@ -132,6 +143,18 @@ def check_output(out: Path, force: bool) -> None:
         raise ConversionError(f"output path is a directory: {out}; give a file name ending in .gguf")
     if not out.parent.is_dir():
         raise ConversionError(f"output directory does not exist: {out.parent}")
+
+
+def size_text(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def check_free_space(out: Path, n_bytes: float) -> None:
+    """Stops before writing when out's disk cannot hold n_bytes (the tensors, plus any stage file)."""
+    free = shutil.disk_usage(out.parent).free
+    if n_bytes + (1 << 20) > free:  # 1 MiB for the GGUF's header and padding
+        raise ConversionError(f"not enough disk space for {out}: writing it needs about {size_text(n_bytes)} and "
+                              f"{size_text(free)} are free on {out.parent}; free some space or write elsewhere")
 
 
 @contextlib.contextmanager

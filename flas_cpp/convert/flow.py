@@ -12,9 +12,9 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 from .. import gguf_names as N
 from .. import safetensors_io
-from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_output, check_shape,
-                     checked_config, config_value, llama3_rope_divisors, norm_plan, pick_qtype, read_json,
-                     read_safetensors, summarize, write_gguf)
+from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_free_space, check_output,
+                     check_shape, checked_config, config_value, llama3_rope_divisors, norm_plan, pick_qtype,
+                     read_json, read_safetensors, summarize, write_gguf)
 
 
 @dataclass
@@ -332,6 +332,7 @@ def convert_flow(flow_path: str | Path, out: str | Path, config: str | Path | No
                  f"{', '.join(map(str, widths))} values do not fill 256-value K-quant blocks]")
     if dry_run:
         return summary.line(out, dry_run=True) + note
+    check_free_space(out, summary.n_bytes)
     with atomic_output(out) as tmp:
         w = GGUFWriter(tmp, N.ARCH)
         add_metadata(w, fc, base, disabled, flow_path.stem)
