@@ -1,16 +1,17 @@
 """K-quant flows against the memory-bandwidth limit, side by side with plain llama.cpp.
 
-    python benchmarks/kquant_bench.py [--types q8_0,q6_k,q5_k_m,q4_k_m] [--rounds 6] [--out docs/PERFORMANCE.md]
+    python benchmarks/kquant_bench.py [--types q8_0,q6_k,q5_k_m,q5_k_s,q4_k_m] [--rounds 6] [--out docs/PERFORMANCE.md]
 
 Full-size test models (Q4_K_M base). The flow checkpoint's last time-embedding layer is scaled to
-1% (trained flows start with it at zero), so the displacement shows the blocks' quantization
-error; every flow type is converted from that checkpoint. Measured: decode steered/plain at
-N = 2 and 3 against the limit B / (B + N * F) (B the base file's bytes, F the bytes a decoded
-token reads per Euler step, from the flow file's tensors: every tensor but those the runtime
-applies once per concept or per (T, N), plus the concept's folded cross-attention values that
-replace cross_out), the steered displacement against the f32 flow's over the 20 prompts x 2 concepts of
-../shared/data, and the top-1 agreement with the f32 flow over 64 steps teacher-forced on the f32
-flow's greedy tokens.
+1% and to 3% (trained flows start with it at zero), so the displacement shows the blocks'
+quantization error; every flow type is converted from those checkpoints. Measured: decode
+steered/plain at N = 2 and 3 against the limit B / (B + N * F) (B the base file's bytes, F the
+bytes a decoded token reads per Euler step, from the flow file's tensors: every tensor but those
+the runtime applies once per concept or per (T, N), plus the concept's folded cross-attention
+values that replace cross_out), the steered displacement against the f32 flow's over the held-out
+16 prompts x 4 concepts of benchmarks/data/heldout.json (none of them in ../shared/data, where
+the types were chosen), at both scales, and the top-1 agreement with the f32 flow over 64 steps
+teacher-forced on the f32 flow's greedy tokens.
 """
 
 from __future__ import annotations
@@ -36,21 +37,25 @@ from sections import replace_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "concepts_prompts.json"
+HELD_OUT = REPO / "benchmarks" / "data" / "heldout.json"
+SCALES = (0.01, 0.03)  # the last time-embedding layer's scale in the measured checkpoints
 TITLE = "## K-quant flows and the memory-bandwidth limit"
 
 
-def small_time_flows(models: Path, types: list[str]) -> dict[str, Path]:
-    """flow-<type>-st.gguf for f32 and each type, from the checkpoint with its last time layer at 1%."""
+def small_time_flows(models: Path, types: list[str], scale: float = 0.01) -> dict[str, Path]:
+    """flow-<type>-st[<percent>].gguf for f32 and each type, from the checkpoint with its last time
+    layer at `scale`."""
     ckpt = models / "checkpoints"
-    st = ckpt / "flow" / "flow-small-time.safetensors"
+    tag = "" if scale == 0.01 else f"{round(scale * 100)}"
+    st = ckpt / "flow" / f"flow-small-time{tag}.safetensors"
     if not st.is_file():
         refs, meta = safetensors_io.read_header(ckpt / "flow" / "flow.safetensors")
-        tensors = {n: ("F32", r.to_f32() * np.float32(0.01 if n.startswith("time_embed.mlp.2.") else 1.0))
+        tensors = {n: ("F32", r.to_f32() * np.float32(scale if n.startswith("time_embed.mlp.2.") else 1.0))
                    for n, r in refs.items()}
         safetensors_io.write(st, tensors, meta)
     paths = {}
     for t in ["f32", *types]:
-        out = models / f"flow-{t}-st.gguf"
+        out = models / f"flow-{t}-st{tag}.gguf"
         if not out.is_file():
             print(f"converting the flow to {t} ...", file=sys.stderr)
             print(convert_flow(st, out, config=ckpt / "flow" / "config.json", base_config=ckpt / "base" / "config.json",
@@ -108,45 +113,61 @@ def top1_agreement(base: Path, flows: dict[str, Path], types: list[str], prompts
     return out
 
 
+# The default's decode figures before q5_k_s (q4_k_m, 2026-11-29, 6 rounds): what the issue that
+# changed the default asks it not to fall below.
+PREVIOUS_DEFAULT = {"type": "q4_k_m", "ratio_2": 0.948, "ratio_3": 0.919}
+
+
 def markdown(r: dict) -> str:
     lines = [TITLE, "",
              f"Measured {r['date']} on {r['machine']}, command `{r['command']}`: full-size test models, Q4_K_M base "
              f"(B = {r['base_bytes'] / 1e9:.3f} GB), every flow converted from the checkpoint with its last "
-             "time-embedding layer at 1%; decode steered/plain in one run, configurations interleaved token by "
-             f"token ({r['rounds']} rounds, {r['gen_tokens']} tokens, median); limit = B / (B + N * F) with F the "
-             "bytes a decoded token reads per Euler step: the flow file's tensors but the time embedding (applied "
-             "once per (T, N)), the cross-attention keys and values (once per concept) and cross_out, replaced by "
-             f"the concept's folded values ({r['concept_tokens']} tokens x H x nH in f16). The limit charges "
-             "those bytes at the speed the base model reads its own; above 100% of it, the flow's kernels read "
-             "theirs faster (q8_0's and q6_k's dot products cost less per byte than Q4_K's). Quality over the 20 prompts x 2 concepts of ../shared/data (displacement vs the "
-             f"f32 flow's, N = 3); top-1: {r['top1_tokens']} greedy steps of the f32 flow teacher-forced, "
-             f"{r['top1_prompts']} prompts. A row measured by a later run of a subset of the types says so.", "",
+             "time-embedding layer at 1% (speed, top-1) and at 3%; decode steered/plain in one run, configurations "
+             f"interleaved token by token ({r['rounds']} rounds, {r['gen_tokens']} tokens, median); limit = "
+             "B / (B + N * F) with F the bytes a decoded token reads per Euler step: the flow file's tensors but "
+             "the time embedding (applied once per (T, N)), the cross-attention keys and values (once per "
+             f"concept) and cross_out, replaced by the concept's folded values ({r['concept_tokens']} tokens x H x "
+             "nH in f16). The limit charges those bytes at the speed the base model reads its own; above 100% of "
+             "it, the flow's kernels read theirs faster. Quality: the steered displacement (N = 3, T = 2) against "
+             "the f32 flow's over the held-out 16 prompts x 4 concepts of benchmarks/data/heldout.json (none in "
+             "../shared/data, on which the types were chosen); top-1: "
+             f"{r['top1_tokens']} greedy steps of the f32 flow teacher-forced, {r['top1_prompts']} prompts.", "",
              "| flow | file, MB | F, MB | N=2: ratio / limit (of limit) | N=3: ratio / limit (of limit) | "
-             "cosine mean / min | rel. error mean / max | top-1 | rounds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "cosine mean / min, 1% | cosine mean / min, 3% | rel. error mean / max, 3% | top-1 | rounds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for t in r["types"]:
         row = r["rows"][t]
         cells = []
         for n in (2, 3):
             ratio, limit = row[f"ratio_{n}"], row[f"limit_{n}"]
             cells.append(f"{ratio:.3f} / {limit:.3f} ({ratio / limit:.1%})")
-        q = row["quality"]
-        lines.append(f"| {t} | {row['flow_bytes'] / 1e6:.1f} | {row['step_bytes'] / 1e6:.1f} | {cells[0]} | {cells[1]} | {q['cosine_mean']:.5f} / "
-                     f"{q['cosine_min']:.5f} | {q['rel_err_mean']:.4f} / {q['rel_err_max']:.4f} | "
-                     f"{row['top1']:.1%} | {row.get('rounds', r['rounds'])}"
-                     f"{' (' + row['command'] + ')' if row.get('command') else ''} |")
+        q1, q3 = row["quality"]["0.01"], row["quality"]["0.03"]
+        lines.append(f"| {t} | {row['flow_bytes'] / 1e6:.1f} | {row['step_bytes'] / 1e6:.1f} | {cells[0]} | {cells[1]} "
+                     f"| {q1['cosine_mean']:.5f} / {q1['cosine_min']:.5f} | {q3['cosine_mean']:.5f} / "
+                     f"{q3['cosine_min']:.5f} | {q3['rel_err_mean']:.4f} / {q3['rel_err_max']:.4f} | "
+                     f"{row['top1']:.1%} | {row.get('rounds', r['rounds'])} |")
     lines += ["", f"Targets (the recommended flow is the converter's default, {RECOMMENDED}):", "",
               "| target | limit | measured | met |", "|---|---|---|---|"]
     rec = r["rows"].get(RECOMMENDED)
+    prev = r["rows"].get(PREVIOUS_DEFAULT["type"])
     if rec is not None:
-        q = rec["quality"]
-        for what, limit, got, fmt in (
-                ("decode steered/plain, N = 2", 0.93, rec["ratio_2"], "{:.3f}"),
-                ("decode steered/plain, N = 3", 0.90, rec["ratio_3"], "{:.3f}"),
-                ("displacement cosine vs f32, mean", 0.998, q["cosine_mean"], "{:.5f}"),
-                ("displacement cosine vs f32, min", 0.99, q["cosine_min"], "{:.5f}"),
-                ("teacher-forced top-1 agreement with f32, 64 steps", 0.95, rec["top1"], "{:.1%}")):
-            lines.append(f"| {what}, {RECOMMENDED} | >= {limit:g} | {fmt.format(got)} | {'yes' if got >= limit else 'no'} |")
+        checks = []
+        for n in (2, 3):
+            same_run = f"; {PREVIOUS_DEFAULT['type']} in this run {prev[f'ratio_{n}']:.3f}" if prev else ""
+            checks.append((f"decode steered/plain, N = {n}, no lower than the previous default's "
+                           f"({PREVIOUS_DEFAULT['type']}, 2026-11-29{same_run})", PREVIOUS_DEFAULT[f"ratio_{n}"],
+                           rec[f"ratio_{n}"], "{:.3f}"))
+        for scale in ("0.01", "0.03"):
+            q = rec["quality"][scale]
+            pct = f"{float(scale):.0%}"
+            checks += [(f"displacement cosine vs f32, mean, held-out, time layer at {pct}", 0.999, q["cosine_mean"],
+                        "{:.5f}"),
+                       (f"displacement cosine vs f32, min, held-out, time layer at {pct}", 0.995, q["cosine_min"],
+                        "{:.5f}")]
+        checks.append(("teacher-forced top-1 agreement with f32, 64 steps", 0.95, rec["top1"], "{:.1%}"))
+        for what, limit, got, fmt in checks:
+            lines.append(f"| {what}, {RECOMMENDED} | >= {limit:g} | {fmt.format(got)} | "
+                         f"{'yes' if got >= limit else 'no'} |")
     # The limit charges the flow's bytes at the base model's bytes per second; a ratio above it means
     # the flow's kernels stream their bytes faster than the base's mix does (q8_0 and q6_k dot
     # products cost less per byte than Q4_K's). What the target guards is falling short of it.
@@ -159,7 +180,7 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=Path, default=Path.home() / ".cache" / "flas-cpp" / "bench-full")
-    ap.add_argument("--types", default="q8_0,q6_k,q5_k_m,q4_k_m")
+    ap.add_argument("--types", default="q8_0,q6_k,q5_k_m,q5_k_s,q4_k_m")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=64)
@@ -188,20 +209,17 @@ def main(argv: list[str] | None = None) -> int:
               "base_bytes": B, "types": types, "rounds": a.rounds, "gen_tokens": a.gen_tokens,
               "top1_tokens": 64, "top1_prompts": a.top1_prompts, "concept_tokens": n_concept, "rows": {}}
     speed = measure_speed(args, paths, ["Q4_K_M"], types, [2, 3])
-    quality = {q["flow"]: q for q in measure_quality(args, paths, "Q4_K_M", types, data["prompts"], data["concepts"][:2])}
+    held = json.loads(HELD_OUT.read_text())
+    quality: dict[str, dict] = {t: {} for t in types}
+    for scale in SCALES:
+        scaled = {**paths, **small_time_flows(a.models, types, scale)}
+        for q in measure_quality(args, scaled, "Q4_K_M", types, held["prompts"], held["concepts"]):
+            quality[q["flow"]][f"{scale:g}"] = q
     top1 = top1_agreement(base, paths, types, data["prompts"][:a.top1_prompts], data["concepts"][0], 64, a.threads)
-    earlier = json.loads(json_path.read_text()) if json_path.is_file() else None
-    if earlier and set(types) < set(earlier["types"]):  # a subset measured again: the other rows stay
-        for t, row in earlier["rows"].items():
-            result["rows"][t] = row
-        result.update({k: earlier[k] for k in ("date", "machine", "command", "rounds", "types", "gen_tokens",
-                                                "top1_prompts", "concept_tokens")})
     for t in types:
         F = step_bytes(paths[f"flow-{t}"], n_concept)
         row = {"flow_bytes": paths[f"flow-{t}"].stat().st_size, "step_bytes": F, "quality": quality[t],
                "top1": top1[t], "rounds": a.rounds}
-        if earlier and result["command"] != "python " + " ".join(sys.argv):
-            row["command"] = "python " + " ".join(sys.argv)
         for s in speed:
             if s["flow"] == t:
                 row[f"ratio_{s['n_steps']}"] = s["decode_ratio"]

@@ -30,9 +30,7 @@ class HubError(ValueError):
     """A repository, file or network problem, said with what to do about it."""
 
 
-# huggingface_hub (2.x) resumes a download whose connection breaks, within the run; it keeps no
-# partial file between runs, so an interrupted run's next run downloads that file again.
-INTERRUPTED = "interrupted; nothing half-downloaded or half-converted is kept (the next run starts those files again)"
+INTERRUPTED = "interrupted; the next run resumes the download where it stopped (nothing half-converted is kept)"
 
 
 def cache_root() -> Path:
@@ -211,8 +209,7 @@ def resolve(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
     """(commit, {file name: bytes}) of a repository at a revision; offline: the newest cached snapshot."""
     from huggingface_hub import HfApi, constants
 
-    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
-    if offline:
+    if offline():
         snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
         cached = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
         if revision is not None:
@@ -227,13 +224,24 @@ def resolve(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
     return info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}
 
 
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+
+
 def download(repo: str, filename: str, commit: str) -> Path:
-    """A file of the repository at a commit, from huggingface_hub's cache or downloaded into it
-    (resuming a download an earlier run left unfinished); a fresh download is checked against
-    the hub's checksum before anything reads it."""
+    """A file of the repository at a commit, from huggingface_hub's cache or downloaded into it; a
+    fresh download is checked against the hub's checksum before anything reads it."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    fresh = not isinstance(try_to_load_from_cache(repo, filename, revision=commit), str)
+    cached = try_to_load_from_cache(repo, filename, revision=commit)
+    if isinstance(cached, str):
+        return Path(cached)
+    fresh = True
+    if filename.endswith((".safetensors", ".gguf")) and not offline():
+        with hub_errors(repo, filename):
+            fresh = not download_resumable(repo, filename, commit)
     with hub_errors(repo, filename):
         path = Path(hf_hub_download(repo, filename, revision=commit))
     if fresh:
@@ -241,23 +249,64 @@ def download(repo: str, filename: str, commit: str) -> Path:
     return path
 
 
+def download_resumable(repo: str, filename: str, commit: str) -> bool:
+    """Downloads a weights file into huggingface_hub's cache so that an interrupted run's next run
+    resumes it: huggingface_hub resumes a broken connection within a run, but since its 1.x it
+    keeps no partial file between runs (each process downloads to a file of its own, removed on
+    failure). This keeps one, named by the file's sha256 beside the blob it becomes, appends to it
+    with huggingface_hub's own http_get, checks the whole file against that sha256, then files it
+    as huggingface_hub does (blobs/<sha256>, snapshots/<commit>/<file> linking to it). False when
+    the file has no sha256 on the hub (not an LFS file): huggingface_hub downloads it then."""
+    from filelock import FileLock
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=commit))
+    if meta.etag is None or len(meta.etag) != 64:
+        return False
+    storage = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    blob = storage / "blobs" / meta.etag
+    partial = blob.with_name(f"{meta.etag}.flas-partial")
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{partial}.lock"):
+        if not blob.is_file():
+            with open(partial, "ab") as f:
+                if meta.size is not None and f.tell() > meta.size:  # not a prefix of this file: start again
+                    f.truncate(0)
+                http_get(meta.location, f, resume_size=f.tell(), headers=build_hf_headers(),
+                         expected_size=meta.size, displayed_filename=filename)
+            check_sha256(repo, filename, partial, meta.etag)
+            os.replace(partial, blob)
+        link = storage / "snapshots" / commit / filename
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(blob, link.parent), link)
+    return True
+
+
 def verify(repo: str, filename: str, path: Path) -> None:
     """huggingface_hub names a blob by the hub's ETag: the sha256 of an LFS file, the git blob
     sha1 of another; it checks a download's size, not its content. A mismatch deletes the file."""
     blob = Path(os.path.realpath(path))
     want = blob.name if blob.parent.name == "blobs" else ""
-    if len(want) == 64:
-        h = hashlib.sha256()
-    elif len(want) == 40:
-        h = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
-    else:
-        return  # no checksum known (a cache without symlinks)
-    with open(blob, "rb") as f:
+    if len(want) in (40, 64):  # else no checksum is known (a cache without symlinks)
+        try:
+            check_sha256(repo, filename, blob, want)
+        finally:
+            if not blob.exists():
+                path.unlink(missing_ok=True)
+
+
+def check_sha256(repo: str, filename: str, file: Path, want: str) -> None:
+    """Deletes file, and says so, unless its content has the hub's checksum `want` (sha256, or for
+    a file outside LFS the git blob sha1)."""
+    h = hashlib.sha256() if len(want) == 64 else hashlib.sha1(f"blob {file.stat().st_size}\0".encode())
+    with open(file, "rb") as f:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     if h.hexdigest() != want:
-        path.unlink(missing_ok=True)
-        blob.unlink(missing_ok=True)
+        file.unlink(missing_ok=True)
         raise HubError(f"{repo}/{filename}: the downloaded file does not match the hub's checksum ({h.name} "
                        f"{h.hexdigest()[:16]}... instead of {want[:16]}...); it was deleted, run again to download "
                        "it anew")

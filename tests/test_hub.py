@@ -1,5 +1,5 @@
 """`--hf REPO`: a FLAS flow repository pulled from the hub, converted once and cached (issue 19),
-against a hub on 127.0.0.1 (tests/hub_fixture.py) that holds repositories laid out like the
+against a hub on 127.0.0.1 (flas_cpp.testing.local_hub) that holds repositories laid out like the
 released ones: a flow repository (flas-<name>.safetensors + config.json naming its base), the
 base checkpoint, a GGUF repository of several quants, a gated one, a byte-level BPE one. The
 commands run as a user runs them, in subprocesses with HF_ENDPOINT pointed at the fixture."""
@@ -17,7 +17,7 @@ import pytest
 
 from flas_cpp import safetensors_io
 from flas_cpp.convert import convert_base, convert_flow
-from hub_fixture import Hub, Repo
+from flas_cpp.testing.local_hub import Hub, Repo
 
 FLOW_REPO, BASE_REPO, GGUF_REPO = "flas-ai/flas-tiny", "flas-testing/gemma-2-tiny", "flas-testing/gemma-2-tiny-GGUF"
 
@@ -104,7 +104,7 @@ def columns(stdout: str) -> list[str]:
 
 
 def test_hf_pulls_converts_and_starts_from_the_cache(hub, tmp_path):
-    # the manual path: download by hand, flas-convert base Q4_K_M, flas-convert flow (default q4_k_m)
+    # the manual path: download by hand, flas-convert base Q4_K_M, flas-convert flow (its default type)
     base, flow = tmp_path / "base.gguf", tmp_path / "flow.gguf"
     convert_base(hub["base_dir"], base, "Q4_K_M", progress=False)
     convert_flow(hub["flow_repo"] / "flas-tiny.safetensors", flow, base_config=hub["base_dir"] / "config.json",
@@ -117,7 +117,7 @@ def test_hf_pulls_converts_and_starts_from_the_cache(hub, tmp_path):
     assert first.returncode == 0, first.stderr
     assert columns(first.stdout) == columns(manual.stdout)
     cache = tmp_path / "cache" / "hub" / "v1"
-    assert (cache / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q4_k_m.gguf").is_file()
+    assert (cache / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q5_k_s.gguf").is_file()
     assert (cache / "flas-testing--gemma-2-tiny" / ("2" * 40) / "base-Q4_K_M.gguf").is_file()
 
     n = len(requests)
@@ -135,7 +135,7 @@ def test_hf_pulls_converts_and_starts_from_the_cache(hub, tmp_path):
         newer = run(hub, tmp_path, "--hf", FLOW_REPO)
     finally:
         hub["hub"].repos[FLOW_REPO].sha = "1" * 40
-    assert newer.returncode == 0 and (cache / "flas-ai--flas-tiny" / ("5" * 40) / "flas-tiny-q4_k_m.gguf").is_file()
+    assert newer.returncode == 0 and (cache / "flas-ai--flas-tiny" / ("5" * 40) / "flas-tiny-q5_k_s.gguf").is_file()
 
 
 def test_hf_base_picks_the_quant_of_a_gguf_repository(hub, tmp_path):
@@ -228,13 +228,13 @@ def test_the_model_manager_lists_and_removes(hub, tmp_path):
     pulled = convert("pull", FLOW_REPO)
     assert pulled.returncode == 0, pulled.stderr
     cache = tmp_path / "cache" / "hub" / "v1"
-    flow = cache / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q4_k_m.gguf"
+    flow = cache / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q5_k_s.gguf"
     assert f"flow: {flow}" in pulled.stdout
     listed = convert("list")
     lines = listed.stdout.splitlines()
     assert listed.returncode == 0 and len(lines) == 3 and lines[-1].startswith("2 files, ")
     row = next(line for line in lines if line.startswith(FLOW_REPO))
-    assert row.split()[1:3] == ["1" * 12, "q4_k_m"] and row.endswith(str(flow))
+    assert row.split()[1:3] == ["1" * 12, "q5_k_s"] and row.endswith(str(flow))
     removed = convert("rm", FLOW_REPO)
     assert removed.returncode == 0 and removed.stdout.startswith(f"removed {FLOW_REPO}: ")
     assert not flow.exists() and convert("list").stdout.splitlines()[-1].startswith("1 file, ")
@@ -274,41 +274,62 @@ def test_a_download_cut_halfway_resumes_and_nothing_corrupt_is_used(hub, tmp_pat
     assert "Trying to resume download" in r.stderr
     assert len(h.ranges) == 1 and h.ranges[0].startswith("flas-large.safetensors bytes=")
     assert 0 < int(h.ranges[0].split("=")[1].rstrip("-")) < size
-    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-large" / ("1" * 40) / "flas-large-q4_k_m.gguf"
+    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-large" / ("1" * 40) / "flas-large-q5_k_s.gguf"
     manual = tmp_path / "manual-flow.gguf"
     convert_flow(hub["large"] / "flas-large.safetensors", manual, base_config=hub["base_dir"] / "config.json",
                  progress=False)
     assert flow.read_bytes() == manual.read_bytes()
 
 
-def test_ctrl_c_during_a_download_keeps_nothing_partial(hub, tmp_path):
-    """Ctrl-C while the download stalls: one line, no traceback, no partial file anywhere, and the
-    next run downloads the file whole (huggingface_hub 2 keeps no partial file between runs)."""
+def test_ctrl_c_during_a_download_then_the_next_run_resumes_it(hub, tmp_path):
+    """Ctrl-C while a 14 MB download stalls past its first 10 MB: one line, no traceback, nothing
+    converted; the next run asks the hub for the rest only, and the file it completes is whole."""
     import signal
+    import time
 
     h = hub["hub"]
+    size = (hub["large"] / "flas-large.safetensors").stat().st_size
     h.holding.clear()
     h.release.clear()
-    h.hold["flas-large.safetensors"] = 2**20
+    h.hold["flas-large.safetensors"] = size - 2**20
     proc = subprocess.Popen([shutil.which("flas-convert"), "pull", "flas-ai/flas-large", "--hf-base",
                              f"{GGUF_REPO}:Q4_K_M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, env=hub_env(hub, tmp_path))
+    blobs = tmp_path / "hf" / "hub" / "models--flas-ai--flas-large" / "blobs"
     try:
         assert h.holding.wait(120), "the download never started"
+        deadline = time.monotonic() + 5  # less than huggingface_hub's 10 s read timeout
+        while not any(p.stat().st_size for p in blobs.glob("*.flas-partial")) and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         h.release.set()
         proc.kill()
     assert proc.returncode == 130, err
-    assert err.strip().endswith("flas-convert pull: interrupted; nothing half-downloaded or half-converted is kept "
-                                "(the next run starts those files again)")
+    assert err.strip().endswith("flas-convert pull: interrupted; the next run resumes the download where it stopped "
+                                "(nothing half-converted is kept)")
     assert "Traceback" not in err
-    left = [p for p in (tmp_path / "hf" / "hub" / "models--flas-ai--flas-large").rglob("*")
-            if p.is_file() and p.stat().st_size > 2**19]
-    assert left == [] and not any("flas-large" in p.name for p in converted(tmp_path))
+    got = [p.stat().st_size for p in blobs.glob("*.flas-partial")]
+    assert len(got) == 1 and 0 < got[0] < size
+    assert not any("flas-large" in p.name for p in converted(tmp_path))
+
+    h.ranges.clear()
     again = pull(hub, tmp_path, "flas-ai/flas-large", "--hf-base", f"{GGUF_REPO}:Q4_K_M")
     assert again.returncode == 0, again.stderr
+    assert h.ranges == [f"flas-large.safetensors bytes={got[0]}-"]
+    assert list(blobs.glob("*.flas-partial")) == []
+    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-large" / ("1" * 40) / "flas-large-q5_k_s.gguf"
+    manual = tmp_path / "manual-flow.gguf"
+    convert_flow(hub["large"] / "flas-large.safetensors", manual, base_config=hub["base_dir"] / "config.json",
+                 progress=False)
+    assert flow.read_bytes() == manual.read_bytes()
+    # huggingface_hub finds the file where it would have put it: offline, nothing is downloaded again
+    n = len(h.requests)
+    offline = pull(hub, tmp_path, "flas-ai/flas-large", "--hf-base", f"{GGUF_REPO}:Q4_K_M",
+                   env={**hub_env(hub, tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 0, offline.stderr
+    assert h.requests[n:] == []
 
 
 def test_a_download_that_does_not_match_its_checksum_is_deleted(hub, tmp_path):
@@ -327,7 +348,7 @@ def test_a_download_that_does_not_match_its_checksum_is_deleted(hub, tmp_path):
 
     good = pull(hub, tmp_path, FLOW_REPO, "--hf-base", f"{GGUF_REPO}:Q4_K_M")
     assert good.returncode == 0, good.stderr
-    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q4_k_m.gguf"
+    flow = tmp_path / "cache" / "hub" / "v1" / "flas-ai--flas-tiny" / ("1" * 40) / "flas-tiny-q5_k_s.gguf"
     assert flow.read_bytes() == manual_flow(hub, tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""K-quant flows (flas-convert flow --outtype q6_k, q5_k, q4_k, q5_k_m, q4_k_m): the converter writes
+"""K-quant flows (flas-convert flow --outtype q6_k, q5_k, q4_k, q5_k_m, q5_k_s, q4_k_m): the converter writes
 ggml's block layout (decoded here by gguf-py's independent numpy K-quant decoder), the runtime
 steers with them, and the steered displacement stays within each type's bound of the f32 flow's.
 A model whose matrix rows are multiples of 256 (tiny256); its flow's last time-embedding layer is
@@ -21,10 +21,12 @@ CONCEPT = "Talk like a pirate"
 # displacement vs the f32 flow's over the prompts: (min cosine, max relative error), with room
 # for other platforms' rounding
 # (measured on this model, 8 prompts: q8_0 0.99993/0.012, q6_k 0.99947/0.033, q5_k 0.99767/0.068,
-# q4_k 0.99204/0.126, q5_k_m 0.99911/0.042, q4_k_m 0.99747/0.071; a wrong block layout gives ~0)
+# q4_k 0.99204/0.126, q5_k_m 0.99911/0.042, q5_k_s 0.99897/0.045, q4_k_m 0.99747/0.071; a wrong block
+# layout gives ~0)
 BOUNDS = {"q8_0": (0.9995, 0.02), "q6_k": (0.999, 0.05), "q5_k": (0.996, 0.1), "q4_k": (0.985, 0.18),
-          "q5_k_m": (0.998, 0.07), "q4_k_m": (0.995, 0.11)}
-MLP_IN = {"q6_k": T.Q6_K, "q5_k": T.Q5_K, "q4_k": T.Q4_K, "q5_k_m": T.Q5_K, "q4_k_m": T.Q4_K, "q8_0": T.Q8_0}
+          "q5_k_m": (0.998, 0.07), "q5_k_s": (0.998, 0.07), "q4_k_m": (0.995, 0.11)}
+MLP_IN = {"q6_k": T.Q6_K, "q5_k": T.Q5_K, "q4_k": T.Q4_K, "q5_k_m": T.Q5_K, "q5_k_s": T.Q5_K, "q4_k_m": T.Q4_K,
+          "q8_0": T.Q8_0}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,12 @@ def test_each_k_quant_round_trips_within_its_bound(k_models, prompts, outtype):
     assert types["blk.0.ffn_up.weight"] == MLP_IN[outtype]
     if outtype.endswith("_m"):
         assert types["blk.0.ffn_down.weight"] == types["blk.0.attn_q.weight"] == types["blk.0.cross_out.weight"] == T.Q6_K
+    if outtype.endswith(("_m", "_s")):
         # applied once per concept or per (T, N), never read by decode: f16
         assert types["time_embd.out.weight"] == types["blk.0.cross_k.weight"] == types["blk.0.cross_v.weight"] == T.F16
+    if outtype == "q5_k_s":  # the MLP at q5_k, the attention at q6_k, cross_out (folded) at f16
+        assert types["blk.0.ffn_down.weight"] == T.Q5_K and types["blk.0.attn_v.weight"] == T.Q6_K
+        assert types["blk.0.cross_q.weight"] == T.Q6_K and types["blk.0.cross_out.weight"] == T.F16
     assert types["time_embd.in.weight"] in (T.Q8_0, T.F16, T.F32) and types["blk.0.ffn_norm.weight"] == T.F32
     # the bytes decode, with gguf-py's own numpy decoder, to the weights within the type's error
     up = next(t for t in r.tensors if t.name == "blk.0.ffn_up.weight")

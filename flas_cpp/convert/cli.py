@@ -42,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "is a local checkpoint directory or a known base (google/gemma-2-2b-it, "
                                          "google/gemma-3-270m, ...)")
     f.add_argument("--outtype", default=DEFAULT_FLOW_OUTTYPE, choices=list(FLOW_OUTTYPES),
-                   help="matrix type, or a K-quant recipe (q4_k_m, q5_k_m: MLP inputs at the low type, the rest of "
-                        "what decode reads q6_k, what it never reads f16; docs/FLOW_GGUF.md); norms, gates and biases "
-                        f"stay f32 (default {DEFAULT_FLOW_OUTTYPE}: the one flow within every speed and quality target of "
-                        "docs/PERFORMANCE.md; q6_k for the closest match to f32 at 1-2%% slower decode)")
+                   help="matrix type, or a K-quant recipe (q5_k_s: the MLP q5_k, the attention q6_k; q5_k_m, "
+                        "q4_k_m: the MLP's inputs q5_k or q4_k, the rest of what decode reads q6_k; in each, what "
+                        "decode never reads f16; docs/FLOW_GGUF.md); norms, gates and biases stay f32 (default "
+                        f"{DEFAULT_FLOW_OUTTYPE}: within every speed and quality target of docs/PERFORMANCE.md; q6_k "
+                        "for the closest match to f32 at 1-2%% slower decode)")
 
     for p in (b, f):
         p.add_argument("-o", "--out", required=True, help="output .gguf file")

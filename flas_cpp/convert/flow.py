@@ -163,21 +163,29 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 # --outtype of a flow: one type for every matrix, or a recipe by the matrix's role, in the spirit
-# of llama.cpp's _M types: the MLP's input projections, the largest part, at the low type; the MLP
-# output and the attention at q6_k; the matrices the runtime applies once per concept (the
-# cross-attention keys and values) or once per (T, N) (the time embedding) in f16, since decode
-# never reads them. docs/FLOW_GGUF.md lists them with their measured quality.
+# of llama.cpp's _S/_M types. The matrices the runtime applies once per concept (the
+# cross-attention keys and values, and cross_out, folded into the concept's values: every concept
+# folds, concept_max_len <= head_dim) or once per (T, N) (the time embedding) stay f16 in the
+# recipes, since decode never reads them. The others, read at every Euler step of every token,
+# are typed by how much the steered displacement moves when each alone is quantized (measured
+# on the full-size test flow, docs/FLOW_GGUF.md): per parameter, the attention's matrices move it
+# 2 to 9 times more than the MLP's, so q5_k_s keeps them at q6_k and gives the MLP q5_k.
+# docs/FLOW_GGUF.md lists the recipes with their measured quality.
 T = GGMLQuantizationType
-MATRIX_ROLES = ("mlp_in", "mlp_out", "attn", "concept", "time")
+MATRIX_ROLES = ("mlp_in", "mlp_out", "attn", "cross_out", "concept", "time")
 FLOW_OUTTYPES: dict[str, dict[str, GGMLQuantizationType]] = {
     **{name: dict.fromkeys(MATRIX_ROLES, qt) for name, qt in PYTHON_OUTTYPES.items()},
     "q6_k": dict.fromkeys(MATRIX_ROLES, T.Q6_K),
     "q5_k": dict.fromkeys(MATRIX_ROLES, T.Q5_K),
     "q4_k": dict.fromkeys(MATRIX_ROLES, T.Q4_K),
-    "q5_k_m": {"mlp_in": T.Q5_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "concept": T.F16, "time": T.F16},
-    "q4_k_m": {"mlp_in": T.Q4_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "concept": T.F16, "time": T.F16},
+    "q5_k_m": {"mlp_in": T.Q5_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "cross_out": T.Q6_K, "concept": T.F16,
+               "time": T.F16},
+    "q5_k_s": {"mlp_in": T.Q5_K, "mlp_out": T.Q5_K, "attn": T.Q6_K, "cross_out": T.F16, "concept": T.F16,
+               "time": T.F16},
+    "q4_k_m": {"mlp_in": T.Q4_K, "mlp_out": T.Q6_K, "attn": T.Q6_K, "cross_out": T.Q6_K, "concept": T.F16,
+               "time": T.F16},
 }
-DEFAULT_FLOW_OUTTYPE = "q4_k_m"  # the one flow within every target of docs/PERFORMANCE.md's K-quant report
+DEFAULT_FLOW_OUTTYPE = "q5_k_s"  # within every target of docs/PERFORMANCE.md's K-quant report, with margin
 K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 K_FALLBACK = T.Q8_0  # for rows that do not fill whole 256-value K-quant blocks
 
@@ -189,6 +197,8 @@ def matrix_role(gguf_name: str) -> str:
         return "mlp_in"
     if ".cross_k." in gguf_name or ".cross_v." in gguf_name:
         return "concept"
+    if ".cross_out." in gguf_name:
+        return "cross_out"
     return "mlp_out" if ".ffn_down." in gguf_name else "attn"
 
 

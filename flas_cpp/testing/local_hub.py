@@ -1,4 +1,4 @@
-"""A Hugging Face hub on 127.0.0.1 for the tests (no internet here): the part of the hub's HTTP API
+"""A Hugging Face hub on 127.0.0.1 for the tests and benchmarks (no internet here): the part of the hub's HTTP API
 that huggingface_hub calls to list and download a repository's files, with the hub's headers
 (X-Repo-Commit, ETag: the sha256 of the content, Content-Length), ranges, and its error codes (401
 GatedRepo, 404 RepoNotFound / EntryNotFound). Point huggingface_hub at it with HF_ENDPOINT. It
@@ -33,6 +33,7 @@ class Hub:
     holding: threading.Event = field(default_factory=threading.Event)   # set while a download stalls
     release: threading.Event = field(default_factory=threading.Event)   # ends the stall (the connection closes)
     corrupt: set[str] = field(default_factory=set)      # names served with a flipped byte, under the right ETag
+    _sha256: dict[Path, str] = field(default_factory=dict)
 
     def __post_init__(self):
         hub = self
@@ -79,34 +80,52 @@ class Hub:
         name = resolve.group(3)
         if name not in repo.files:
             return self.error(h, 404, "EntryNotFound", f"{name} does not exist in {repo_id}", commit=repo.sha)
-        data = repo.files[name].read_bytes()
-        etag = hashlib.sha256(data).hexdigest()
-        if body and name in self.corrupt:
-            data = data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1:]
-        start, end = 0, len(data) - 1
+        path = repo.files[name]
+        size = path.stat().st_size
+        start, end = 0, size - 1
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))
         if m and body:
             self.ranges.append(f"{name} {m.group(0)}")
             start, end = int(m.group(1)), min(int(m.group(2) or end), end)
-        partial = (start, end) != (0, len(data) - 1)
+        partial = (start, end) != (0, size - 1)
         h.send_response(206 if partial else 200)
         h.send_header("X-Repo-Commit", repo.sha)
-        h.send_header("ETag", f'"{etag}"')
+        h.send_header("ETag", f'"{self.sha256(path)}"')
         h.send_header("Content-Length", str(end + 1 - start))
         if partial:
-            h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         h.end_headers()
         if not body:
             return
         stall = self.hold.pop(name, None) if start == 0 else None
-        if stall is not None:  # part of the file, then nothing until released, then a closed connection
-            h.wfile.write(data[:stall])
-            h.wfile.flush()
-            self.holding.set()
-            self.release.wait(120)
-            h.close_connection = True
-            return
-        h.wfile.write(data[start:end + 1])
+        flip = size // 2 if name in self.corrupt else -1
+        with open(path, "rb") as f:
+            f.seek(start)
+            pos = start
+            while pos <= end:
+                chunk = bytearray(f.read(min(1 << 20, end + 1 - pos)))
+                if pos <= flip < pos + len(chunk):
+                    chunk[flip - pos] ^= 0xFF
+                if stall is not None and pos + len(chunk) >= stall:
+                    # part of the file, then nothing until released, then a closed connection
+                    h.wfile.write(chunk[:stall - pos])
+                    h.wfile.flush()
+                    self.holding.set()
+                    self.release.wait(120)
+                    h.close_connection = True
+                    return
+                h.wfile.write(chunk)
+                pos += len(chunk)
+
+    def sha256(self, path: Path) -> str:
+        """The content's sha256 (the ETag of an LFS file on the hub), computed once per file."""
+        if path not in self._sha256:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+            self._sha256[path] = h.hexdigest()
+        return self._sha256[path]
 
     @staticmethod
     def json(h: BaseHTTPRequestHandler, obj, body: bool) -> None:
