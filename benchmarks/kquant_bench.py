@@ -129,8 +129,9 @@ def markdown(r: dict) -> str:
              f"concept) and cross_out, replaced by the concept's folded values ({r['concept_tokens']} tokens x H x "
              "nH in f16). The limit charges those bytes at the speed the base model reads its own; above 100% of "
              "it, the flow's kernels read theirs faster. Quality: the steered displacement (N = 3, T = 2) against "
-             "the f32 flow's over the held-out 16 prompts x 4 concepts of benchmarks/data/heldout.json (none in "
-             "../shared/data, on which the types were chosen); top-1: "
+             "the f32 flow's over the 16 prompts x 4 concepts of benchmarks/data/heldout.json (none in "
+             "../shared/data; the per-matrix sensitivities that chose q5_k_s were measured on 8 x 2 of them and "
+             "again on ../shared/data, docs/FLOW_GGUF.md); top-1: "
              f"{r['top1_tokens']} greedy steps of the f32 flow teacher-forced, {r['top1_prompts']} prompts.", "",
              "| flow | file, MB | F, MB | N=2: ratio / limit (of limit) | N=3: ratio / limit (of limit) | "
              "cosine mean / min, 1% | cosine mean / min, 3% | rel. error mean / max, 3% | top-1 | rounds |",
