@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -81,13 +83,34 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
     check_disk_space([*src.wanted, *wanted])
     base_gguf = fetch_base(src, progress)
     if not out.is_file():
-        from .convert import convert_flow
-
         flow_st = download(repo, flow_file, commit)
         out.parent.mkdir(parents=True, exist_ok=True)
-        convert_flow(flow_st, out, config=config, base_config=base_config, outtype=outtype, progress=progress)
+        convert(progress, "flow", str(flow_st), "-o", str(out), "--config", str(config),
+                *(["--base-config", str(base_config)] if base_config is not None else []), "--outtype", outtype)
         record(out, repo, commit, flow_file, outtype)
     return base_gguf, out
+
+
+def convert(progress: bool, *args: str) -> None:
+    """`flas-convert ARGS` in a process of its own, its progress shown: what the conversion
+    takes (llama.cpp's quantizer maps the whole stage file) goes back to the system before the
+    caller, often a server, loads the model, and its peak is flas-convert's own. Its error is
+    raised here as a ConversionError."""
+    cmd = [sys.executable, "-m", "flas_cpp.convert.cli", *args, *([] if progress else ["--no-progress"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    tail = b""
+    while chunk := proc.stderr.read1(1 << 16):
+        if progress:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+        tail = (tail + chunk)[-8192:]
+    code = proc.wait()
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        lines = tail.decode(errors="replace").strip().splitlines() or [f"exited with status {code}"]
+        raise ConversionError(lines[-1].split(": error: ", 1)[-1])
 
 
 # (repo, commit, file, bytes, output type or None for a GGUF used as it is, converted file or None)
@@ -138,12 +161,10 @@ def fetch_base(src: BaseSource, progress: bool) -> Path:
         return download(src.repo, src.gguf, src.commit)
     assert src.out is not None and src.config is not None
     if not src.out.is_file():
-        from .convert import convert_base
-
         for _, commit, f, *_ in src.wanted:
             download(src.repo, f, commit)
         src.out.parent.mkdir(parents=True, exist_ok=True)
-        convert_base(src.config.parent, src.out, src.quant, progress=progress)
+        convert(progress, "base", str(src.config.parent), "-o", str(src.out), "--outtype", src.quant)
         record(src.out, src.repo, src.commit, "*.safetensors", src.quant)
     return src.out
 
