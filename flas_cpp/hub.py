@@ -228,7 +228,7 @@ def remove(repo: str) -> int:
 
 def resolve(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
     """(commit, {file name: bytes}) of a repository at a revision; offline: the newest cached snapshot."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import constants
 
     if offline():
         snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
@@ -240,6 +240,8 @@ def resolve(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
                            f" ({what_is_cached()})")
         snap = cached[-1]
         return snap.name, {str(p.relative_to(snap)): p.stat().st_size for p in snap.rglob("*") if p.is_file()}
+    from huggingface_hub import HfApi  # not offline: its import is a tenth of a second of a cached start
+
     with hub_errors(repo):
         info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     return info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []}

@@ -404,3 +404,15 @@ def test_not_enough_disk_space_is_said_before_any_download(hub, tmp_path):
     need = float(r.stderr.split("conversions need about ")[1].split(" MB")[0])
     assert 6.0 < need < 20.0 and ", 1.0 MB are free; free some space" in r.stderr
     assert not any(q.endswith(".safetensors") for q in h.requests[n:])
+
+
+def test_a_file_the_repository_lacks_is_named_with_what_it_has(hub, tmp_path):
+    code = ("import sys\nfrom flas_cpp import hub\n"
+            "try:\n"
+            f"    hub.download({GGUF_REPO!r}, 'gemma-2-tiny-Q5_K_M.gguf', '3' * 40)\n"
+            "except hub.HubError as e:\n    print(e)\n")
+    r = subprocess.run(["python3", "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env=hub_env(hub, tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (f"{GGUF_REPO} has no file gemma-2-tiny-Q5_K_M.gguf; it has: gemma-2-tiny-Q4_K_M.gguf, "
+                                "gemma-2-tiny-Q8_0.gguf")
