@@ -24,20 +24,25 @@ struct context_length : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
-// Raises the exception of a negative status; returns non-negative values.
-template <typename T>
-static T check(T status) {
-    if (status >= 0) {
-        return status;
-    }
-    const std::string msg = flas_last_error();
-    switch ((int) status) {
+// The one map from a flas_status to a Python exception: for failed calls (check) and for
+// requests that ended with an error (flas_result.status, through raise_status).
+[[noreturn]] static void raise_status(int status, const std::string & msg) {
+    switch (status) {
         case FLAS_ERR_INVALID_ARGUMENT:
         case FLAS_ERR_NOT_FOUND:   throw py::value_error(msg);
         case FLAS_ERR_DEVICE_LOST: throw device_lost(msg);
         case FLAS_ERR_CONTEXT_LENGTH: throw context_length(msg);
         default:                   throw std::runtime_error(msg);
     }
+}
+
+// Raises the exception of a negative status; returns non-negative values.
+template <typename T>
+static T check(T status) {
+    if (status >= 0) {
+        return status;
+    }
+    raise_status((int) status, flas_last_error());
 }
 
 // A C string ends at its first NUL: text with one inside would reach the core cut short.
@@ -318,6 +323,11 @@ PYBIND11_MODULE(_core, m) {
         }
     });
     m.attr("MAX_STEPS") = FLAS_MAX_STEPS;
+    m.attr("ERR_CONTEXT_LENGTH") = (int) FLAS_ERR_CONTEXT_LENGTH;
+    m.def("raise_status", [](int status, const std::string & message) { raise_status(status, message); },
+          py::arg("status"), py::arg("message"),
+          "Raises the exception of a flas_status (a request's result.status): DeviceLostError, ContextLengthError, "
+          "ValueError or RuntimeError.");
 
     m.def("model_default_params", [] {
         const struct flas_model_params p = flas_model_default_params();
@@ -557,6 +567,7 @@ PYBIND11_MODULE(_core, m) {
             if (res.finish != FLAS_FINISH_NONE) {
                 d["finish"] = finish_name(res.finish);
                 d["error"] = res.finish == FLAS_FINISH_ERROR ? error : std::string();
+                d["status"] = res.status;
                 d["n_prompt"] = res.n_prompt;
                 d["n_cached"] = res.n_cached;
                 d["prompt_seconds"] = res.prompt_seconds;

@@ -35,14 +35,6 @@ static flas_request engine_request(const flas_model & m, const struct flas_reque
     return r;
 }
 
-static enum flas_finish finish_of(const std::string & reason) {
-    if (reason == "eog")        return FLAS_FINISH_EOG;
-    if (reason == "max_tokens") return FLAS_FINISH_MAX_TOKENS;
-    if (reason == "context")    return FLAS_FINISH_CONTEXT;
-    if (reason == "cancelled")  return FLAS_FINISH_CANCELLED;
-    return FLAS_FINISH_ERROR;
-}
-
 static flas_runtime & exclusive_runtime(flas_model * model, const char * fn) {
     flas_need(model != nullptr, "the model is NULL");
     if (flas_exclusive_model() != model) {
@@ -148,7 +140,8 @@ int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t *
         auto it = model->ended.find(id);
         if (q.empty() && it != model->ended.end()) {
             flas_update & u = it->second;
-            result->finish         = finish_of(u.finish);
+            result->finish         = u.finish;
+            result->status         = u.status;
             result->n_prompt       = u.n_prompt;
             result->n_cached       = u.n_cached;
             result->prompt_seconds = u.prompt_seconds;

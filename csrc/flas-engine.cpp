@@ -57,7 +57,8 @@ void flas_engine::on_device_lost(const std::string & why) {
         flas_update & u = kv.second->outbox;
         if (!u.done) {
             u.done = true;
-            u.finish = "error";
+            u.finish = FLAS_FINISH_ERROR;
+            u.status = FLAS_ERR_DEVICE_LOST;
             u.error = why;
         }
     }
@@ -116,7 +117,7 @@ flas_engine::~flas_engine() {
     std::lock_guard<std::mutex> lk(mutex_);
     for (auto & kv : jobs_) {
         kv.second->outbox.done = true;
-        kv.second->outbox.finish = "cancelled";
+        kv.second->outbox.finish = FLAS_FINISH_CANCELLED;
     }
     news_cv_.notify_all();
 }
@@ -188,7 +189,8 @@ uint64_t flas_engine::enqueue(flas_request req) {
     if ((int) j->req.prompt.size() >= rt_->n_ctx_seq()) {
         j->queued = false;
         j->outbox.done = true;
-        j->outbox.finish = "error";
+        j->outbox.finish = FLAS_FINISH_ERROR;
+        j->outbox.status = FLAS_ERR_CONTEXT_LENGTH;
         j->outbox.error = "the prompt is " + std::to_string(j->req.prompt.size()) + " tokens but a sequence holds " +
                           std::to_string(rt_->n_ctx_seq()) + " (n_ctx / n_seq); shorten it or raise n_ctx";
         news_cv_.notify_all();
@@ -250,7 +252,7 @@ void flas_engine::cancel(uint64_t id) {
         stats_.n_queued = (int) queue_.size();
         j.queued = false;
         j.outbox.done = true;
-        j.outbox.finish = "cancelled";
+        j.outbox.finish = FLAS_FINISH_CANCELLED;
         news_cv_.notify_all();
     }
     work_cv_.notify_one();
@@ -317,7 +319,7 @@ void flas_engine::run_exclusive(const std::function<void()> & fn) {
                     }
                     e.slots_[seq].trusted = false;
                     if (e.slots_[seq].running) {
-                        e.finish(e.slots_[seq].running, "error",
+                        e.finish(e.slots_[seq].running, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME,
                                  "its sequence was changed by a call made between two decode steps (flas_exclusive, "
                                  "a steer hook or a memory reservation) while it ran");
                     }

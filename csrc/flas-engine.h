@@ -10,6 +10,7 @@
 #pragma once
 
 #include "flas-runtime.h"
+#include "flas.h"  // enum flas_finish, enum flas_status: how a request ended, as the C API says it
 
 #include <chrono>
 #include <condition_variable>
@@ -44,8 +45,9 @@ struct flas_request {
 struct flas_update {
     std::vector<llama_token> tokens;  // generated, in order; the end-of-generation token is not one of them
     bool        done   = false;
-    std::string finish;               // once done: "eog", "max_tokens", "context", "cancelled" or "error"
-    std::string error;                // when finish is "error"
+    flas_finish finish = FLAS_FINISH_NONE;  // once done, how (flas.h)
+    flas_status status = FLAS_OK;     // when finish is FLAS_FINISH_ERROR: which error (flas.h), and
+    std::string error;                // what it was
     int    n_prompt = 0;
     int    n_cached = 0;              // prompt tokens its sequence already held (prefix reuse)
     double prompt_seconds = 0.0;      // from admission to its first token
@@ -114,7 +116,8 @@ class flas_engine {
     void drop_cancelled();
     void admit(const std::shared_ptr<job> & j);
     void step();
-    void finish(std::shared_ptr<job> j, const std::string & reason, const std::string & error = "");  // j by value: it may be a slot's own pointer
+    // j by value: it may be a slot's own pointer. An error (FLAS_FINISH_ERROR) says its status and message.
+    void finish(std::shared_ptr<job> j, flas_finish reason, flas_status status = FLAS_OK, const std::string & error = "");
     void deliver(job & j, llama_token token);
     bool reusable(int seq, const flas_request & req) const;
     int  choose_slot(const flas_request & req) const;

@@ -81,7 +81,7 @@ void flas_engine::drop_cancelled() {
                 cancelled = s.running->cancelled;
             }
             if (cancelled) {
-                finish(s.running, "cancelled");
+                finish(s.running, FLAS_FINISH_CANCELLED);
             }
         }
     }
@@ -148,7 +148,7 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
         j->outbox.n_cached = (int) keep;
     } catch (const std::exception & e) {
         s.trusted = false;
-        finish(j, "error", e.what());
+        finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
     }
 }
 
@@ -189,7 +189,7 @@ void flas_engine::step() {
     } catch (const std::exception & e) {
         for (const auto & j : in_batch) {  // their sequences are in an unknown state
             slots_[j->seq].trusted = false;
-            finish(j, "error", e.what());
+            finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
         }
         return;
     }
@@ -203,7 +203,7 @@ void flas_engine::step() {
         slot & s = slots_[j->seq];
         if (std::find(failed.begin(), failed.end(), j->seq) != failed.end()) {
             s.trusted = false;
-            finish(j, "error", why);
+            finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, why);
             continue;
         }
         s.tokens.insert(s.tokens.end(), batch[i].tokens.begin(), batch[i].tokens.end());
@@ -224,20 +224,20 @@ void flas_engine::step() {
             const llama_token tok = rt_->sample(j->seq);
             j->sampled_once = true;
             if (!j->req.trace && rt_->is_eog(tok)) {
-                finish(j, "eog");
+                finish(j, FLAS_FINISH_EOG);
                 continue;
             }
             deliver(*j, tok);
             if (++j->n_out >= j->req.max_tokens) {
-                finish(j, "max_tokens");
+                finish(j, FLAS_FINISH_MAX_TOKENS);
             } else if (rt_->n_past(j->seq) >= rt_->n_ctx_seq()) {
-                finish(j, "context");
+                finish(j, FLAS_FINISH_CONTEXT);
             } else {
                 j->pending = tok;
             }
         } catch (const std::exception & e) {
             s.trusted = false;
-            finish(j, "error", e.what());
+            finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
         }
     }
 }
@@ -254,7 +254,7 @@ void flas_engine::deliver(job & j, llama_token token) {
     news_cv_.notify_all();
 }
 
-void flas_engine::finish(std::shared_ptr<job> j, const std::string & reason, const std::string & error) {
+void flas_engine::finish(std::shared_ptr<job> j, flas_finish reason, flas_status status, const std::string & error) {
     slot & s = slots_[j->seq];
     std::vector<float> trace_in, trace_out;
     if (j->req.trace) {
@@ -276,6 +276,7 @@ void flas_engine::finish(std::shared_ptr<job> j, const std::string & reason, con
     }
     j->outbox.done = true;
     j->outbox.finish = reason;
+    j->outbox.status = status;
     j->outbox.error = error;
     j->outbox.seconds = seconds_since(j->t_start);
     if (j->n_out == 0) {

@@ -26,7 +26,7 @@ class RequestParams(C.Structure):
 
 
 class Result(C.Structure):
-    _fields_ = [("finish", C.c_int), ("n_prompt", C.c_int32), ("n_cached", C.c_int32),
+    _fields_ = [("finish", C.c_int), ("status", C.c_int32), ("n_prompt", C.c_int32), ("n_cached", C.c_int32),
                 ("prompt_seconds", C.c_double), ("seconds", C.c_double)]
 
 

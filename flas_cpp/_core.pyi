@@ -5,6 +5,9 @@ from typing import Callable
 import numpy as np
 
 MAX_STEPS: int
+ERR_CONTEXT_LENGTH: int  # flas.h's FLAS_ERR_CONTEXT_LENGTH
+
+def raise_status(status: int, message: str) -> None: ...
 
 def model_default_params() -> dict: ...
 def default_threads() -> int: ...

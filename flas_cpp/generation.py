@@ -75,6 +75,7 @@ class Generation:
     prompt_seconds: float = 0.0       # of which prefill
     n_cached_tokens: int = 0          # prompt tokens its sequence already held (same steering)
     error: str | None = None          # why, when stop_reason is "error"
+    error_status: int = 0             # and flas.h's status of that error (raise_if_failed raises its exception)
 
     @property
     def tokens_per_second(self) -> float:
@@ -110,9 +111,12 @@ class _Settings:
 
 
 def raise_if_failed(g: Generation) -> Generation:
-    """g, or the exception of a generation that failed (DeviceLostError when its device is gone)."""
+    """g, or the exception of a generation that failed: by its status, DeviceLostError when its
+    device is gone, ContextLengthError when its prompt did not fit, RuntimeError otherwise."""
     if g.stop_reason == "error":
-        raise (DeviceLostError if (g.error or "").startswith("device lost:") else RuntimeError)(g.error)
+        from ._native import core
+
+        core().raise_status(g.error_status, g.error or "")
     return g
 
 
@@ -193,8 +197,10 @@ class Handle:
         self._cancelled = False             # no more text is made: its tokens are only drained
         self.id = id
         if settings.error is not None:  # never submitted
+            from ._native import core
+
             self._final = {"finish": "error", "error": settings.error, "seconds": 0.0, "prompt_seconds": 0.0,
-                           "n_cached": 0}
+                           "n_cached": 0, "status": core().ERR_CONTEXT_LENGTH}
 
     def __del__(self) -> None:
         try:  # an abandoned request stops decoding, and the engine forgets it
@@ -262,7 +268,7 @@ class Handle:
         reason = "stop" if self._n_at_stop is not None and f["finish"] != "error" else f["finish"]
         return Generation("".join(self._text), list(tokens), len(s.tokens), s.concept,
                           s.flowtime if s.concept else 0.0, s.n_steps, reason, f["seconds"], f["prompt_seconds"],
-                          f["n_cached"], f["error"] or None)
+                          f["n_cached"], f["error"] or None, f["status"])
 
     def trace(self) -> dict[str, np.ndarray]:
         """Layer-L rows before/after steering and the prompt's logits (traced requests, once done)."""

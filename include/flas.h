@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or a signature of this header changes (no ABI promise before 1.0). */
-#define FLAS_API_VERSION 3
+#define FLAS_API_VERSION 4
 
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
@@ -108,6 +108,9 @@ struct flas_request_params {
 /* How a request went: finish is FLAS_FINISH_NONE while it runs; the rest is set once it ends. */
 struct flas_result {
     enum flas_finish finish;
+    int32_t status;             /* FLAS_FINISH_ERROR: the error's negative flas_status (FLAS_ERR_DEVICE_LOST: free the
+                                   model; FLAS_ERR_CONTEXT_LENGTH: the prompt did not fit a sequence;
+                                   FLAS_ERR_RUNTIME: the others); FLAS_OK otherwise */
     int32_t n_prompt;
     int32_t n_cached;           /* prompt tokens its sequence already held (prefix reuse) */
     double  prompt_seconds;     /* from admission to its first token */

@@ -358,6 +358,15 @@ def test_the_whole_c_api_surface_traces_batches_hooks_and_direct_sequences(lib, 
         assert lib.flas_chat_tokens(model, huge, 1, False, toks, 64) == -5
         assert b"at least" in lib.flas_last_error() and b"a sequence holds 512" in lib.flas_last_error()
         assert lib.flas_chat_tokens(model, None, 0, False, toks, 64) == -1 and b"no messages" in lib.flas_last_error()
+        # a prompt submitted as tokens that cannot fit a sequence ends at once: FLAS_FINISH_ERROR (5) with
+        # FLAS_ERR_CONTEXT_LENGTH (-5), told by its status
+        long_ids = (C.c_int32 * 600)(*([ids[0]] * 600))
+        req = lib.flas_request_default_params()
+        req.prompt, req.n_prompt, req.flowtime = long_ids, 600, 0.0
+        rid = C.c_uint64()
+        assert lib.flas_submit(model, C.byref(req), C.byref(rid)) == 0, error(lib)
+        got, res = run_to_end(lib, model, rid.value)
+        assert got == [] and res.finish == 5 and res.status == -5 and b"a sequence holds 512" in lib.flas_last_error()
 
         reqs = (RequestParams * 2)()
         for i, (concept, trace) in enumerate(((PIRATE.encode(), True), (None, False))):
@@ -369,7 +378,7 @@ def test_the_whole_c_api_surface_traces_batches_hooks_and_direct_sequences(lib, 
         ready = C.c_uint64()
         assert lib.flas_wait_any(model, rids, 2, 5000, C.byref(ready)) == 0 and ready.value in list(rids)
         steered, res = run_to_end(lib, model, rids[0])
-        assert steered == expected and res.finish == 2 and res.n_prompt == n
+        assert steered == expected and res.finish == 2 and res.n_prompt == n and res.status == 0
         assert run_to_end(lib, model, rids[1])[0] == baseline  # decoded beside it, in the same batch
 
         rows = lib.flas_trace(model, rids[0], 1, None, 0)
@@ -428,7 +437,7 @@ def test_the_whole_c_api_surface_traces_batches_hooks_and_direct_sequences(lib, 
         assert lib.flas_set_steer_hook(model, failing, None) == 0
         assert lib.flas_submit(model, C.byref(reqs[0]), C.byref(rid)) == 0
         got, res = run_to_end(lib, model, rid)
-        assert res.finish == 5 and "the steer hook failed" in error(lib)
+        assert res.finish == 5 and res.status == -2 and "the steer hook failed" in error(lib)  # FLAS_ERR_RUNTIME
         assert lib.flas_set_steer_hook(model, C.cast(None, STEER_HOOK), None) == 0  # the flow again
         assert lib.flas_submit(model, C.byref(reqs[0]), C.byref(rid)) == 0
         assert run_to_end(lib, model, rid)[0] == expected

@@ -98,6 +98,10 @@ def test_flas_demo_from_a_clean_cache(tmp_path):
     assert "building the demo models" in run.stderr
     assert "baseline (no steering)" in run.stdout and "steered: 'Talk like a pirate', T = 2" in run.stdout
     assert sorted(p.name for p in cache.iterdir()) == ["demo-base-f16.gguf", "demo-flow-bf16.gguf"]
+    # the speed line says what it measures, and that the demo's flow is as large as its base
+    share = (cache / "demo-flow-bf16.gguf").stat().st_size / (cache / "demo-base-f16.gguf").stat().st_size
+    assert f"(every token runs the flow N = 3 times; its file is {share:.0%} of the base's)" in run.stdout
+    assert "Its flow is as large as its base, so steering costs far more here" in run.stdout
     again = subprocess.run([shutil.which("flas-demo"), "--cache-dir", str(cache), "--max-tokens", "12"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and "building" not in again.stderr

@@ -341,6 +341,12 @@ os.kill(pid, signal.SIGKILL)
 t0 = time.time()
 g = h.result()
 print("RESULT", g.stop_reason, round(time.time() - t0, 1), g.error, flush=True)
+print("STATUS", g.error_status, flush=True)
+from flas_cpp.generation import raise_if_failed
+try:
+    raise_if_failed(g)
+except DeviceLostError as e:
+    print("RAISED", type(e).__name__, flush=True)
 try:
     m.generate("again", flowtime=0.0, max_tokens=4)
 except DeviceLostError as e:
@@ -371,6 +377,8 @@ def test_a_server_dying_mid_generation_is_an_error_naming_it(tiny_base_f32, flow
     result = lines["RESULT"].split(" ", 3)
     assert result[1] == "error" and float(result[2]) < 10
     assert f"device lost: the RPC server at {endpoint} stopped answering" in result[3]
+    # the loss is told by its status, FLAS_ERR_DEVICE_LOST (-3 in flas.h), not by its text
+    assert lines["STATUS"] == "STATUS -3" and lines["RAISED"] == "RAISED DeviceLostError"
     assert f"the RPC server at {endpoint} stopped answering" in lines["AGAIN"] and "DeviceLostError" in lines["AGAIN"]
     assert lines["NEW"] == "NEW 4"  # the process lives on and loads a new model
     assert f"{endpoint} was lost earlier in this process" in lines["RELOAD"]

@@ -244,6 +244,7 @@ def test_a_prompt_too_long_for_a_sequence_fails_alone(four):
     out = four.generate_many(requests)
     assert [g.stop_reason for g in out] == ["max_tokens", "error", "max_tokens"]
     assert out[1].error.startswith("the prompt is") and "a sequence holds 256" in out[1].error
+    assert out[1].error_status == -5  # flas.h's FLAS_ERR_CONTEXT_LENGTH
     with pytest.raises(RuntimeError, match="request 1 failed: the prompt is"):
         list(four.stream_many(requests))
     with pytest.raises(ValueError, match="the prompt is .* tokens but a sequence holds 256"):

@@ -98,7 +98,7 @@ static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, c
         fprintf(stderr, "flas-cli: %s\n", flas_last_error());
         return 1;
     }
-    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
+    struct flas_result res = {FLAS_FINISH_NONE, FLAS_OK, 0, 0, 0.0, 0.0};
     while (res.finish == FLAS_FINISH_NONE) {
         int32_t tokens[32];
         const int32_t n = flas_poll(model, id, 1000, tokens, 32, &res);

@@ -41,7 +41,7 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "%s\n", flas_last_error());
         return 1;
     }
-    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
+    struct flas_result res = {FLAS_FINISH_NONE, FLAS_OK, 0, 0, 0.0, 0.0};
     int n_tokens = 0;
     double first = 0.0, last = 0.0;
     while (res.finish == FLAS_FINISH_NONE) {

@@ -53,7 +53,7 @@ int main(int argc, char ** argv) {
         fprintf(stderr, "submit: %s\n", flas_last_error());
         return 1;
     }
-    struct flas_result res = {FLAS_FINISH_NONE, 0, 0, 0.0, 0.0};
+    struct flas_result res = {FLAS_FINISH_NONE, FLAS_OK, 0, 0, 0.0, 0.0};
     while (res.finish == FLAS_FINISH_NONE) {
         int32_t tokens[16];
         const int32_t n = flas_poll(model, id, 1000, tokens, 16, &res);
