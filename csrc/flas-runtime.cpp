@@ -50,8 +50,11 @@ void flas_check_params(const flas_runtime_params & params) {
                                     std::to_string(params.n_seq) + " sequences; each needs at least 16: raise n_ctx to >= " +
                                     std::to_string(16 * params.n_seq));
     }
-    if (params.n_batch < 1 || params.concept_cache < 1) {
-        throw std::invalid_argument("n_batch and concept_cache must be >= 1");
+    if (params.n_batch < 1) {
+        throw std::invalid_argument("n_batch must be >= 1, got " + std::to_string(params.n_batch));
+    }
+    if (params.concept_cache < 1) {
+        throw std::invalid_argument("concept_cache must be >= 1, got " + std::to_string(params.concept_cache));
     }
     if (params.n_threads < 0) {
         throw std::invalid_argument("n_threads must be >= 0 (0: one per physical core), got " + std::to_string(params.n_threads));

@@ -78,15 +78,13 @@ class FlasModel:
         for path, what in ((base, "base model GGUF"), (flow, "flow GGUF")):
             if not Path(path).is_file():
                 raise ValueError(f"{what} not found: {path}")
-        if isinstance(n_seq, bool) or not isinstance(n_seq, int) or n_seq < 1:
-            raise ValueError(f"n_seq must be an integer >= 1, got {n_seq!r}")
-        if n_ctx // n_seq < 16:
-            raise ValueError(f"n_ctx {n_ctx} leaves {n_ctx // n_seq} tokens to each of {n_seq} sequences; "
-                             f"each needs at least 16: raise n_ctx to >= {16 * n_seq}")
-        if isinstance(concept_cache, bool) or not isinstance(concept_cache, int) or concept_cache < 1:
-            raise ValueError(f"concept_cache must be an integer >= 1, got {concept_cache!r}")
+        # types here; the ranges (n_seq, n_ctx per sequence, n_batch, concept_cache) are the core's
+        # rules, said once there, whichever interface is used
+        for name, value in (("n_seq", n_seq), ("n_ctx", n_ctx), ("n_batch", n_batch), ("concept_cache", concept_cache)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         self.rpc_servers: list[str] = parse_rpc_servers(rpc_servers)
-        params = dict(n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_seq=n_seq, concept_cache=concept_cache,
+        params = dict(n_ctx=n_ctx, n_batch=n_batch, n_seq=n_seq, concept_cache=concept_cache,
                       n_threads=n_threads or 0, exact=exact, verbose=verbose,
                       rpc_servers=self.rpc_servers, main_gpu=main_gpu, tensor_split=list(tensor_split or []))
         self.placement: str = ""

@@ -208,12 +208,17 @@ def test_many_sequences_from_other_threads(four, solo):
 # ---- bad input ------------------------------------------------------------------------------
 
 def test_bad_model_settings(tiny_base_f32, flow):
-    with pytest.raises(ValueError, match="n_seq must be an integer >= 1, got 0"):
+    """The core's rules, with the core's messages (test_c_api.py checks the same through the C API)."""
+    with pytest.raises(ValueError, match=r"n_seq must be in 1\.\.\d+, got 0"):
         FlasModel(tiny_base_f32, flow, n_seq=0)
     with pytest.raises(ValueError, match=r"n_ctx 64 leaves 8 tokens to each of 8 sequences; .* raise n_ctx to >= 128"):
         FlasModel(tiny_base_f32, flow, n_ctx=64, n_seq=8)
-    with pytest.raises(ValueError, match="concept_cache must be an integer >= 1"):
+    with pytest.raises(ValueError, match="concept_cache must be >= 1, got 0"):
         FlasModel(tiny_base_f32, flow, concept_cache=0)
+    with pytest.raises(ValueError, match="n_batch must be >= 1, got 0"):
+        FlasModel(tiny_base_f32, flow, n_batch=0)
+    with pytest.raises(ValueError, match="n_seq must be an integer, got True"):  # types stay Python's
+        FlasModel(tiny_base_f32, flow, n_seq=True)
 
 
 @pytest.mark.parametrize("bad, message", [
