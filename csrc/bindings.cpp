@@ -324,6 +324,10 @@ PYBIND11_MODULE(_core, m) {
     });
     m.attr("MAX_STEPS") = FLAS_MAX_STEPS;
     m.attr("ERR_CONTEXT_LENGTH") = (int) FLAS_ERR_CONTEXT_LENGTH;
+    m.def("check_steering", [](const std::string & concept, float flowtime, int32_t n_steps) {
+        check(flas_check_steering(c_text(concept, "the concept"), flowtime, n_steps));
+    }, py::arg("concept"), py::arg("flowtime"), py::arg("n_steps"),
+          "ValueError with the core's message unless flas_submit would accept this steering.");
     m.def("raise_status", [](int status, const std::string & message) { raise_status(status, message); },
           py::arg("status"), py::arg("message"),
           "Raises the exception of a flas_status (a request's result.status): DeviceLostError, ContextLengthError, "

@@ -12,16 +12,10 @@ flas_model *& flas_exclusive_model() {
 
 static flas_request engine_request(const flas_model & m, const struct flas_request_params & params) {
     flas_need(params.prompt != nullptr && params.n_prompt > 0, "the prompt has no tokens");
-    const bool has_concept = params.concept != nullptr && params.concept[0] != '\0';
-    flas_need(std::isfinite(params.flowtime) && params.flowtime >= 0.0f,
-              "flowtime must be a finite number >= 0 (0: unsteered)");
-    flas_need(!(params.flowtime > 0.0f && !has_concept),
-              "steering (flowtime > 0) needs a concept, e.g. \"Talk like a pirate\"; use flowtime 0 for the "
-              "unsteered model");
-    flas_request r;
+    flas_request r;  // its steering is checked by the engine (flas_steering_check)
     r.prompt.assign(params.prompt, params.prompt + params.n_prompt);
-    r.concept     = has_concept ? params.concept : "";
-    r.flowtime    = has_concept ? params.flowtime : 0.0f;
+    r.concept     = params.concept != nullptr ? params.concept : "";
+    r.flowtime    = params.flowtime;
     r.n_steps     = params.n_steps == 0 ? m.flow_info.n_steps : params.n_steps;
     r.max_tokens  = params.max_tokens;
     r.temperature = params.temperature;
@@ -271,10 +265,16 @@ int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * user_data) {
     });
 }
 
+int flas_check_steering(const char * concept, float flowtime, int32_t n_steps) {
+    return flas_guarded([&] {
+        flas_steering_check(concept != nullptr && concept[0] != '\0', flowtime, n_steps);
+        return (int) FLAS_OK;
+    });
+}
+
 int32_t flas_seq_set_steering(flas_model * model, int32_t seq, const char * concept, float flowtime, int32_t n_steps) {
     return flas_guarded([&] {
         flas_runtime & rt = exclusive_runtime(model, "flas_seq_set_steering");
-        flas_need(std::isfinite(flowtime) && flowtime >= 0.0f, "flas_seq_set_steering: flowtime must be finite and >= 0");
         return (int32_t) rt.set_steering(seq, concept != nullptr ? concept : "", flowtime, n_steps);
     });
 }

@@ -132,13 +132,7 @@ void flas_engine::check(const flas_request & req) const {
             throw std::invalid_argument("prompt: token id " + std::to_string(t) + " outside the vocabulary");
         }
     }
-    if (!std::isfinite(req.flowtime) || req.flowtime < 0.0f) {
-        throw std::invalid_argument("flowtime must be a finite number >= 0, got " + std::to_string(req.flowtime));
-    }
-    if (req.n_steps < 1 || req.n_steps > FLAS_MAX_STEPS) {
-        throw std::invalid_argument("n_steps must be in 1.." + std::to_string(FLAS_MAX_STEPS) + ", got " +
-                                    std::to_string(req.n_steps));
-    }
+    flas_steering_check(!req.concept.empty(), req.flowtime, req.n_steps);
     if (req.max_tokens < 1) {
         throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(req.max_tokens));
     }

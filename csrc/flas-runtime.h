@@ -65,6 +65,9 @@ struct flas_seq_tokens {
 
 // Throws std::invalid_argument naming the first bad parameter (sizes, missing files).
 void flas_check_params(const flas_runtime_params & params);
+// The rules of a request's steering, each said once, for every interface (flas_submit,
+// flas_seq_set_steering, flas_check_steering, the engine): std::invalid_argument naming the field.
+void flas_steering_check(bool has_concept, float flowtime, int n_steps);
 
 
 // What a runtime of `params` would hold per device, from llama.cpp's simulated buffers (no_alloc)

@@ -264,6 +264,11 @@ FLAS_API int32_t flas_encode_concept(flas_model * model, const char * concept);
 /* ---- requests ---- */
 
 FLAS_API struct flas_request_params flas_request_default_params(void);
+/* Checks steering settings by the rules flas_submit applies (FLAS_OK, or FLAS_ERR_INVALID_ARGUMENT
+ * with the message): flowtime finite and >= 0, n_steps in 1..FLAS_MAX_STEPS (a request's 0, the
+ * flow's default, is flas_model_flow_info's n_steps), a concept (not NULL nor "") when flowtime > 0.
+ * For a front end that checks what a user typed before it makes a request. */
+FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);
 /* Queues n requests at once (free sequences take them in the same decode step); every one is

@@ -448,3 +448,19 @@ def test_the_whole_c_api_surface_traces_batches_hooks_and_direct_sequences(lib, 
         assert lib.flas_estimate_memory(C.byref(mp), 3, mem, 0) == -1 and "n_seq" in error(lib)
     finally:
         lib.flas_model_free(model)
+
+
+@pytest.mark.parametrize("concept, flowtime, n_steps", [
+    (PIRATE, -0.5, 3), (PIRATE, math.nan, 3), (PIRATE, 2.0, 65), (PIRATE, 2.0, -1), (None, 2.0, 3)])
+def test_a_steering_rule_says_one_message_through_python_and_the_c_api(lib, concept, flowtime, n_steps):
+    """The rule lives in the core once: Python's check and flas_check_steering give the same text,
+    the one flas_submit gives (checked above)."""
+    from flas_cpp.prompting import check_steering
+
+    lib.flas_check_steering.argtypes = [C.c_char_p, C.c_float, C.c_int32]
+    assert lib.flas_check_steering(concept.encode() if concept else None, flowtime, n_steps) == -1
+    with pytest.raises(ValueError) as e:
+        check_steering(concept, flowtime, n_steps)
+    assert str(e.value) == error(lib)
+    assert lib.flas_check_steering(PIRATE.encode(), 2.0, 3) == 0
+    assert lib.flas_check_steering(None, 0.0, 3) == 0  # unsteered: no concept needed

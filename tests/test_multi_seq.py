@@ -223,7 +223,7 @@ def test_bad_model_settings(tiny_base_f32, flow):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(flowtime=-1.0), r"request 2: flowtime must be a finite number >= 0"),
-    (dict(n_steps=0), r"request 2: n_steps must be an integer in 1\.\.64"),
+    (dict(n_steps=0), r"request 2: n_steps must be in 1\.\.64"),
     (dict(concept=" "), r"request 2: concept is empty"),
     (dict(max_tokens=0), r"request 2: max_tokens must be an integer in 1..2147483647"),
     (dict(top_p=2.0), r"request 2: top_p must be in \(0, 1\]"),
