@@ -336,7 +336,8 @@ base, flow, endpoint, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[
 m = FlasModel(base, flow, n_ctx=512, n_gpu_layers=-1, rpc_servers=[endpoint])
 h = m.submit(prompt="Tell me about your day.", concept="Talk like a pirate", flowtime=2.0, temperature=0.0,
              max_tokens=400)
-next(iter(h))  # decoding has started
+pieces = iter(h)
+next(pieces)  # decoding has started (the iterator kept: one dropped cancels its request, as a consumer that stops)
 os.kill(pid, signal.SIGKILL)
 t0 = time.time()
 g = h.result()
