@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from .bundled import cache_home
 from .convert.common import ConversionError, max_bytes_per_param, size_text
@@ -37,6 +37,19 @@ INTERRUPTED = "interrupted; the next run resumes the download where it stopped (
 
 def cache_root() -> Path:
     return cache_home() / "hub" / f"v{FORMAT_VERSION}"
+
+
+def converted_dir(repo: str) -> Path:
+    """Where what was converted from repo lives, a folder per commit inside."""
+    return cache_root() / repo.replace("/", "--")
+
+
+def hub_storage(repo: str) -> Path:
+    """huggingface_hub's cache folder of a model repository (blobs/, snapshots/, refs/)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
 
 
 def pull(repo: str, base: str | None = None, revision: str | None = None, flow_outtype: str | None = None,
@@ -59,13 +72,12 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
                            f"and config.json; it holds {', '.join(sorted(files)) or 'nothing'}")
         flow_file = found[0]
     config = download(repo, "config.json", commit)
-    flow_config = json.loads(config.read_text())
-    base_spec = base or flow_config.get("model_id")
+    model_id = json.loads(config.read_text()).get("model_id")
+    base_spec = base or model_id
     if not isinstance(base_spec, str) or not base_spec:
         raise HubError(f"{repo}: config.json names no base (model_id); pass --hf-base REPO[:QUANT]")
     src = plan_base(base_spec)
     base_config = src.config
-    model_id = flow_config.get("model_id")
     if base_config is None and isinstance(model_id, str) and model_id not in KNOWN_BASES:
         # a GGUF base: the flow records its base's facts from the config.json of the checkpoint it names
         mid_commit, mid_files = resolve(model_id, None)
@@ -78,8 +90,8 @@ def pull(repo: str, base: str | None = None, revision: str | None = None, flow_o
         except ConversionError as e:
             raise HubError(f"{repo} steers {model_id or base_spec}, which flas-cpp cannot run: {e}") from None
 
-    out = cache_root() / repo.replace("/", "--") / commit / f"{Path(flow_file).stem}-{outtype}.gguf"
-    wanted = [] if out.is_file() else [(repo, commit, flow_file, files[flow_file], outtype, out)]
+    out = converted_dir(repo) / commit / f"{Path(flow_file).stem}-{outtype}.gguf"
+    wanted = [] if out.is_file() else [Wanted(repo, commit, flow_file, files[flow_file], outtype, out)]
     check_disk_space([*src.wanted, *wanted])
     base_gguf = fetch_base(src, progress)
     if not out.is_file():
@@ -113,8 +125,14 @@ def convert(progress: bool, *args: str) -> None:
         raise ConversionError(lines[-1].split(": error: ", 1)[-1])
 
 
-# (repo, commit, file, bytes, output type or None for a GGUF used as it is, converted file or None)
-Wanted = tuple[str, str, str, int, "str | None", "Path | None"]
+class Wanted(NamedTuple):
+    """A file still to download, and what it is converted into (for the disk-space check)."""
+    repo: str
+    commit: str
+    file: str
+    bytes: int
+    outtype: str | None       # None: used as it is (a GGUF) or not converted by itself (a config)
+    out: Path | None          # the converted file it goes into
 
 
 @dataclass
@@ -141,18 +159,18 @@ def plan_base(spec: str) -> BaseSource:
             raise HubError(f"{repo} has no {quant} GGUF; it has: {', '.join(ggufs)} (pick one with "
                            f"--hf-base {repo}:<QUANT>)")
         return BaseSource(repo, commit, quant, picked[0], None, None,
-                          [(repo, commit, picked[0], files[picked[0]], None, None)])
+                          [Wanted(repo, commit, picked[0], files[picked[0]], None, None)])
     if "config.json" not in files or not any(f.endswith(".safetensors") for f in files):
         raise HubError(f"{repo} holds neither GGUF files nor a safetensors checkpoint")
     if "tokenizer.model" not in files:
         raise HubError(f"{repo}'s vocabulary is byte-level BPE (no tokenizer.model), which only llama.cpp's "
                        f"convert_hf_to_gguf.py converts; name a GGUF repository instead: --hf-base "
                        f"<owner>/{repo.split('/')[-1]}-GGUF:{quant}")
-    out = cache_root() / repo.replace("/", "--") / commit / f"base-{quant}.gguf"
+    out = converted_dir(repo) / commit / f"base-{quant}.gguf"
     config = download(repo, "config.json", commit)  # what a flow of this base is converted with
     wanted = [] if out.is_file() else [  # the weights are fetched only to convert them
-        (repo, commit, f, files[f], quant if f.endswith(".safetensors") else None, out if f.endswith(".safetensors")
-         else None) for f in files if f.endswith((".json", ".safetensors")) or f == "tokenizer.model"]
+        Wanted(repo, commit, f, files[f], *((quant, out) if f.endswith(".safetensors") else (None, None)))
+        for f in files if f.endswith((".json", ".safetensors")) or f == "tokenizer.model"]
     return BaseSource(repo, commit, quant, None, out, config, wanted)
 
 
@@ -161,8 +179,8 @@ def fetch_base(src: BaseSource, progress: bool) -> Path:
         return download(src.repo, src.gguf, src.commit)
     assert src.out is not None and src.config is not None
     if not src.out.is_file():
-        for _, commit, f, *_ in src.wanted:
-            download(src.repo, f, commit)
+        for w in src.wanted:
+            download(w.repo, w.file, w.commit)
         src.out.parent.mkdir(parents=True, exist_ok=True)
         convert(progress, "base", str(src.config.parent), "-o", str(src.out), "--outtype", src.quant)
         record(src.out, src.repo, src.commit, "*.safetensors", src.quant)
@@ -182,11 +200,11 @@ def check_disk_space(wanted: list[Wanted]) -> None:
         entry = need.setdefault(os.stat(d).st_dev, [0.0, d])
         entry[0] += n
 
-    for repo, commit, f, size, outtype, out in wanted:
-        if not isinstance(try_to_load_from_cache(repo, f, revision=commit), str):
-            add(Path(constants.HF_HUB_CACHE), size)
-        if outtype is not None and out is not None:
-            add(out.parent, size / 2 * max_bytes_per_param(outtype))  # a checkpoint: 2 bytes a parameter or more
+    for w in wanted:
+        if not isinstance(try_to_load_from_cache(w.repo, w.file, revision=w.commit), str):
+            add(Path(constants.HF_HUB_CACHE), w.bytes)
+        if w.outtype is not None and w.out is not None:
+            add(w.out.parent, w.bytes / 2 * max_bytes_per_param(w.outtype))  # a checkpoint: 2 bytes a parameter or more
     for n, d in need.values():
         free = shutil.disk_usage(d).free
         if n > free:
@@ -215,10 +233,9 @@ def cached() -> list[dict]:
 def remove(repo: str) -> int:
     """Deletes what was converted from repo (every commit); the bytes freed. The downloads stay in
     huggingface_hub's cache (`hf cache rm` removes those)."""
-    d = cache_root() / repo.replace("/", "--")
+    d = converted_dir(repo)
     if not d.is_dir():
-        known = sorted({e["repo"] for e in cached()})
-        raise HubError(f"nothing of {repo} is cached; cached: {', '.join(known) or 'nothing'}")
+        raise HubError(f"nothing of {repo} is cached; cached: {', '.join(cached_repos()) or 'nothing'}")
     freed = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
     shutil.rmtree(d)
     return freed
@@ -228,10 +245,8 @@ def remove(repo: str) -> int:
 
 def resolve(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
     """(commit, {file name: bytes}) of a repository at a revision; offline: the newest cached snapshot."""
-    from huggingface_hub import constants
-
     if offline():
-        snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+        snapshots = hub_storage(repo) / "snapshots"
         cached = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
         if revision is not None:
             cached = [p for p in cached if p.name == revision]
@@ -281,14 +296,14 @@ def download_resumable(repo: str, filename: str, commit: str) -> bool:
     as huggingface_hub does (blobs/<sha256>, snapshots/<commit>/<file> linking to it). False when
     the file has no sha256 on the hub (not an LFS file): huggingface_hub downloads it then."""
     from filelock import FileLock
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
     meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=commit))
     if meta.etag is None or len(meta.etag) != 64:
         return False
-    storage = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    storage = hub_storage(repo)
     blob = storage / "blobs" / meta.etag
     partial = blob.with_name(f"{meta.etag}.flas-partial")
     blob.parent.mkdir(parents=True, exist_ok=True)
@@ -346,8 +361,12 @@ def weights_of(repo: str) -> str:
     return f"; it has: {', '.join(names) or 'no .safetensors or .gguf file'}"
 
 
+def cached_repos() -> list[str]:
+    return sorted({e["repo"] for e in cached()})
+
+
 def what_is_cached() -> str:
-    repos = sorted({e["repo"] for e in cached()})
+    repos = cached_repos()
     return f"converted models cached: {', '.join(repos)}" if repos else "no converted model is cached"
 
 
