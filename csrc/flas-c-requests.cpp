@@ -1,6 +1,7 @@
 // The C API (include/flas.h), part two: requests on the scheduler, their traces, the steer hook
 // and the exclusive calls that drive sequences directly.
 #include "flas-c.h"
+#include "flas-rules.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,13 +19,7 @@ static flas_request engine_request(const flas_model & m, const struct flas_reque
     r.flowtime    = params.flowtime;
     r.n_steps     = params.n_steps == 0 ? m.flow_info.n_steps : params.n_steps;
     r.max_tokens  = params.max_tokens;
-    r.temperature = params.temperature;
-    r.top_k       = params.top_k;
-    r.top_p       = params.top_p;
-    r.min_p       = params.min_p;
-    r.repeat_penalty = params.repeat_penalty;
-    r.repeat_last_n  = params.repeat_last_n;
-    r.seed        = params.seed;
+    r.sampling    = params.sampling;
     r.trace       = params.trace;
     return r;
 }
@@ -53,13 +48,7 @@ struct flas_request_params flas_request_default_params(void) {
     p.flowtime    = 2.0f;
     p.n_steps     = 0;
     p.max_tokens  = d.max_tokens;
-    p.temperature = d.temperature;
-    p.top_k       = d.top_k;
-    p.top_p       = d.top_p;
-    p.min_p       = d.min_p;
-    p.repeat_penalty = d.repeat_penalty;
-    p.repeat_last_n  = d.repeat_last_n;
-    p.seed        = d.seed;
+    p.sampling    = d.sampling;
     p.trace       = d.trace;
     return p;
 }
@@ -268,6 +257,14 @@ int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * user_data) {
 int flas_check_steering(const char * concept, float flowtime, int32_t n_steps) {
     return flas_guarded([&] {
         flas_steering_check(concept != nullptr && concept[0] != '\0', flowtime, n_steps);
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_check_sampling(const struct flas_sampling_params * sampling) {
+    return flas_guarded([&] {
+        flas_need(sampling != nullptr, "flas_check_sampling: sampling is NULL");
+        flas_sampling_check(*sampling);
         return (int) FLAS_OK;
     });
 }

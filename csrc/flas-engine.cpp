@@ -1,5 +1,7 @@
 #include "flas-engine.h"
 
+#include "flas-rules.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -136,14 +138,7 @@ void flas_engine::check(const flas_request & req) const {
     if (req.max_tokens < 1) {
         throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(req.max_tokens));
     }
-    if (!(req.temperature >= 0.0f) || !(req.top_p > 0.0f && req.top_p <= 1.0f) || req.top_k < 0) {
-        throw std::invalid_argument("temperature must be >= 0, top_p in (0, 1] and top_k >= 0");
-    }
-    if (!(req.min_p >= 0.0f && req.min_p <= 1.0f) || !(req.repeat_penalty > 0.0f && std::isfinite(req.repeat_penalty)) ||
-        req.repeat_last_n < -1) {
-        throw std::invalid_argument("min_p must be in [0, 1], repeat_penalty a finite number > 0 (1: off) and "
-                                    "repeat_last_n >= -1 (-1: the whole context)");
-    }
+    flas_sampling_check(req.sampling);
 }
 
 uint64_t flas_engine::submit(flas_request req) {

@@ -30,13 +30,7 @@ struct flas_request {
     float    flowtime    = 0.0f;      // 0: unsteered
     int      n_steps     = 1;
     int      max_tokens  = 128;
-    float    temperature = 0.0f;      // <= 0: greedy
-    int      top_k       = 0;         // 0: off
-    float    top_p       = 1.0f;
-    float    min_p       = 0.0f;      // 0: off
-    float    repeat_penalty = 1.0f;   // 1: off
-    int      repeat_last_n  = 64;     // -1: the whole context
-    uint32_t seed        = 0;
+    flas_sampling_params sampling = flas_sampling_default_params();
     bool     trace       = false;     // from an empty sequence, record every layer-L row before and
                                       // after steering and the prompt's logits; end-of-generation ignored
 };

@@ -1,5 +1,6 @@
 // Where the runtime's parts live: the offload devices llama.cpp is given, the device that
 // computes layer L (and so the flow), and what each device holds.
+#include "flas-rules.h"
 #include "flas-runtime.h"
 
 #include "flas-names.h"

@@ -4,6 +4,7 @@
 #include "flas-graph.h"
 #include "flas-log.h"
 #include "flas-platform.h"
+#include "flas-rules.h"
 
 #include <cstring>
 #include <fstream>
@@ -31,39 +32,6 @@ static bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
 // ---------------------------------------------------------------------------------------------
 // construction
 // ---------------------------------------------------------------------------------------------
-
-static void require_file(const std::string & path, const char * what) {
-    if (!std::ifstream(path).good()) {
-        throw std::invalid_argument(std::string(what) + " not found or unreadable: " + path);
-    }
-}
-
-void flas_check_params(const flas_runtime_params & params) {
-    const int max_seq = (int) llama_max_parallel_sequences();
-    if (params.n_seq < 1 || params.n_seq > max_seq) {
-        throw std::invalid_argument("n_seq must be in 1.." + std::to_string(max_seq) + ", got " +
-                                    std::to_string(params.n_seq));
-    }
-    if (params.n_ctx / params.n_seq < 16) {
-        throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " leaves " +
-                                    std::to_string(params.n_ctx / params.n_seq) + " tokens to each of " +
-                                    std::to_string(params.n_seq) + " sequences; each needs at least 16: raise n_ctx to >= " +
-                                    std::to_string(16 * params.n_seq));
-    }
-    if (params.n_batch < 1) {
-        throw std::invalid_argument("n_batch must be >= 1, got " + std::to_string(params.n_batch));
-    }
-    if (params.concept_cache < 1) {
-        throw std::invalid_argument("concept_cache must be >= 1, got " + std::to_string(params.concept_cache));
-    }
-    if (params.n_threads < 0) {
-        throw std::invalid_argument("n_threads must be >= 0 (0: one per physical core), got " + std::to_string(params.n_threads));
-    }
-    if (params.model == nullptr) {
-        require_file(params.base_path, "base model GGUF");
-    }
-    require_file(params.flow_path, "flow GGUF");
-}
 
 flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params) {
     flas_check_params(params);
@@ -358,7 +326,7 @@ std::vector<float> flas_runtime::logits(int seq) const {
     return std::vector<float>(l, l + n_vocab());
 }
 
-void flas_runtime::sampler_init(int seq, const flas_sampling & sp) {
+void flas_runtime::sampler_init(int seq, const flas_sampling_params & sp) {
     flas_seq & s = seqs_[check_seq(seq)];
     llama_sampler_chain_params cp = llama_sampler_chain_default_params();
     cp.no_perf = true;

@@ -16,6 +16,7 @@
 #include "flas-prompt.h"
 #include "flas-seq.h"
 #include "flas-state.h"
+#include "flas.h"  // struct flas_sampling_params
 
 #include "ggml-alloc.h"
 #include "ggml-cpp.h"
@@ -63,13 +64,6 @@ struct flas_seq_tokens {
     std::vector<llama_token> tokens;
 };
 
-// Throws std::invalid_argument naming the first bad parameter (sizes, missing files).
-void flas_check_params(const flas_runtime_params & params);
-// The rules of a request's steering, each said once, for every interface (flas_submit,
-// flas_seq_set_steering, flas_check_steering, the engine): std::invalid_argument naming the field.
-void flas_steering_check(bool has_concept, float flowtime, int n_steps);
-
-
 // What a runtime of `params` would hold per device, from llama.cpp's simulated buffers (no_alloc)
 // and the flow's tensor sizes on the device of layer L, with every sequence steered with
 // n_steps; nothing is allocated. The flow's compute buffer is not included (flow_compute 0).
@@ -90,18 +84,6 @@ struct flas_concept_stats {
     int64_t concepts_encoded = 0;  // concept encodings run (cache misses)
     int64_t concept_hits     = 0;  // steerings that found their concept encoded
     int     concepts_cached  = 0;
-};
-
-// llama.cpp's sampler chain of one sequence: penalties, then greedy (temperature <= 0) or
-// top-k, top-p, min-p, temperature and a seeded draw, as llama.cpp's common sampling orders them.
-struct flas_sampling {
-    float    temperature    = 0.0f;
-    int      top_k          = 0;     // 0: off
-    float    top_p          = 1.0f;  // 1: off
-    float    min_p          = 0.0f;  // 0: off
-    float    repeat_penalty = 1.0f;  // 1: off
-    int      repeat_last_n  = 64;    // tokens the penalty looks back over
-    uint32_t seed           = 0;
 };
 
 struct flas_runtime {
@@ -151,7 +133,7 @@ struct flas_runtime {
     uint64_t epoch(int seq) const { return seqs_.at(check_seq(seq)).epoch; }
 
     // ---- sampling: llama.cpp's sampler chain per sequence; temperature <= 0 is greedy ----
-    void sampler_init(int seq, const flas_sampling & sampling);
+    void sampler_init(int seq, const flas_sampling_params & sampling);
     llama_token sample(int seq);
 
     // ---- facts ----

@@ -134,15 +134,7 @@ void flas_engine::admit(const std::shared_ptr<job> & j) {
             s.tokens.resize(keep);
         }
         rt_->set_trace(seq, r.trace);
-        flas_sampling sp;
-        sp.temperature    = r.temperature;
-        sp.top_k          = r.top_k;
-        sp.top_p          = r.top_p;
-        sp.min_p          = r.min_p;
-        sp.repeat_penalty = r.repeat_penalty;
-        sp.repeat_last_n  = r.repeat_last_n;
-        sp.seed           = r.seed;
-        rt_->sampler_init(seq, sp);
+        rt_->sampler_init(seq, r.sampling);
         j->n_fed = keep;
         std::lock_guard<std::mutex> lk(mutex_);
         j->outbox.n_cached = (int) keep;

@@ -1,6 +1,7 @@
 // The steering of a sequence: its concept, from the table of encoded concepts (encoded on a
 // miss), its time embeddings for (T, N) and its flow caches; and the concept table itself.
 #include "flas-graph.h"
+#include "flas-rules.h"
 #include "flas-runtime.h"
 
 #include <sstream>
@@ -92,23 +93,6 @@ int flas_runtime::prepare_concept(const std::string & concept) {
 // ---------------------------------------------------------------------------------------------
 // steering of a sequence
 // ---------------------------------------------------------------------------------------------
-
-void flas_steering_check(bool has_concept, float flowtime, int n_steps) {
-    if (!std::isfinite(flowtime) || flowtime < 0.0f) {
-        std::ostringstream got;
-        got << flowtime;  // as a number reads: 2.5, not 2.500000
-        throw std::invalid_argument("flowtime must be a finite number >= 0 (0: no steering, 2: the paper's strength), "
-                                    "got " + got.str());
-    }
-    if (n_steps < 1 || n_steps > FLAS_MAX_STEPS) {
-        throw std::invalid_argument("n_steps must be in 1.." + std::to_string(FLAS_MAX_STEPS) +
-                                    " (the flow's default is usually 3), got " + std::to_string(n_steps));
-    }
-    if (flowtime > 0.0f && !has_concept) {
-        throw std::invalid_argument("steering (flowtime > 0) needs a concept, e.g. \"Talk like a pirate\"; use "
-                                    "flowtime 0 for the unsteered model");
-    }
-}
 
 int flas_runtime::set_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
     flas_seq & s = seqs_[check_seq(seq)];

@@ -17,12 +17,15 @@ class ModelParams(C.Structure):
                 ("tensor_split", C.POINTER(C.c_float)), ("n_tensor_split", C.c_int32), ("exact", C.c_bool), ("verbose", C.c_bool), ("cb_eval", C.c_void_p), ("cb_eval_user_data", C.c_void_p)]
 
 
+class SamplingParams(C.Structure):
+    _fields_ = [("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("min_p", C.c_float),
+                ("repeat_penalty", C.c_float), ("repeat_last_n", C.c_int32), ("seed", C.c_uint32)]
+
+
 class RequestParams(C.Structure):
     _fields_ = [("prompt", C.POINTER(C.c_int32)), ("n_prompt", C.c_int32), ("concept", C.c_char_p),
                 ("flowtime", C.c_float), ("n_steps", C.c_int32), ("max_tokens", C.c_int32),
-                ("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("min_p", C.c_float),
-                ("repeat_penalty", C.c_float), ("repeat_last_n", C.c_int32), ("seed", C.c_uint32),
-                ("trace", C.c_bool)]
+                ("sampling", SamplingParams), ("trace", C.c_bool)]
 
 
 class Result(C.Structure):
@@ -58,7 +61,7 @@ def main(argv: list[str]) -> int:
         n = lib.flas_prompt_tokens(model, prompt.encode(), ids, 512)
         rp = lib.flas_request_default_params()
         rp.prompt, rp.n_prompt, rp.concept = ids, n, concept.encode()
-        rp.flowtime, rp.max_tokens, rp.temperature = 2.0, max_tokens, 0.0
+        rp.flowtime, rp.max_tokens, rp.sampling.temperature = 2.0, max_tokens, 0.0
         rid = C.c_uint64()
         if lib.flas_submit(model, C.byref(rp), C.byref(rid)) != 0:
             print(f"submit: {lib.flas_last_error().decode()}", file=sys.stderr)

@@ -45,7 +45,7 @@ int main(int argc, char ** argv) {
     rp.concept     = argv[3];
     rp.flowtime    = 2.0f;
     rp.max_tokens  = max_tokens;
-    rp.temperature = 0.0f;  /* greedy */
+    rp.sampling.temperature = 0.0f;  /* greedy */
     uint64_t id = 0;
     if (flas_submit(model, &rp, &id) != FLAS_OK) {
         flas_model_free(model);

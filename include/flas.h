@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or a signature of this header changes (no ABI promise before 1.0). */
-#define FLAS_API_VERSION 4
+#define FLAS_API_VERSION 5
 
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
@@ -85,6 +85,18 @@ struct flas_model_params {
     void * cb_eval_user_data;
 };
 
+/* How the next token is drawn: llama.cpp's sampler chain (penalties, then greedy when temperature
+ * is 0, else top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's common order). */
+struct flas_sampling_params {
+    float    temperature;       /* 0: greedy (0.0) */
+    int32_t  top_k;             /* 0: off (0) */
+    float    top_p;             /* 1: off (1.0) */
+    float    min_p;             /* 0: off (0.0) */
+    float    repeat_penalty;    /* 1: off (1.0); llama.cpp's penalty on the last repeat_last_n tokens */
+    int32_t  repeat_last_n;     /* (64); -1: the whole context */
+    uint32_t seed;              /* (0) */
+};
+
 struct flas_request_params {
     const int32_t * prompt;     /* tokens, e.g. from flas_prompt_tokens; copied */
     int32_t n_prompt;
@@ -92,13 +104,7 @@ struct flas_request_params {
     float   flowtime;           /* T; 0: unsteered (2.0) */
     int32_t n_steps;            /* N; 0: the flow's default (0) */
     int32_t max_tokens;         /* (128) */
-    float   temperature;        /* 0: greedy (0.0) */
-    int32_t top_k;              /* 0: off (0) */
-    float   top_p;              /* 1: off (1.0) */
-    float   min_p;              /* 0: off (0.0) */
-    float   repeat_penalty;     /* 1: off (1.0); llama.cpp's penalty on the last repeat_last_n tokens */
-    int32_t repeat_last_n;      /* (64); -1: the whole context */
-    uint32_t seed;              /* (0) */
+    struct flas_sampling_params sampling;  /* (flas_sampling_default_params()) */
     bool    trace;              /* record every layer-L row before and after steering and the
                                    prompt's logits (from an empty sequence; end-of-generation is
                                    ignored); the request is then kept for flas_trace until
@@ -264,11 +270,16 @@ FLAS_API int32_t flas_encode_concept(flas_model * model, const char * concept);
 /* ---- requests ---- */
 
 FLAS_API struct flas_request_params flas_request_default_params(void);
+FLAS_API struct flas_sampling_params flas_sampling_default_params(void);
 /* Checks steering settings by the rules flas_submit applies (FLAS_OK, or FLAS_ERR_INVALID_ARGUMENT
  * with the message): flowtime finite and >= 0, n_steps in 1..FLAS_MAX_STEPS (a request's 0, the
  * flow's default, is flas_model_flow_info's n_steps), a concept (not NULL nor "") when flowtime > 0.
  * For a front end that checks what a user typed before it makes a request. */
 FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
+/* Checks sampling settings by the rules flas_submit applies (as flas_check_steering): temperature
+ * finite and >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite and > 0,
+ * repeat_last_n >= -1. */
+FLAS_API int flas_check_sampling(const struct flas_sampling_params * sampling);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);
 /* Queues n requests at once (free sequences take them in the same decode step); every one is

@@ -89,10 +89,10 @@ static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, c
     rp.flowtime = concept != NULL ? flowtime : 0.0f;
     rp.n_steps = o->n_steps;
     rp.max_tokens = o->n_predict;
-    rp.temperature = o->temperature;
-    rp.top_k = o->temperature > 0 ? 64 : 0;
-    rp.top_p = o->temperature > 0 ? 0.95f : 1.0f;
-    rp.seed = o->seed;
+    rp.sampling.temperature = o->temperature;
+    rp.sampling.top_k = o->temperature > 0 ? 64 : 0;
+    rp.sampling.top_p = o->temperature > 0 ? 0.95f : 1.0f;
+    rp.sampling.seed = o->seed;
     uint64_t id = 0;
     if (flas_submit(model, &rp, &id) != FLAS_OK) {
         fprintf(stderr, "flas-cli: %s\n", flas_last_error());

@@ -47,7 +47,7 @@ int main(int argc, char ** argv) {
     rp.concept = argv[3];
     rp.flowtime = 2.0f;
     rp.max_tokens = atoi(argv[5]);
-    rp.temperature = 0.0f;
+    rp.sampling.temperature = 0.0f;
     uint64_t id = 0;
     if (n_prompt <= 0 || flas_submit(model, &rp, &id) != FLAS_OK) {
         fprintf(stderr, "submit: %s\n", flas_last_error());

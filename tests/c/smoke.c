@@ -25,7 +25,7 @@ int main(void) {
     struct flas_model_params mp = flas_model_default_params();
     CHECK(mp.n_ctx > 0 && mp.n_batch > 0 && mp.n_seq == 1 && mp.base_path == NULL && mp.cb_eval == NULL, "defaults");
     struct flas_request_params rp = flas_request_default_params();
-    CHECK(rp.flowtime == 2.0f && rp.n_steps == 0 && rp.max_tokens > 0 && rp.top_p == 1.0f, "request defaults");
+    CHECK(rp.flowtime == 2.0f && rp.n_steps == 0 && rp.max_tokens > 0 && rp.sampling.top_p == 1.0f, "request defaults");
     CHECK(strstr(flas_system_info(), "CPU") != NULL, "system info names the CPU");
 
     flas_log_set(count_log, &logged);

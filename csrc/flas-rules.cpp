@@ -1,0 +1,98 @@
+#include "flas-rules.h"
+
+#include "flas-runtime.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+// A float as a person writes it: 2.5, not 2.500000.
+static std::string number(float v) {
+    std::ostringstream s;
+    s << v;
+    return s.str();
+}
+
+static void require_file(const std::string & path, const char * what) {
+    if (!std::ifstream(path).good()) {
+        throw std::invalid_argument(std::string(what) + " not found or unreadable: " + path);
+    }
+}
+
+void flas_check_params(const flas_runtime_params & params) {
+    const int max_seq = (int) llama_max_parallel_sequences();
+    if (params.n_seq < 1 || params.n_seq > max_seq) {
+        throw std::invalid_argument("n_seq must be in 1.." + std::to_string(max_seq) + ", got " +
+                                    std::to_string(params.n_seq));
+    }
+    if (params.n_ctx / params.n_seq < 16) {
+        throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " leaves " +
+                                    std::to_string(params.n_ctx / params.n_seq) + " tokens to each of " +
+                                    std::to_string(params.n_seq) + " sequences; each needs at least 16: raise n_ctx to >= " +
+                                    std::to_string(16 * params.n_seq));
+    }
+    if (params.n_batch < 1) {
+        throw std::invalid_argument("n_batch must be >= 1, got " + std::to_string(params.n_batch));
+    }
+    if (params.concept_cache < 1) {
+        throw std::invalid_argument("concept_cache must be >= 1, got " + std::to_string(params.concept_cache));
+    }
+    if (params.n_threads < 0) {
+        throw std::invalid_argument("n_threads must be >= 0 (0: one per physical core), got " + std::to_string(params.n_threads));
+    }
+    if (params.model == nullptr) {
+        require_file(params.base_path, "base model GGUF");
+    }
+    require_file(params.flow_path, "flow GGUF");
+}
+
+void flas_steering_check(bool has_concept, float flowtime, int n_steps) {
+    if (!std::isfinite(flowtime) || flowtime < 0.0f) {
+        throw std::invalid_argument("flowtime must be a finite number >= 0 (0: no steering, 2: the paper's strength), "
+                                    "got " + number(flowtime));
+    }
+    if (n_steps < 1 || n_steps > FLAS_MAX_STEPS) {
+        throw std::invalid_argument("n_steps must be in 1.." + std::to_string(FLAS_MAX_STEPS) +
+                                    " (the flow's default is usually 3), got " + std::to_string(n_steps));
+    }
+    if (flowtime > 0.0f && !has_concept) {
+        throw std::invalid_argument("steering (flowtime > 0) needs a concept, e.g. \"Talk like a pirate\"; use "
+                                    "flowtime 0 for the unsteered model");
+    }
+}
+
+void flas_sampling_check(const flas_sampling_params & s) {
+    if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
+        throw std::invalid_argument("temperature must be a finite number >= 0 (0: greedy), got " + number(s.temperature));
+    }
+    if (s.top_k < 0) {
+        throw std::invalid_argument("top_k must be >= 0 (0: off), got " + std::to_string(s.top_k));
+    }
+    if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
+        throw std::invalid_argument("top_p must be in (0, 1] (1: off), got " + number(s.top_p));
+    }
+    if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) {
+        throw std::invalid_argument("min_p must be in [0, 1] (0: off), got " + number(s.min_p));
+    }
+    if (!std::isfinite(s.repeat_penalty) || s.repeat_penalty <= 0.0f) {
+        throw std::invalid_argument("repeat_penalty must be a finite number > 0 (1: off), got " + number(s.repeat_penalty));
+    }
+    if (s.repeat_last_n < -1) {
+        throw std::invalid_argument("repeat_last_n must be >= -1 (-1: the whole context), got " +
+                                    std::to_string(s.repeat_last_n));
+    }
+}
+
+struct flas_sampling_params flas_sampling_default_params(void) {
+    struct flas_sampling_params s;
+    s.temperature    = 0.0f;
+    s.top_k          = 0;
+    s.top_p          = 1.0f;
+    s.min_p          = 0.0f;
+    s.repeat_penalty = 1.0f;
+    s.repeat_last_n  = 64;
+    s.seed           = 0;
+    return s;
+}

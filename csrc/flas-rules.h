@@ -1,0 +1,16 @@
+// The rules a model's settings and a request's steering and sampling must meet, each said once
+// with its message: the engine, the C API's checks (flas_check_steering, flas_check_sampling),
+// flas_seq_set_steering and, through them, Python and the server apply these and no others.
+#pragma once
+
+#include "flas.h"  // struct flas_sampling_params
+
+struct flas_runtime_params;
+
+// std::invalid_argument naming the first bad parameter (sizes, missing files).
+void flas_check_params(const flas_runtime_params & params);
+// flowtime finite and >= 0, n_steps in 1..FLAS_MAX_STEPS, a concept when flowtime > 0.
+void flas_steering_check(bool has_concept, float flowtime, int n_steps);
+// temperature >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite > 0,
+// repeat_last_n >= -1.
+void flas_sampling_check(const flas_sampling_params & sampling);
