@@ -73,12 +73,6 @@ int flas_submit_many(flas_model * model, const struct flas_request_params * para
         const std::vector<uint64_t> got = n == 1 ? std::vector<uint64_t>{model->engine->submit(std::move(reqs[0]))}
                                                  : model->engine->submit_many(std::move(reqs));
         std::copy(got.begin(), got.end(), ids);
-        std::lock_guard<std::mutex> lk(model->mutex);
-        for (int32_t i = 0; i < n; ++i) {
-            if (params[i].trace) {
-                model->tracing.insert(got[i]);
-            }
-        }
         return (int) FLAS_OK;
     });
 }
@@ -92,53 +86,20 @@ int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t *
         flas_need(model != nullptr && result != nullptr && (tokens != nullptr || n_max == 0),
                   "flas_poll: model, tokens and result must not be NULL");
         flas_need(n_max >= 0, "flas_poll: n_max must be >= 0");
-        bool ended, have;
-        {
-            std::lock_guard<std::mutex> lk(model->mutex);
-            ended = model->ended.count(id) != 0;
-            have  = !model->pending[id].empty();
-        }
-        if (!ended) {
-            flas_update u;
-            try {
-                u = model->engine->wait(id, have ? 0 : std::max(0, timeout_ms));
-            } catch (const std::invalid_argument & e) {
-                std::lock_guard<std::mutex> lk(model->mutex);
-                model->pending.erase(id);
-                flas_error_slot() = e.what();
-                return (int32_t) FLAS_ERR_NOT_FOUND;
-            }
-            std::lock_guard<std::mutex> lk(model->mutex);
-            std::deque<llama_token> & q = model->pending[id];
-            q.insert(q.end(), u.tokens.begin(), u.tokens.end());
-            if (u.done) {
-                model->ended[id] = std::move(u);
-            }
-        }
-        std::lock_guard<std::mutex> lk(model->mutex);
-        std::deque<llama_token> & q = model->pending[id];
-        const int32_t n = std::min<int32_t>(n_max, (int32_t) q.size());
-        std::copy(q.begin(), q.begin() + n, tokens);
-        q.erase(q.begin(), q.begin() + n);
-        auto it = model->ended.find(id);
-        if (q.empty() && it != model->ended.end()) {
-            flas_update & u = it->second;
+        const flas_update u = model->engine->wait(id, std::max(0, timeout_ms), (size_t) n_max);
+        std::copy(u.tokens.begin(), u.tokens.end(), tokens);
+        if (u.done) {
             result->finish         = u.finish;
             result->status         = u.status;
             result->n_prompt       = u.n_prompt;
             result->n_cached       = u.n_cached;
             result->prompt_seconds = u.prompt_seconds;
             result->seconds        = u.seconds;
-            if (result->finish == FLAS_FINISH_ERROR) {
+            if (u.finish == FLAS_FINISH_ERROR) {
                 flas_error_slot() = u.error;
             }
-            if (model->tracing.erase(id) != 0) {
-                model->traced[id] = std::move(u);
-            }
-            model->ended.erase(it);
-            model->pending.erase(id);
         }
-        return n;
+        return (int32_t) u.tokens.size();
     });
 }
 
@@ -150,18 +111,7 @@ int flas_wait_any(flas_model * model, const uint64_t * ids, int32_t n, int32_t t
         flas_need(model != nullptr && ready != nullptr && (ids != nullptr || n == 0),
                   "flas_wait_any: model, ids and ready must not be NULL");
         flas_need(n >= 0, "flas_wait_any: n must be >= 0");
-        const std::vector<uint64_t> list(ids, ids + n);
-        {
-            std::lock_guard<std::mutex> lk(model->mutex);  // news already handed over counts as news
-            for (uint64_t id : list) {
-                auto it = model->pending.find(id);
-                if ((it != model->pending.end() && !it->second.empty()) || model->ended.count(id) != 0) {
-                    *ready = id;
-                    return (int) FLAS_OK;
-                }
-            }
-        }
-        *ready = model->engine->wait_any(list, std::max(0, timeout_ms));
+        *ready = model->engine->wait_any(std::vector<uint64_t>(ids, ids + n), std::max(0, timeout_ms));
         return (int) FLAS_OK;
     });
 }
@@ -178,11 +128,6 @@ int flas_release(flas_model * model, uint64_t id) {
     return flas_guarded([&] {
         flas_need(model != nullptr, "flas_release: model is NULL");
         model->engine->release(id);
-        std::lock_guard<std::mutex> lk(model->mutex);
-        model->pending.erase(id);
-        model->ended.erase(id);
-        model->tracing.erase(id);
-        model->traced.erase(id);
         return (int) FLAS_OK;
     });
 }
@@ -190,20 +135,7 @@ int flas_release(flas_model * model, uint64_t id) {
 int64_t flas_trace(flas_model * model, uint64_t id, enum flas_trace_kind kind, float * out, int64_t n_max) {
     return flas_guarded([&] {
         flas_need(model != nullptr, "flas_trace: model is NULL");
-        std::lock_guard<std::mutex> lk(model->mutex);
-        auto it = model->traced.find(id);
-        if (it == model->traced.end()) {
-            flas_error_slot() = "flas_trace: request " + std::to_string(id) +
-                                " is not a finished traced request (submit it with trace = true and poll it to its end)";
-            return (int64_t) FLAS_ERR_NOT_FOUND;
-        }
-        const flas_update & u = it->second;
-        switch (kind) {
-            case FLAS_TRACE_UNSTEERED: return copy_floats(u.trace_in, out, n_max);
-            case FLAS_TRACE_STEERED:   return copy_floats(u.trace_out, out, n_max);
-            case FLAS_TRACE_LOGITS:    return copy_floats(u.prompt_logits, out, n_max);
-        }
-        throw std::invalid_argument("flas_trace: unknown kind " + std::to_string((int) kind));
+        return copy_floats(model->engine->trace(id, kind), out, n_max);
     });
 }
 
@@ -261,10 +193,12 @@ int flas_check_steering(const char * concept, float flowtime, int32_t n_steps) {
     });
 }
 
-int flas_check_sampling(const struct flas_sampling_params * sampling) {
+int flas_check_request(const struct flas_request_params * params) {
     return flas_guarded([&] {
-        flas_need(sampling != nullptr, "flas_check_sampling: sampling is NULL");
-        flas_sampling_check(*sampling);
+        flas_need(params != nullptr, "flas_check_request: params is NULL");
+        flas_request_check(params->concept != nullptr && params->concept[0] != '\0', params->flowtime,
+                           params->n_steps == 0 ? 1 : params->n_steps,  // 0: the flow's default, valid by construction
+                           params->max_tokens, params->sampling);
         return (int) FLAS_OK;
     });
 }

@@ -6,11 +6,7 @@
 
 #include "flas-engine.h"
 
-#include <deque>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <set>
 #include <stdexcept>
 #include <string>
 
@@ -19,13 +15,8 @@ struct flas_model {
     std::string flow_device;
     std::string activation;
     struct flas_flow_info flow_info = {};  // its strings point into the runtime's hparams and activation
-
-    std::mutex mutex;  // guards the maps below
-    std::map<uint64_t, std::deque<llama_token>> pending;  // handed over by the engine, not yet by flas_poll
-    std::map<uint64_t, flas_update> ended;                 // finished, with tokens still pending
-    std::set<uint64_t> tracing;                            // traced requests not yet finished
-    std::map<uint64_t, flas_update> traced;                // finished traced requests, until flas_release
-
+    // no request state of its own: the engine keeps each request's tokens, end and trace until
+    // they are handed over (flas_poll) or released
 };
 
 // The model whose flas_exclusive runs on this thread, if any.
@@ -55,6 +46,9 @@ static auto flas_guarded(F && fn) -> decltype(fn()) {
     } catch (const flas_device_lost & e) {
         error = e.what();
         return FLAS_ERR_DEVICE_LOST;
+    } catch (const flas_not_found & e) {
+        error = e.what();
+        return FLAS_ERR_NOT_FOUND;
     } catch (const flas_context_length & e) {
         error = e.what();
         return FLAS_ERR_CONTEXT_LENGTH;

@@ -134,11 +134,7 @@ void flas_engine::check(const flas_request & req) const {
             throw std::invalid_argument("prompt: token id " + std::to_string(t) + " outside the vocabulary");
         }
     }
-    flas_steering_check(!req.concept.empty(), req.flowtime, req.n_steps);
-    if (req.max_tokens < 1) {
-        throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(req.max_tokens));
-    }
-    flas_sampling_check(req.sampling);
+    flas_request_check(!req.concept.empty(), req.flowtime, req.n_steps, req.max_tokens, req.sampling);
 }
 
 uint64_t flas_engine::submit(flas_request req) {
@@ -191,25 +187,57 @@ uint64_t flas_engine::enqueue(flas_request req) {
 }
 
 bool flas_engine::has_news(const job & j) const {
-    return j.outbox.done || !j.outbox.tokens.empty();
+    return !j.reported && (j.outbox.done || !j.outbox.tokens.empty());
 }
 
-flas_update flas_engine::wait(uint64_t id, int timeout_ms) {
-    std::unique_lock<std::mutex> lk(mutex_);
+std::shared_ptr<flas_engine::job> flas_engine::find_live(uint64_t id) const {
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) {
-        throw std::invalid_argument("unknown request handle " + std::to_string(id) + " (finished or never submitted)");
+    if (it == jobs_.end() || it->second->reported) {
+        throw flas_not_found("unknown request " + std::to_string(id) + " (never submitted, released, or its end already handed over)");
     }
-    std::shared_ptr<job> j = it->second;
+    return it->second;
+}
+
+flas_update flas_engine::wait(uint64_t id, int timeout_ms, size_t max_tokens) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    std::shared_ptr<job> j = find_live(id);
     news_cv_.wait_for(lk, std::chrono::milliseconds(std::max(0, timeout_ms)), [&] { return has_news(*j); });
+    flas_update & box = j->outbox;
     flas_update out;
-    if (j->outbox.done) {
-        out = std::move(j->outbox);
-        jobs_.erase(id);
-    } else {
-        std::swap(out.tokens, j->outbox.tokens);
+    const size_t n = std::min(max_tokens, box.tokens.size());
+    out.tokens.assign(box.tokens.begin(), box.tokens.begin() + (std::ptrdiff_t) n);
+    box.tokens.erase(box.tokens.begin(), box.tokens.begin() + (std::ptrdiff_t) n);
+    if (box.done && box.tokens.empty()) {  // the end comes with the last token
+        out.done           = true;
+        out.finish         = box.finish;
+        out.status         = box.status;
+        out.error          = box.error;
+        out.n_prompt       = box.n_prompt;
+        out.n_cached       = box.n_cached;
+        out.prompt_seconds = box.prompt_seconds;
+        out.seconds        = box.seconds;
+        j->reported = true;
+        if (!j->req.trace) {
+            jobs_.erase(id);
+        }
     }
     return out;
+}
+
+std::vector<float> flas_engine::trace(uint64_t id, flas_trace_kind kind) const {
+    std::lock_guard<std::mutex> lk(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || !it->second->reported || !it->second->req.trace) {
+        throw flas_not_found("request " + std::to_string(id) +
+                             " is not a finished traced request (submit it with trace = true and poll it to its end)");
+    }
+    const flas_update & u = it->second->outbox;
+    switch (kind) {
+        case FLAS_TRACE_UNSTEERED: return u.trace_in;
+        case FLAS_TRACE_STEERED:   return u.trace_out;
+        case FLAS_TRACE_LOGITS:    return u.prompt_logits;
+    }
+    throw std::invalid_argument("unknown trace kind " + std::to_string((int) kind));
 }
 
 uint64_t flas_engine::wait_any(const std::vector<uint64_t> & ids, int timeout_ms) {

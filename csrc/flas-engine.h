@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <climits>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +35,11 @@ struct flas_request {
     flas_sampling_params sampling = flas_sampling_default_params();
     bool     trace       = false;     // from an empty sequence, record every layer-L row before and
                                       // after steering and the prompt's logits; end-of-generation ignored
+};
+
+// An unknown request id, or one whose end was already reported (FLAS_ERR_NOT_FOUND).
+struct flas_not_found : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
 };
 
 // What a request produced since the caller last asked, and how it ended.
@@ -72,13 +79,18 @@ class flas_engine {
     // Queues requests all at once (they start in the same step when sequences are free);
     // every request is checked before any is queued: std::invalid_argument naming its index.
     std::vector<uint64_t> submit_many(std::vector<flas_request> reqs);
-    // Waits up to timeout_ms for news of the request; once it returns done, the handle is gone.
-    flas_update wait(uint64_t id, int timeout_ms);
+    // Waits up to timeout_ms for news of the request and hands over up to max_tokens of its new
+    // tokens (the rest wait for the next call). done comes with the last of them; the id is then
+    // gone, except for a traced request, whose rows stay for trace() until release().
+    // flas_not_found: an unknown id, or one whose end was already handed over.
+    flas_update wait(uint64_t id, int timeout_ms, size_t max_tokens = SIZE_MAX);
+    // A finished traced request's record (flas_not_found unless wait() handed over its end).
+    std::vector<float> trace(uint64_t id, flas_trace_kind kind) const;
     // Waits up to timeout_ms until one of the requests has news; returns it, or 0.
     uint64_t wait_any(const std::vector<uint64_t> & ids, int timeout_ms);
     // Ends the request; its sequence is free within one decode step. Unknown handles are ignored.
     void cancel(uint64_t id);
-    // Cancels the request and forgets its handle (its owner will not wait for it).
+    // Cancels the request and forgets its handle and what it kept (its owner will not wait for it).
     void release(uint64_t id);
     flas_engine_stats stats() const;
     // Runs fn on the runtime between two decode steps, on the calling thread (not the worker's:
@@ -116,6 +128,7 @@ class flas_engine {
     bool reusable(int seq, const flas_request & req) const;
     int  choose_slot(const flas_request & req) const;
     bool has_news(const job & j) const;
+    std::shared_ptr<job> find_live(uint64_t id) const;  // with mutex_ held
 
     std::unique_ptr<flas_runtime> owned_;  // when the engine loaded it
     flas_runtime * rt_ = nullptr;
@@ -159,4 +172,5 @@ struct flas_engine::job {
     flas_update outbox;       // what the next wait() returns
     bool cancelled = false;
     bool queued    = true;
+    bool reported  = false;   // wait() handed over its end; kept only for trace()
 };

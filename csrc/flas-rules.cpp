@@ -85,6 +85,14 @@ void flas_sampling_check(const flas_sampling_params & s) {
     }
 }
 
+void flas_request_check(bool has_concept, float flowtime, int n_steps, int max_tokens, const flas_sampling_params & s) {
+    flas_steering_check(has_concept, flowtime, n_steps);
+    if (max_tokens < 1) {
+        throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(max_tokens));
+    }
+    flas_sampling_check(s);
+}
+
 struct flas_sampling_params flas_sampling_default_params(void) {
     struct flas_sampling_params s;
     s.temperature    = 0.0f;

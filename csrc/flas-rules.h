@@ -11,6 +11,9 @@ struct flas_runtime_params;
 void flas_check_params(const flas_runtime_params & params);
 // flowtime finite and >= 0, n_steps in 1..FLAS_MAX_STEPS, a concept when flowtime > 0.
 void flas_steering_check(bool has_concept, float flowtime, int n_steps);
+// A request's settings apart from its prompt (which needs a model): its steering, max_tokens >= 1
+// and its sampling.
+void flas_request_check(bool has_concept, float flowtime, int n_steps, int max_tokens, const flas_sampling_params & s);
 // temperature >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite > 0,
 // repeat_last_n >= -1.
 void flas_sampling_check(const flas_sampling_params & sampling);

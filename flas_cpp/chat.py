@@ -66,20 +66,19 @@ class ChatSession:
                 self.write(f"concept: {arg}\n")
             elif name == "flowtime":
                 value = float(arg)
-                if not value >= 0 or value == float("inf"):
-                    raise ValueError("flowtime must be a finite number >= 0")
+                core().check_steering("a concept", value, 1)  # flowtime's rule alone (/concept may come later)
                 self.flowtime = value
                 self.write(f"flowtime: {value:g}\n")
             elif name == "steps":
                 value = int(arg)
-                if not 1 <= value <= core().MAX_STEPS:
-                    raise ValueError(f"steps must be in 1..{core().MAX_STEPS}")
+                core().check_steering("", 0.0, value)  # n_steps' rule alone
                 self.n_steps = value
                 self.write(f"steps: {value}\n")
             elif name == "temp":
                 value = float(arg)
-                if not value >= 0:
-                    raise ValueError("temperature must be >= 0")
+                probe = core().Request()  # an unsteered request with this temperature: the core's rule
+                probe.flowtime, probe.sampling.temperature = 0.0, value
+                core().check_request(probe)
                 self.temperature = value
                 self.write(f"temperature: {value:g}\n")
             elif name == "off":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import threading
+from types import SimpleNamespace
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -44,6 +45,20 @@ class Request:
     repeat_penalty: float = 1.0       # 1: off (llama.cpp's penalty over the last 64 tokens)
     stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
     parse_special: bool = False       # control-token text in the prompt/messages is a control token (else text)
+
+    @classmethod
+    def make(cls, request: "Request | dict | str | None", fields: dict) -> "Request":
+        """The request of submit(), generate() and stream(): a Request, a dict of its fields, or its
+        fields as keyword arguments (a string first is the prompt)."""
+        if request is None or isinstance(request, str):
+            if request is not None:
+                if "prompt" in fields:
+                    raise ValueError("the prompt is given twice: first and as prompt=")
+                fields = {"prompt": request, **fields}
+            return cls.of(fields)
+        if fields:
+            raise ValueError("give a Request (or a dict of its fields) or keyword arguments, not both")
+        return cls.of(request)
 
     @classmethod
     def of(cls, request: "Request | dict", index: int | None = None) -> "Request":
@@ -85,29 +100,11 @@ class Generation:
 
 @dataclass
 class _Settings:
-    """A validated request: tokens and the values the engine takes."""
-    tokens: list[int]
-    concept: str | None
-    flowtime: float
-    n_steps: int
-    max_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
+    """A checked request: the extension's Request (flas_request_params, prompt tokens included) and
+    what Python adds to it."""
+    request: Any
     stops: list[str] = dataclasses.field(default_factory=list)
-    trace: bool = False
     error: str | None = None          # fails without running (a prompt too long for a sequence)
-
-    def engine_request(self, core: Any) -> Any:
-        r = core.Request()
-        r.prompt, r.concept, r.flowtime, r.n_steps = self.tokens, self.concept or "", self.flowtime, self.n_steps
-        r.max_tokens, r.temperature, r.top_k, r.top_p = self.max_tokens, self.temperature, self.top_k, self.top_p
-        r.min_p, r.repeat_penalty = self.min_p, self.repeat_penalty
-        r.seed, r.trace = self.seed & 0xFFFFFFFF, self.trace
-        return r
 
 
 def raise_if_failed(g: Generation) -> Generation:
@@ -190,17 +187,18 @@ class Handle:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._tokens: list[int] = []
         self._text: list[str] = []
-        self._final: dict | None = None
+        self._final: Any = None  # the extension's Result (flas_result), once the request has ended
         self._lock = threading.Lock()
         self._stop = StopMatcher(settings.stops)
+        self._n_prompt = len(settings.request.prompt)
         self._n_at_stop: int | None = None  # tokens when a stop string appeared (more may follow until cancelled)
         self._cancelled = False             # no more text is made: its tokens are only drained
         self.id = id
         if settings.error is not None:  # never submitted
             from ._native import core
 
-            self._final = {"finish": "error", "error": settings.error, "seconds": 0.0, "prompt_seconds": 0.0,
-                           "n_cached": 0, "status": core().ERR_CONTEXT_LENGTH}
+            self._final = SimpleNamespace(finish=core().Finish.ERROR, status=core().ERR_CONTEXT_LENGTH,
+                                          error=settings.error, n_cached=0, prompt_seconds=0.0, seconds=0.0)
 
     def __del__(self) -> None:
         try:  # an abandoned request stops decoding, and the engine forgets it
@@ -226,9 +224,9 @@ class Handle:
         with self._lock:
             if self._final is not None:
                 return ""
-            update = self._m.poll(self.id, timeout_ms)
+            tokens, end = self._m.poll(self.id, timeout_ms)
             pieces = []
-            for tok in update["tokens"]:
+            for tok in tokens:
                 self._tokens.append(tok)
                 if self._cancelled:  # tokens decoded before the cancel reached the engine
                     continue
@@ -236,11 +234,10 @@ class Handle:
                 if self._stop.stopped and self._n_at_stop is None:
                     self._n_at_stop = len(self._tokens)
                     self.cancel()
-            if update["done"] and not self._cancelled:
+            if end is not None and not self._cancelled:
                 pieces.append(self._stop.feed(self._utf8.decode(b"", final=True)))
                 pieces.append(self._stop.flush())
-            if update["done"]:
-                self._final = update
+            self._final = end
             piece = "".join(pieces)
             if piece:
                 self._text.append(piece)
@@ -263,12 +260,13 @@ class Handle:
         except BaseException:
             self.cancel()
             raise
-        f, s = self._final, self._s
+        f, r = self._final, self._s.request
         tokens = self._tokens[:self._n_at_stop] if self._n_at_stop is not None else self._tokens
-        reason = "stop" if self._n_at_stop is not None and f["finish"] != "error" else f["finish"]
-        return Generation("".join(self._text), list(tokens), len(s.tokens), s.concept,
-                          s.flowtime if s.concept else 0.0, s.n_steps, reason, f["seconds"], f["prompt_seconds"],
-                          f["n_cached"], f["error"] or None, f["status"])
+        failed = f.finish == f.finish.ERROR
+        reason = "stop" if self._n_at_stop is not None and not failed else f.finish.name.lower()
+        return Generation("".join(self._text), list(tokens), self._n_prompt, r.concept or None,
+                          r.flowtime if r.concept else 0.0, r.n_steps, reason, f.seconds, f.prompt_seconds,
+                          f.n_cached, f.error or None, f.status)
 
     def trace(self) -> dict[str, np.ndarray]:
         """Layer-L rows before/after steering and the prompt's logits (traced requests, once done)."""

@@ -6,18 +6,18 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from gguf import GGUFReader
 
-from ._native import core
+from ._native import core, model_params, record
 from .placement import base_layer_count, device_total, fit_gpu_layers, gib, parse_size
 from . import completions
 from .completions import stop_list
 from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
-from .prompting import Message, check_sampling, check_steering, check_text, normalize_messages
+from .prompting import Message, c_float, check_request, check_steering, check_text, normalize_messages, sampling_types
 
 
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
@@ -90,12 +90,12 @@ class FlasModel:
         self.placement: str = ""
         if gpu_memory is None:
             # loaded on the scheduler's own thread, the one every decode then runs on
-            self._m = core().Model(str(base), str(flow), n_gpu_layers=n_gpu_layers, **params)
+            self._m = core().Model(model_params(base=str(base), flow=str(flow), n_gpu_layers=n_gpu_layers, **params))
         else:
             if n_gpu_layers:
                 raise ValueError("give n_gpu_layers or gpu_memory, not both")
             n_gpu_layers = self._load_within(str(base), str(flow), parse_size(gpu_memory), params)
-        self.flow_info: dict = self._m.flow_info
+        self.flow_info: dict = record(self._m.flow_info)  # flas_flow_info's fields
         self.n_ctx: int = self._m.n_ctx
         self.n_seq: int = n_seq
         self.n_ctx_seq: int = self._m.n_ctx_seq  # tokens one sequence holds
@@ -109,9 +109,9 @@ class FlasModel:
         n_steps = int(GGUFReader(flow).get_field("flas.n_steps").contents())
         ngl, _ = fit_gpu_layers(base, flow, budget, n_steps, **params)
         while True:
-            self._m = core().Model(base, flow, n_gpu_layers=ngl, **params)
+            self._m = core().Model(model_params(base=base, flow=flow, n_gpu_layers=ngl, **params))
             self.reserve_steering(n_steps)
-            used = device_total(self._m.memory())
+            used = device_total(self.memory())
             if used <= budget or ngl == 0:
                 break
             self._m.close()  # the estimate leaves out the flow's compute buffer: one layer fewer
@@ -151,7 +151,7 @@ class FlasModel:
         each sequence's time embeddings and folded concept values, every steered sequence's flow KV
         cache), flow_compute, total. Flow caches
         and compute grow when a sequence is first steered with more Euler steps."""
-        return self._m.memory()
+        return [record(r) for r in self._m.memory()]
 
     def reserve_steering(self, n_steps: int) -> None:
         """Allocate now what steering every sequence with n_steps Euler steps holds (flow caches and
@@ -205,31 +205,26 @@ class FlasModel:
 
     # ---- generation --------------------------------------------------------------------------
 
-    def submit(self, request: Request | dict | None = None, **kwargs) -> Handle:
-        """Queue one request (a Request, a dict, or generate()'s keyword arguments) on the engine;
-        returns its Handle at once. Safe to call from any thread. Bad fields, and a prompt longer
-        than a sequence holds (ContextLengthError), raise ValueError here."""
-        req = Request.of(request) if request is not None else Request(**kwargs)
-        return self._submit_one(req)
+    # One request shape for submit, generate and stream: a Request, a dict of its fields, or its
+    # fields as keyword arguments (a string first is the prompt). The fields: prompt or messages,
+    # concept and flowtime (0, or no concept: the unsteered base model), n_steps (None: the
+    # flow's), max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed (None: the
+    # model's), stop (the text ends before the first of these strings: stop_reason "stop"), raw
+    # (the prompt as it is, without the chat template), parse_special.
 
-    def generate(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
-                 n_steps: int | None = None, max_tokens: int = 128, temperature: float = 0.7, top_k: int = 64,
-                 top_p: float = 0.95, seed: int | None = None, messages: Sequence[Message] | None = None,
-                 min_p: float = 0.0, repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None) -> Generation:
-        """Generate one reply. `flowtime=0` (or no concept) is the unsteered base model. The text
-        ends before the first `stop` string (stop_reason "stop"); seed None: the model's seed."""
-        req = Request(prompt, concept, flowtime, n_steps, max_tokens, temperature, top_k, top_p, seed, messages,
-                      min_p=min_p, repeat_penalty=repeat_penalty, stop=stop)
-        return raise_if_failed(self._submit_one(req).result())
+    def submit(self, request: Request | dict | str | None = None, **fields: Any) -> Handle:
+        """Queue one request on the engine; returns its Handle at once. Safe to call from any
+        thread. Bad fields, and a prompt longer than a sequence holds (ContextLengthError), raise
+        ValueError here."""
+        return self._submit_one(Request.make(request, fields))
 
-    def stream(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
-               n_steps: int | None = None, max_tokens: int = 128, temperature: float = 0.7, top_k: int = 64,
-               top_p: float = 0.95, seed: int | None = None, messages: Sequence[Message] | None = None,
-               min_p: float = 0.0, repeat_penalty: float = 1.0, stop: str | Sequence[str] | None = None) -> Iterator[str]:
+    def generate(self, request: Request | dict | str | None = None, **fields: Any) -> Generation:
+        """Generate one reply, e.g. generate("Tell me about your day.", concept="Talk like a pirate")."""
+        return raise_if_failed(self.submit(request, **fields).result())
+
+    def stream(self, request: Request | dict | str | None = None, **fields: Any) -> Iterator[str]:
         """Text pieces as they decode; stop early by breaking out of the loop (or closing it)."""
-        req = Request(prompt, concept, flowtime, n_steps, max_tokens, temperature, top_k, top_p, seed, messages,
-                      min_p=min_p, repeat_penalty=repeat_penalty, stop=stop)
-        return self._stream(self._submit_one(req))
+        return self._stream(self.submit(request, **fields))
 
     def generate_many(self, requests: Iterable[Request | dict]) -> list[Generation]:
         """Every request, decoded together on the model's n_seq sequences (more requests wait for a
@@ -291,13 +286,14 @@ class FlasModel:
         Returns tokens (every token processed), generated, unsteered and steered ([n_rows, H]
         float32 arrays), and logits (the prompt's last-token logits).
         """
-        req = Request(prompt, concept, flowtime, n_steps, max(n_decode, 0) + 1, 0.0, 0, 1.0, 0, messages)
-        s = self._checked(self._settings(req))
-        s.trace = True
+        req = Request(prompt=prompt, messages=messages, concept=concept, flowtime=flowtime, n_steps=n_steps,
+                      max_tokens=max(n_decode, 0) + 1, temperature=0.0, top_k=0, top_p=1.0, seed=0)
+        s = self._settings(req)
+        s.request.trace = True
         handle = self._start([s])[0]
         g = raise_if_failed(handle.result())
         generated = g.tokens[:n_decode]  # the last sampled token is not decoded
-        return {"tokens": s.tokens + generated, "generated": generated, **handle.trace()}
+        return {"tokens": s.request.prompt + generated, "generated": generated, **handle.trace()}
 
     def encode_concept(self, concept: str) -> int:
         """Encode a concept now, ahead of the requests that will steer with it (they then find it
@@ -313,51 +309,52 @@ class FlasModel:
         self._m.set_steer_hook(fn)
 
     def stats(self) -> dict:
-        """Concept encodings run and reused, sequences active, requests queued, tokens decoded."""
-        return self._m.stats()
+        """flas_stats: n_active (sequences decoding), n_queued (requests waiting for one), n_decoded
+        (tokens through llama_decode), n_decode_calls, concepts_encoded, concept_hits, concepts_cached."""
+        return record(self._m.stats())
 
     # ---- internals -----------------------------------------------------------------------------
 
     def _settings(self, r: Request, fail_alone: bool = False) -> _Settings:
-        """r checked and tokenized. With fail_alone, a prompt too long for a sequence gives settings
-        that fail as that request's sequence would fail it (the others still run)."""
+        """r checked (its types here, its ranges by the core) and tokenized. With fail_alone, a
+        prompt too long for a sequence gives settings that fail as that request's sequence would
+        fail it (the others still run)."""
         n_steps = self.flow_info["n_steps"] if r.n_steps is None else r.n_steps
         check_steering(r.concept, r.flowtime, n_steps)
-        check_sampling(r.max_tokens, r.temperature, r.top_k, r.top_p, r.min_p, r.repeat_penalty)
+        sampling_types(r.max_tokens, r.temperature, r.top_k, r.top_p, r.min_p, r.repeat_penalty)
         seed = self.seed if r.seed is None else r.seed
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        req = core().Request()
+        req.concept = "" if r.flowtime == 0 or r.concept is None else r.concept
+        req.flowtime, req.n_steps, req.max_tokens = c_float(r.flowtime), n_steps, r.max_tokens
+        sp = req.sampling
+        sp.temperature, sp.top_k, sp.top_p = c_float(r.temperature), r.top_k, c_float(r.top_p)
+        sp.min_p, sp.repeat_penalty, sp.seed = c_float(r.min_p), c_float(r.repeat_penalty), seed & 0xFFFFFFFF
+        check_request(req)
         stops = stop_list(r.stop)
-        concept = None if r.flowtime == 0 else r.concept
         if r.raw and (not isinstance(r.prompt, str) or r.messages is not None):
             raise ValueError("a raw request takes a prompt string and no messages")
         error = None
         try:
             if r.raw:  # the prompt as it is, control tokens parsed, as llama.cpp's completions
-                tokens = self._m.text_tokens(check_text(r.prompt, "the prompt"), True)
+                req.prompt = self._m.text_tokens(check_text(r.prompt, "the prompt"), True)
             else:
-                tokens = self.prompt_tokens(r.prompt, r.messages, r.parse_special)
+                req.prompt = self.prompt_tokens(r.prompt, r.messages, r.parse_special)
         except ContextLengthError as e:
             if not fail_alone:
                 raise
-            tokens, error = [], str(e)
-        if concept is not None:
-            n_concept, limit = len(self._m.tokenize(concept, True, True)), self.flow_info["concept_max_len"]
+            error = str(e)
+        if req.concept:
+            n_concept, limit = len(self._m.tokenize(req.concept, True, True)), self.flow_info["concept_max_len"]
             if n_concept > limit:
                 warnings.warn(f"the concept is {n_concept} tokens; only the first {limit} are used, as in training",
                               stacklevel=4)
-        return _Settings(tokens, concept, float(r.flowtime), n_steps, r.max_tokens, float(r.temperature), r.top_k,
-                         float(r.top_p), seed, float(r.min_p), float(r.repeat_penalty), stops, error=error)
-
-    def _checked(self, s: _Settings) -> _Settings:
-        if len(s.tokens) >= self.n_ctx_seq:
-            raise ContextLengthError(f"the prompt is {len(s.tokens)} tokens but a sequence holds {self.n_ctx_seq} "
-                             f"(n_ctx {self.n_ctx} / n_seq {self.n_seq}); shorten it or load the model with a larger n_ctx")
-        return s
+        return _Settings(req, stops, error)
 
     def _submit_one(self, req: Request) -> Handle:
         """A single generation: a prompt too long for a sequence is a ValueError here, before it runs."""
-        return self._start([self._checked(self._settings(req))])[0]
+        return self._start([self._settings(req)])[0]
 
     def _submit_all(self, requests: Iterable[Request | dict]) -> list[Handle]:
         if isinstance(requests, (str, dict, Request)):
@@ -373,7 +370,7 @@ class FlasModel:
 
     def _start(self, settings: list[_Settings]) -> list[Handle]:
         """Queue them together: free sequences take them in the same decode step."""
-        ids = iter(self._m.submit_many([s.engine_request(core()) for s in settings if s.error is None]))
+        ids = iter(self._m.submit_many([s.request for s in settings if s.error is None]))
         return [Handle(self._m, s, next(ids) if s.error is None else 0) for s in settings]
 
     def _stream(self, handle: Handle) -> Iterator[str]:

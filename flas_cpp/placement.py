@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gguf import GGUFReader
 
-from ._native import core
+from ._native import core, model_params, record
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
@@ -53,7 +53,8 @@ def fit_gpu_layers(base: str, flow: str, budget: int, n_steps: int, **params) ->
     n_layer = base_layer_count(flow)
 
     def estimate(ngl: int) -> list[dict]:
-        return core().estimate_memory(str(base), str(flow), n_gpu_layers=ngl, n_steps=n_steps, **params)
+        return [record(r) for r in core().estimate_memory(model_params(base=str(base), flow=str(flow), n_gpu_layers=ngl,
+                                                                       **params), n_steps)]
 
     lo, hi = 0, n_layer + 1  # n_layer + 1: every layer and the output layer
     best = estimate(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 from ._native import core
 
@@ -69,20 +69,32 @@ def check_steering(concept: str | None, flowtime: float, n_steps: int) -> None:
         raise ValueError("concept is empty; describe it in words, e.g. concept=\"Talk like a pirate\"")
     if concept is not None:
         check_text(concept, "the concept")
-    core().check_steering(concept or "", float(flowtime) if _finite(flowtime) else math.inf, n_steps)
+    core().check_steering(concept or "", c_float(flowtime), n_steps)
 
 
-def check_sampling(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
-                   repeat_penalty: float = 1.0) -> None:
-    if not _int32(max_tokens, 1):
-        raise ValueError(f"max_tokens must be an integer in 1..{INT32_MAX}, got {max_tokens!r}")
-    if not _finite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if not _int32(top_k, 0):
-        raise ValueError(f"top_k must be an integer in 0..{INT32_MAX} (0 = off), got {top_k!r}")
-    if not _finite(top_p) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not _finite(min_p) or not 0 <= min_p <= 1:
-        raise ValueError(f"min_p must be in [0, 1] (0 = off), got {min_p!r}")
-    if not _finite(repeat_penalty) or repeat_penalty <= 0:
-        raise ValueError(f"repeat_penalty must be a finite number > 0 (1 = off), got {repeat_penalty!r}")
+def check_request(r: Any) -> Any:
+    """r (the extension's Request, flas_request_params) if the core's rules accept its settings
+    (flas_check_request: steering, max_tokens, sampling; each rule said once, in the core)."""
+    core().check_request(r)
+    return r
+
+
+def sampling_types(max_tokens: object, temperature: object, top_k: object, top_p: object, min_p: object,
+                   repeat_penalty: object) -> None:
+    """The types a request's numbers must have to reach the core; their ranges are the core's."""
+    if not _int32(max_tokens, -INT32_MAX):
+        raise ValueError(f"max_tokens must be an integer, got {max_tokens!r}")
+    if not _int32(top_k, -INT32_MAX):
+        raise ValueError(f"top_k must be an integer (0 = off), got {top_k!r}")
+    for name, v in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
+                    ("repeat_penalty", repeat_penalty)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{name} must be a number, got {v!r}")
+
+
+def c_float(v: float) -> float:
+    """v as a C float takes it: a number past a double's range is infinite (the core then says so)."""
+    try:
+        return float(v)
+    except OverflowError:  # an integer past a double
+        return math.inf if v > 0 else -math.inf

@@ -276,10 +276,11 @@ FLAS_API struct flas_sampling_params flas_sampling_default_params(void);
  * flow's default, is flas_model_flow_info's n_steps), a concept (not NULL nor "") when flowtime > 0.
  * For a front end that checks what a user typed before it makes a request. */
 FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
-/* Checks sampling settings by the rules flas_submit applies (as flas_check_steering): temperature
- * finite and >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite and > 0,
+/* Checks a request's settings apart from its prompt by the rules flas_submit applies (as
+ * flas_check_steering): its steering, max_tokens >= 1, and its sampling: temperature finite and
+ * >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite and > 0,
  * repeat_last_n >= -1. */
-FLAS_API int flas_check_sampling(const struct flas_sampling_params * sampling);
+FLAS_API int flas_check_request(const struct flas_request_params * params);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);
 /* Queues n requests at once (free sequences take them in the same decode step); every one is

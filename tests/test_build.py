@@ -58,7 +58,7 @@ def test_default_threads_count_physical_cores():
         except OSError:
             cores.add(f"cpu{cpu}")
     assert core().default_threads() == len(cores)
-    assert core().model_default_params()["n_threads"] == 0
+    assert core().ModelParams().n_threads == 0
 
 
 def test_flas_model_defaults_are_the_c_api_defaults():
@@ -69,8 +69,8 @@ def test_flas_model_defaults_are_the_c_api_defaults():
     from flas_cpp import FlasModel
     from flas_cpp._native import core
 
-    c = core().model_default_params()
+    c = core().ModelParams()
     sig = inspect.signature(FlasModel).parameters
     for name in ("n_ctx", "n_batch", "n_seq", "concept_cache", "n_gpu_layers", "main_gpu", "exact", "verbose"):
-        assert sig[name].default == c[name], name
-    assert sig["n_threads"].default is None and c["n_threads"] == 0
+        assert sig[name].default == getattr(c, name), name
+    assert sig["n_threads"].default is None and c.n_threads == 0

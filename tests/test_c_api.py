@@ -24,7 +24,7 @@ EXAMPLES = REPO / "examples"
 OUTSIDE = tempfile.gettempdir()
 PROMPT, PIRATE = "Tell me about your day.", "Talk like a pirate"
 sys.path.insert(0, str(EXAMPLES))
-from ctypes_steer import ModelParams, RequestParams, Result, load  # noqa: E402
+from ctypes_steer import ModelParams, RequestParams, Result, SamplingParams, load  # noqa: E402
 from flas_cpp import gguf_names as N  # noqa: E402
 from test_families import rewrite  # noqa: E402
 
@@ -153,7 +153,7 @@ def test_bad_requests_and_ids_are_error_codes(lib, tiny_base_f32, flow):
             rp = lib.flas_request_default_params()
             rp.prompt, rp.n_prompt, rp.concept, rp.max_tokens = ids, n, PIRATE.encode(), 4
             for k, v in kw.items():
-                setattr(rp, k, v)
+                setattr(rp.sampling if k in dict(SamplingParams._fields_) else rp, k, v)
             return lib.flas_submit(model, C.byref(rp), C.byref(rid))
 
         assert submit(flowtime=math.nan) == -1 and "flowtime must be a finite number" in error(lib)
@@ -464,3 +464,22 @@ def test_a_steering_rule_says_one_message_through_python_and_the_c_api(lib, conc
     assert str(e.value) == error(lib)
     assert lib.flas_check_steering(PIRATE.encode(), 2.0, 3) == 0
     assert lib.flas_check_steering(None, 0.0, 3) == 0  # unsteered: no concept needed
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_tokens", 0), ("temperature", -1.0), ("temperature", math.nan), ("top_k", -3), ("top_p", 0.0),
+    ("top_p", 1.5), ("min_p", -0.1), ("repeat_penalty", 0.0), ("repeat_penalty", math.inf)])
+def test_a_request_rule_says_one_message_through_python_and_the_c_api(lib, tiny_base_f32, flow, field, value):
+    """Sampling and max_tokens rules live in the core once: flas_check_request and
+    FlasModel.generate give the same text."""
+    lib.flas_check_request.argtypes = [C.POINTER(RequestParams)]
+    rp = lib.flas_request_default_params()
+    assert lib.flas_check_request(C.byref(rp)) == -1 and "needs a concept" in error(lib)  # flowtime 2 by default
+    rp.concept = PIRATE.encode()
+    assert lib.flas_check_request(C.byref(rp)) == 0  # the defaults pass (n_steps 0: the flow's)
+    setattr(rp if field == "max_tokens" else rp.sampling, field, value)
+    assert lib.flas_check_request(C.byref(rp)) == -1
+    assert error(lib).startswith(field)
+    with FlasModel(tiny_base_f32, flow, n_ctx=256) as m, pytest.raises(ValueError) as e:
+        m.generate(PROMPT, concept=PIRATE, **{field: value})
+    assert str(e.value) == error(lib)

@@ -184,7 +184,7 @@ def test_several_sequences_with_different_concepts_match_the_cpu(tiny_base_f32, 
             settings = []  # the same four traced together: every sequence's layer-L rows
             for r in reqs:
                 s = m._settings(Request(**{**r.__dict__, "temperature": 0.0, "max_tokens": 5}))
-                s.trace = True
+                s.request.trace = True
                 settings.append(s)
             rows[name] = [h.trace()["steered"] for h in m._start(settings)]
     assert got["rpc"] == got["cpu"]
@@ -234,7 +234,7 @@ def test_memory_report_flow_figures_are_the_flow_buffers(tiny_base_f32, flow, se
     align = 256  # an upper bound on any backend's alignment: padding per tensor
     assert weights <= dev["flow_weights"] <= weights + align * len(tensors)
 
-    H, D, nh, nkv, nb, kmax = (info[k] for k in ("n_embd", "head_dim", "n_head", "n_head_kv", "num_blocks",
+    H, D, nh, nkv, nb, kmax = (info[k] for k in ("n_embd", "head_dim", "n_head", "n_head_kv", "n_block",
                                                  "concept_max_len"))
     n_slot, n_seq = 3, 2
     # per slot: keys and values; per sequence: its time embeddings and its concept's values folded

@@ -207,7 +207,7 @@ HUGE = 10 ** 4000 - 1  # 4,000 digits
     ({"max_tokens": 2 ** 31}, "max_tokens"),
     ({"max_completion_tokens": 2 ** 31}, "max_completion_tokens"),
     ({"top_k": 2 ** 31}, "top_k"),
-    ({"steering": {"concept": PIRATE, "flowtime": HUGE}}, "flowtime"),
+    ({"steering": {"concept": PIRATE, "flowtime": HUGE}}, "steering.flowtime"),
     ({"temperature": HUGE}, "temperature"),
     ({"top_p": -HUGE}, "top_p"),
     ({"seed": 2 ** 64}, "seed"),

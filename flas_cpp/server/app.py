@@ -175,11 +175,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             ("flas_generated_tokens_total", "counter", "Tokens generated.", state.metrics.generated_tokens),
             ("flas_rejected_full_total", "counter", "Requests answered 503 because the queue was full.",
              state.metrics.rejected_full),
-            ("flas_queue_length", "gauge", "Requests waiting for a sequence.", st.get("queued", 0)),
-            ("flas_busy_slots", "gauge", "Sequences decoding.", st.get("active", 0)),
+            ("flas_queue_length", "gauge", "Requests waiting for a sequence.", st.get("n_queued", 0)),
+            ("flas_busy_slots", "gauge", "Sequences decoding.", st.get("n_active", 0)),
             ("flas_slots", "gauge", "Sequences (--parallel).", state.model.n_seq if state.model else 0),
             ("flas_concepts_encoded_total", "counter", "Concept encodings run.", st.get("concepts_encoded", 0)),
-            ("flas_tokens_decoded_total", "counter", "Tokens through llama_decode.", st.get("tokens_decoded", 0))]:
+            ("flas_tokens_decoded_total", "counter", "Tokens through llama_decode.", st.get("n_decoded", 0))]:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -192,7 +192,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             m = state.ready()
             body = await read_body(request)
             st = m.stats()
-            if st["active"] + st["queued"] >= m.n_seq + config.queue:
+            if st["n_active"] + st["n_queued"] >= m.n_seq + config.queue:
                 state.metrics.rejected_full += 1
                 raise ApiError(503, f"the server is full ({m.n_seq} decoding, {config.queue} waiting); retry shortly",
                                type="server_error", code="server_busy", headers={"Retry-After": "1"})

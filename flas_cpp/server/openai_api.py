@@ -68,9 +68,12 @@ class Steering:
                 n_steps = int(n) if colon else None
             except ValueError:
                 raise ValueError(f"--preset {text!r}: T must be a number and N an integer (NAME=CONCEPT@T:N)") from None
-        max_steps = core().MAX_STEPS
-        if not concept.strip() or not math.isfinite(flowtime) or flowtime < 0 or (n_steps is not None and not 1 <= n_steps <= max_steps):
-            raise ValueError(f"--preset {text!r}: needs a concept, T >= 0 and N in 1..{max_steps}")
+        if not concept.strip():
+            raise ValueError(f"--preset {text!r}: needs a concept before @")
+        try:  # the core's steering rules (N defaults to the flow's, which meets them)
+            core().check_steering(concept.strip(), flowtime, 1 if n_steps is None else n_steps)
+        except ValueError as e:
+            raise ValueError(f"--preset {text!r}: {e}") from None
         return name.strip(), cls(concept.strip(), flowtime, n_steps)
 
 
@@ -96,8 +99,11 @@ def _shown(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open: bool = False,
+            where: str = "") -> float:
+    """body[name], a finite number in range; where: the object holding it ("steering.")."""
     v = body.get(name)
+    name = where + name
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
@@ -107,8 +113,9 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float, lo_open
     return float(v)
 
 
-def _integer(body: dict, name: str, default: int | None, lo: int, hi: int = INT32_MAX) -> int | None:
+def _integer(body: dict, name: str, default: int | None, lo: int, hi: int = INT32_MAX, where: str = "") -> int | None:
     v = body.get(name)
+    name = where + name
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int):
@@ -182,10 +189,15 @@ def _steering(body: dict, base: Steering) -> Steering:
     if concept is not None and len(concept) > MAX_CONCEPT_CHARS:
         raise _bad("steering.concept", f"is {len(concept)} characters; at most {MAX_CONCEPT_CHARS} (the flow reads "
                                        "a concept's first 64 tokens)")
-    flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, 0.0, MAX_FLOWTIME)
-    n_steps = _integer(s, "n_steps", base.n_steps, 1, core().MAX_STEPS)
-    if flowtime > 0 and concept is None:
-        raise _bad("steering.concept", "steering with flowtime > 0 needs a concept")
+    # types and the server's own cap here; the steering rules are the core's (flas_check_steering)
+    flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, -math.inf, MAX_FLOWTIME,
+                       where="steering.")
+    n_steps = _integer(s, "n_steps", base.n_steps, -INT32_MAX, where="steering.")
+    try:
+        core().check_steering(concept or "", flowtime, 1 if n_steps is None else n_steps)
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        raise _bad(f"steering.{field if field in ('flowtime', 'n_steps') else 'concept'}", str(e)) from None
     return Steering(concept, flowtime, n_steps)
 
 
