@@ -116,7 +116,7 @@ def test_steered_rows_match_the_reference(case, flowtime, n_steps):
 def test_a_sparse_multimodal_config_reads_as_transformers_reads_it(tmp_path):
     """google/gemma-3-4b-it's config.json lists in text_config only what differs from
     Gemma3TextConfig's defaults; the converter fills in the rest as transformers does."""
-    from flas_cpp.convert.base import GemmaHparams
+    from flas_cpp.convert.gemma import GemmaHparams
     from flas_cpp.convert.common import checked_config
 
     cfg = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "mm_tokens_per_image": 256,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -19,6 +20,13 @@ ARCHS = {"qwen3": "qwen3", "llama": "llama"}  # config model_type -> llama.cpp a
 
 @dataclass
 class DecoderHparams:
+    """A Qwen3 or Llama config as llama.cpp's qwen3 or llama reads it; also the family's base
+    converter (the methods base.py's driver calls)."""
+    # config.json values that select this family (base.FAMILIES): model_type alone, which
+    # from_config maps to llama.cpp's architecture
+    MODEL_TYPES: ClassVar[frozenset[str]] = frozenset(ARCHS)
+    ARCHITECTURES: ClassVar[frozenset[str]] = frozenset()
+
     arch: str
     n_vocab: int
     n_embd: int
@@ -63,6 +71,58 @@ class DecoderHparams:
         """Llama-3 scaling as divisors of the RoPE frequencies, as llama.cpp's converter writes them."""
         return llama3_rope_divisors(self.rope_theta, self.head_dim, self.rope_llama3) if self.rope_llama3 else None
 
+    def language_model(self, refs: dict[str, safetensors_io.TensorRef],
+                       where: Path) -> dict[str, safetensors_io.TensorRef]:
+        return refs  # the checkpoint holds the language model alone
+
+    def plan_tensors(self, refs: dict[str, safetensors_io.TensorRef], qtype: GGMLQuantizationType) -> list[TensorPlan]:
+        H, D, I = self.n_embd, self.head_dim, self.n_ff
+        q, kv = self.n_head * D, self.n_head_kv * D
+        perm_q = _permute(self.n_head) if self.arch == "llama" else None
+        perm_k = _permute(self.n_head_kv) if self.arch == "llama" else None
+        # (GGUF name, shape, kind, transform): norms hold w (w*x), stored as they are
+        expected = {"model.embed_tokens.weight": ("token_embd.weight", (self.n_vocab, H), "matrix", None),
+                    "model.norm.weight": ("output_norm.weight", (H,), "f32", None)}
+        if not self.tied:
+            expected["lm_head.weight"] = ("output.weight", (self.n_vocab, H), "matrix", None)
+        for i in range(self.n_layer):
+            p, g = f"model.layers.{i}.", f"blk.{i}."
+            layer = {
+                "input_layernorm.weight": ("attn_norm.weight", (H,), "f32", None),
+                "self_attn.q_proj.weight": ("attn_q.weight", (q, H), "matrix", perm_q),
+                "self_attn.k_proj.weight": ("attn_k.weight", (kv, H), "matrix", perm_k),
+                "self_attn.v_proj.weight": ("attn_v.weight", (kv, H), "matrix", None),
+                "self_attn.o_proj.weight": ("attn_output.weight", (H, q), "matrix", None),
+                "post_attention_layernorm.weight": ("ffn_norm.weight", (H,), "f32", None),
+                "mlp.gate_proj.weight": ("ffn_gate.weight", (I, H), "matrix", None),
+                "mlp.up_proj.weight": ("ffn_up.weight", (I, H), "matrix", None),
+                "mlp.down_proj.weight": ("ffn_down.weight", (H, I), "matrix", None),
+            }
+            if self.arch == "qwen3":
+                layer["self_attn.q_norm.weight"] = ("attn_q_norm.weight", (D,), "f32", None)
+                layer["self_attn.k_norm.weight"] = ("attn_k_norm.weight", (D,), "f32", None)
+            expected.update({p + k: (g + v[0], *v[1:]) for k, v in layer.items()})
+        plan = plan_checkpoint(refs, expected, qtype, f"a {self.arch} model with {self.n_layer} layers",
+                               ("lm_head.weight",) if self.tied else ())
+        freqs = self.rope_freqs()
+        if freqs is not None:
+            plan.append(TensorPlan("rope_freqs.weight", freqs.shape, GGMLQuantizationType.F32, lambda: freqs))
+        return plan
+
+    def add_hparams(self, w: GGUFWriter) -> None:
+        w.add_context_length(self.n_ctx_train)
+        w.add_embedding_length(self.n_embd)
+        w.add_block_count(self.n_layer)
+        w.add_feed_forward_length(self.n_ff)
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        w.add_key_length(self.head_dim)
+        w.add_value_length(self.head_dim)
+        w.add_rope_dimension_count(self.head_dim)
+        w.add_layer_norm_rms_eps(self.rms_eps)
+        w.add_rope_freq_base(self.rope_theta)
+        w.add_vocab_size(self.n_vocab)
+
 
 def _permute(n_head: int):
     """llama.cpp's llama runs RoPE on interleaved pairs, HF's Llama on halves: reorder the rows
@@ -70,53 +130,3 @@ def _permute(n_head: int):
     def f(w: np.ndarray) -> np.ndarray:
         return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     return f
-
-
-def plan_tensors(refs: dict[str, safetensors_io.TensorRef], hp: DecoderHparams, qtype: GGMLQuantizationType) -> list[TensorPlan]:
-    H, D, I = hp.n_embd, hp.head_dim, hp.n_ff
-    q, kv = hp.n_head * D, hp.n_head_kv * D
-    perm_q = _permute(hp.n_head) if hp.arch == "llama" else None
-    perm_k = _permute(hp.n_head_kv) if hp.arch == "llama" else None
-    # (GGUF name, shape, kind, transform): norms hold w (w*x), stored as they are
-    expected = {"model.embed_tokens.weight": ("token_embd.weight", (hp.n_vocab, H), "matrix", None),
-                "model.norm.weight": ("output_norm.weight", (H,), "f32", None)}
-    if not hp.tied:
-        expected["lm_head.weight"] = ("output.weight", (hp.n_vocab, H), "matrix", None)
-    for i in range(hp.n_layer):
-        p, g = f"model.layers.{i}.", f"blk.{i}."
-        layer = {
-            "input_layernorm.weight": ("attn_norm.weight", (H,), "f32", None),
-            "self_attn.q_proj.weight": ("attn_q.weight", (q, H), "matrix", perm_q),
-            "self_attn.k_proj.weight": ("attn_k.weight", (kv, H), "matrix", perm_k),
-            "self_attn.v_proj.weight": ("attn_v.weight", (kv, H), "matrix", None),
-            "self_attn.o_proj.weight": ("attn_output.weight", (H, q), "matrix", None),
-            "post_attention_layernorm.weight": ("ffn_norm.weight", (H,), "f32", None),
-            "mlp.gate_proj.weight": ("ffn_gate.weight", (I, H), "matrix", None),
-            "mlp.up_proj.weight": ("ffn_up.weight", (I, H), "matrix", None),
-            "mlp.down_proj.weight": ("ffn_down.weight", (H, I), "matrix", None),
-        }
-        if hp.arch == "qwen3":
-            layer["self_attn.q_norm.weight"] = ("attn_q_norm.weight", (D,), "f32", None)
-            layer["self_attn.k_norm.weight"] = ("attn_k_norm.weight", (D,), "f32", None)
-        expected.update({p + k: (g + v[0], *v[1:]) for k, v in layer.items()})
-    plan = plan_checkpoint(refs, expected, qtype, f"a {hp.arch} model with {hp.n_layer} layers",
-                           ("lm_head.weight",) if hp.tied else ())
-    freqs = hp.rope_freqs()
-    if freqs is not None:
-        plan.append(TensorPlan("rope_freqs.weight", freqs.shape, GGMLQuantizationType.F32, lambda: freqs))
-    return plan
-
-
-def add_arch_metadata(w: GGUFWriter, hp: DecoderHparams) -> None:
-    w.add_context_length(hp.n_ctx_train)
-    w.add_embedding_length(hp.n_embd)
-    w.add_block_count(hp.n_layer)
-    w.add_feed_forward_length(hp.n_ff)
-    w.add_head_count(hp.n_head)
-    w.add_head_count_kv(hp.n_head_kv)
-    w.add_key_length(hp.head_dim)
-    w.add_value_length(hp.head_dim)
-    w.add_rope_dimension_count(hp.head_dim)
-    w.add_layer_norm_rms_eps(hp.rms_eps)
-    w.add_rope_freq_base(hp.rope_theta)
-    w.add_vocab_size(hp.n_vocab)

@@ -15,6 +15,7 @@ from .. import safetensors_io
 from .common import (PYTHON_OUTTYPES, ConversionError, TensorPlan, atomic_output, check_free_space, check_output,
                      check_shape, checked_config, config_value, llama3_rope_divisors, norm_plan, pick_qtype,
                      read_json, read_safetensors, summarize, write_gguf)
+from .gemma import GEMMA3_TEXT_DEFAULTS, GemmaHparams, gemma3_rope  # one reader of Gemma configs
 
 
 @dataclass
@@ -61,8 +62,6 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
     cfg = checked_config(cfg, where)
     model_type = cfg.get("model_type")
     if model_type == "gemma2":
-        from .base import GemmaHparams  # one reader of Gemma-2 configs
-
         hp = GemmaHparams.from_config(cfg, where)
         return BaseFacts(hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_layer,
                          hp.rms_eps, hp.attn_softcap, hp.rope_theta, hp.query_pre_attn_scalar)
@@ -71,9 +70,7 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
                               f"of {', '.join(sorted(SUPPORTED_FAMILIES))} bases")
     text = cfg.get("text_config") or cfg
     if SUPPORTED_FAMILIES[model_type] == "gemma3" and text is not cfg:
-        from .base import GEMMA3_TEXT_DEFAULTS  # a multimodal text_config lists only what differs from them
-
-        text = {**GEMMA3_TEXT_DEFAULTS, **text}
+        text = {**GEMMA3_TEXT_DEFAULTS, **text}  # a multimodal text_config lists only what differs from them
 
     def need(key: str):
         return config_value(text, key, where, model_type)
@@ -87,8 +84,6 @@ def base_facts_from_dict(cfg: dict, where: Path) -> BaseFacts:
     scaling = text.get("rope_scaling") or {}
     kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
     if family == "gemma3":
-        from .base import gemma3_rope  # one reader of Gemma-3's RoPE, either form
-
         # the flow's RoPE is the base's global (full-attention) one: its base and linear scaling
         theta, _, factor = gemma3_rope(text, where)
         return BaseFacts(*dims, eps, float(text.get("attn_logit_softcapping") or 0.0), theta,
