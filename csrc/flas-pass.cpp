@@ -3,35 +3,35 @@
 // MLPs read the weights once for all rows; each row is conditioned on its own sequence's
 // time embeddings, step size and concept; each sequence attends only to its own caches.
 #include "flas-graph.h"
-#include "flas-runtime.h"
+#include "flas-steering.h"
 
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 // The graph of one pass and the inputs it reads.
-struct flas_runtime::flow_pass {
+struct flas_steering::flow_pass {
     ggml_context_ptr ctx;
     ggml_cgraph * gf = nullptr;
     flas_pass p;
-    std::vector<batch_entry> order;   // the steered rows, sorted by N, descending
+    std::vector<flas_seq_rows> order;   // the steered rows, sorted by N, descending
     ggml_tensor * rows = nullptr, * gather = nullptr, * scatter = nullptr, * out = nullptr;
     ggml_tensor * sums = nullptr;     // [1, R]: each steered row's sum, NaN or Inf if the row holds one
 };
 
 // One builder for the worst-case reservations and every real pass, so they cannot drift apart.
-flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_entry> & steered, int n_all, pass_shape shape) {
+flas_steering::flow_pass flas_steering::build_flow_pass(const std::vector<flas_seq_rows> & steered, int n_all, pass_shape shape) {
     const flas_flow_hparams & hp = flow_.hp;
 
     // segments sorted by N, descending: the rows still integrating at step k are a prefix; then
     // by concept, so that sequences of one concept make one run
-    std::vector<batch_entry> order = steered;
-    std::stable_sort(order.begin(), order.end(), [&](const batch_entry & a, const batch_entry & b) {
-        const flas_seq & sa = seqs_[a.seq], & sb = seqs_[b.seq];
+    std::vector<flas_seq_rows> order = steered;
+    std::stable_sort(order.begin(), order.end(), [&](const flas_seq_rows & a, const flas_seq_rows & b) {
+        const flas_seq_steering & sa = seqs_[a.seq], & sb = seqs_[b.seq];
         return sa.n_steps != sb.n_steps ? sa.n_steps > sb.n_steps : sa.slot < sb.slot;
     });
     int R = 0;
-    for (const batch_entry & e : order) {
+    for (const flas_seq_rows & e : order) {
         R += e.n;
     }
     const int n_steps_max = seqs_[order.front().seq].n_steps;
@@ -57,7 +57,7 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
     // when its concept is short enough and it holds that concept's folded values
     // (flas_fold_max_keys, compute_folded_values)
     int r0 = 0;
-    for (const batch_entry & e : order) {
+    for (const flas_seq_rows & e : order) {
         flas_concept_run run;
         run.r0 = r0;
         run.n  = e.n;
@@ -67,7 +67,7 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
             run.n_keys   = concept_.fold_keys;
             run.fold_seq = e.seq;
         } else {
-            const flas_seq & s = seqs_[e.seq];
+            const flas_seq_steering & s = seqs_[e.seq];
             const flas_concept_entry & entry = concepts_.slots[s.slot];
             run.key0     = s.slot * concept_.k_max;
             run.n_keys   = entry.n_tokens;
@@ -113,28 +113,28 @@ flas_runtime::flow_pass flas_runtime::build_flow_pass(const std::vector<batch_en
 // reallocated (and the freed buffers left resident) as positions grow. Both ways of attending:
 // a folded run holds its scores twice at once (the softmax and its copy), which with a small
 // head dimension outweighs an unfolded run; a reservation only ever grows the buffer.
-void flas_runtime::reserve_flow(int seq) {
-    const int rows = std::min(FLAS_MAX_PASS_ROWS, n_ctx_seq_);
+void flas_steering::reserve_flow(int seq) {
+    const int rows = std::min(FLAS_MAX_PASS_ROWS, params_.n_ctx_seq);
     for (pass_shape shape : {pass_shape::worst_unfolded, pass_shape::worst_folded}) {
         if (shape == pass_shape::worst_folded && concept_.fold_keys == 0) {
             continue;
         }
-        flow_pass fp = build_flow_pass({{seq, 0, rows, n_ctx_seq_ - rows}}, params_.n_batch, shape);
+        flow_pass fp = build_flow_pass({{seq, 0, rows, params_.n_ctx_seq - rows}}, params_.n_batch, shape);
         if (!ggml_gallocr_reserve(allocr_.get(), fp.gf)) {
-            throw std::runtime_error("cannot reserve the flow's compute buffer on " + flow_backend());
+            throw std::runtime_error("cannot reserve the flow's compute buffer on " + backend_name());
         }
     }
 }
 
-void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered) {
+void flas_steering::run_flow(ggml_tensor * t, const std::vector<flas_seq_rows> & steered, flas_pass_failures & failed) {
     const int n_all = (int) t->ne[1];
     flow_pass fp = build_flow_pass(steered, n_all, pass_shape::real);
     const flas_pass & p = fp.p;
-    const std::vector<batch_entry> & order = fp.order;
+    const std::vector<flas_seq_rows> & order = fp.order;
     const int R = p.n_rows;
     const int n_steps_max = p.n_steps_max();
     if (!ggml_gallocr_alloc_graph(allocr_.get(), fp.gf)) {
-        throw std::runtime_error("cannot allocate the flow's compute buffer on " + flow_backend());
+        throw std::runtime_error("cannot allocate the flow's compute buffer on " + backend_name());
     }
 
     // inputs (an ablated flow may not read some of them: those are not allocated)
@@ -149,8 +149,8 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
         scatter_idx[i] = R + i;  // untouched: the row itself, after the R steered rows
     }
     int r0 = 0;
-    for (const batch_entry & e : order) {
-        const flas_seq & s = seqs_[e.seq];
+    for (const flas_seq_rows & e : order) {
+        const flas_seq_steering & s = seqs_[e.seq];
         for (int j = 0; j < e.n; ++j) {
             const int r = r0 + j;
             pos[r] = e.p0 + j;
@@ -181,7 +181,7 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
 
     ggml_backend_tensor_copy(t, fp.rows);
     if (ggml_backend_graph_compute(backend_.get(), fp.gf) != GGML_STATUS_SUCCESS) {
-        throw std::runtime_error("the flow graph failed to compute on " + flow_backend());
+        throw std::runtime_error("the flow graph failed to compute on " + backend_name());
     }
     std::vector<float> sums(R);
     ggml_backend_tensor_get(fp.sums, sums.data(), 0, R * sizeof(float));
@@ -190,7 +190,7 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
     // cache would reach the other sequences through masked attention) and fails alone
     const size_t row_bytes = (size_t) flow_.hp.n_embd * sizeof(float);
     r0 = 0;
-    for (const batch_entry & e : order) {
+    for (const flas_seq_rows & e : order) {
         bool finite = true;
         for (int j = 0; j < e.n && finite; ++j) {
             finite = std::isfinite(sums[r0 + j]);
@@ -201,8 +201,8 @@ void flas_runtime::run_flow(ggml_tensor * t, const std::vector<batch_entry> & st
                 ggml_backend_tensor_get(fp.rows, row.data(), (size_t) (e.row0 + j) * row_bytes, row_bytes);
                 ggml_backend_tensor_set(t, row.data(), (size_t) (e.row0 + j) * row_bytes, row_bytes);
             }
-            failed_seqs_.push_back(e.seq);
-            failure_ = "the flow produced non-finite activations (NaN or Inf) at layer " +
+            failed.seqs.push_back(e.seq);
+            failed.why = "the flow produced non-finite activations (NaN or Inf) at layer " +
                        std::to_string(flow_.hp.layer) + "; the flow's weights or the input rows are out of range "
                        "for it (a damaged or mismatched flow, or an extreme flowtime)";
         }

@@ -82,17 +82,9 @@ ggml_backend_dev_t flas_runtime::probe_layer_device() {
     return layer_dev_ != nullptr ? layer_dev_ : cpu;
 }
 
-std::string flas_runtime::flow_device() const { return ggml_backend_dev_name(ggml_backend_get_device(backend_.get())); }
-
 std::vector<flas_device_memory> flas_runtime::memory() const {
     std::vector<flas_device_memory> rows = flas_base_memory(ctx_.get());
-    flas_device_memory & flow = flas_memory_row(rows, ggml_backend_get_device(backend_.get()));
-    flow.flow_weights = flow_.buf ? ggml_backend_buffer_get_size(flow_.buf.get()) : 0;
-    flow.flow_caches  = concept_.buf ? ggml_backend_buffer_get_size(concept_.buf.get()) : 0;
-    for (const flas_seq & s : seqs_) {
-        flow.flow_caches += s.cache.buf ? ggml_backend_buffer_get_size(s.cache.buf.get()) : 0;
-    }
-    flow.flow_compute = allocr_ ? ggml_gallocr_get_buffer_size(allocr_.get(), 0) : 0;
+    steering_->add_memory(rows);
     return rows;
 }
 
@@ -104,22 +96,12 @@ void flas_runtime::reserve_steering(int n_steps) {
     }
     for (int seq = 0; seq < (int) seqs_.size(); ++seq) {
         flas_seq & s = seqs_[seq];
-        if (s.cache.n_steps < n_steps) {
-            flas_flow_cache_init(s.cache, flow_, backend_.get(), n_ctx_seq_, n_steps,
-                                 flas_state_type(params_.exact));
+        if (steering_->grow_cache(seq, n_steps)) {
             s.n_past = 0;  // what it held was computed with the old cache
             s.epoch++;
             llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, -1, -1);
         }
-        const int held = s.n_steps;
-        s.n_steps = n_steps;
-        try {
-            reserve_flow(seq);
-        } catch (...) {
-            s.n_steps = held;
-            throw;
-        }
-        s.n_steps = held;
+        steering_->reserve(seq, n_steps);
     }
 }
 

@@ -27,6 +27,18 @@ struct flas_context_length : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
+// llama_tokenize's tokens of text (add_special: BOS first; parse_special: control-token text
+// becomes control tokens), unbounded: the host's vocabulary calls and the concepts' tokens.
+inline std::vector<llama_token> flas_tokenize(const llama_vocab * vocab, const std::string & text, bool add_special,
+                                              bool parse_special) {
+    const int n = -llama_tokenize(vocab, text.data(), (int32_t) text.size(), nullptr, 0, add_special, parse_special);
+    std::vector<llama_token> out(n > 0 ? n : 0);
+    if (n > 0) {
+        llama_tokenize(vocab, text.data(), (int32_t) text.size(), out.data(), n, add_special, parse_special);
+    }
+    return out;
+}
+
 struct flas_turn {
     std::string role;     // "system", "user", "assistant"
     std::string content;

@@ -1,7 +1,6 @@
 #include "flas-runtime.h"
 
 #include "flas-base-gguf.h"
-#include "flas-graph.h"
 #include "flas-log.h"
 #include "flas-platform.h"
 #include "flas-rules.h"
@@ -72,32 +71,35 @@ flas_runtime::flas_runtime(const flas_runtime_params & params) : params_(params)
     prompt_ = std::make_unique<flas_prompt>(model_, hp.prompt_format == "alpaca", n_ctx_seq_,
                                             "n_ctx " + std::to_string(n_ctx_) + " / n_seq " + std::to_string(params.n_seq));
 
-    // The flow runs on the device that computes layer L, so that its rows never leave it.
+    // The flow runs on the device that computes layer L, so that its rows never leave it; the
+    // host places it and checks it fits the model before the steering takes it.
     ggml_backend_dev_t dev = probe_layer_device();
-    backend_.reset(ggml_backend_dev_init(dev, nullptr));
-    if (!backend_) {
+    ggml_backend_ptr backend(ggml_backend_dev_init(dev, nullptr));
+    if (!backend) {
         throw std::runtime_error(std::string("cannot initialize the ggml backend ") + ggml_backend_dev_name(dev));
     }
-    flas_flow_load(flow_, params.flow_path, backend_.get());
-    if (ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(backend_.get()))) {
+    flas_flow flow;
+    flas_flow_load(flow, params.flow_path, backend.get());
+    if (ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(backend.get()))) {
         auto set_threads = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
         if (set_threads) {
-            set_threads(backend_.get(), n_threads_);
+            set_threads(backend.get(), n_threads_);
         }
     }
-    check_compatible(params.model != nullptr ? "(the application's model)" : params.base_path, params.flow_path);
-    if (params.model != nullptr && (int) output_norm_.size() != flow_.hp.n_embd) {  // read from the graph by the probe
+    check_compatible(flow.hp, params.model != nullptr ? "(the application's model)" : params.base_path, params.flow_path);
+    if (params.model != nullptr && (int) output_norm_.size() != flow.hp.n_embd) {  // read from the graph by the probe
         throw std::invalid_argument("the application's model has no final norm the concept encoder can use");
     }
 
-    encoder_ = std::make_unique<flas_concept_encoder>(model_, flow_, backend_.get(), context_params(1, 1, 1),
-                                                      std::move(output_norm_));
-    concepts_.bound = params.concept_cache;
-    concepts_.slots.resize(std::max(params.concept_cache, params.n_seq));
-    flas_concept_state_init(concept_, flow_, backend_.get(), (int) concepts_.slots.size(), params.n_seq,
-                            flas_state_type(params.exact));
+    flas_steering_params sp;
+    sp.n_seq         = params.n_seq;
+    sp.n_ctx_seq     = n_ctx_seq_;
+    sp.n_batch       = params.n_batch;
+    sp.concept_cache = params.concept_cache;
+    sp.exact         = params.exact;
+    steering_ = std::make_unique<flas_steering>(std::move(backend), std::move(flow), sp, model_, context_params(1, 1, 1),
+                                                std::move(output_norm_), [this](int seq) { reset(seq); });
     seqs_.resize(params.n_seq);
-    allocr_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_.get())));
 }
 
 flas_runtime::~flas_runtime() = default;
@@ -123,8 +125,8 @@ llama_context_params flas_runtime::context_params(int n_ctx, int n_batch, int n_
     return cparams;
 }
 
-void flas_runtime::check_compatible(const std::string & base_path, const std::string & flow_path) const {
-    const flas_flow_hparams & hp = flow_.hp;
+void flas_runtime::check_compatible(const flas_flow_hparams & hp, const std::string & base_path,
+                                    const std::string & flow_path) const {
     char arch[64] = {0};
     llama_model_meta_val_str(model_, "general.architecture", arch, sizeof(arch));
     auto mismatch = [&](const char * what, long long flow_val, long long base_val) {
@@ -156,12 +158,7 @@ void flas_runtime::check_compatible(const std::string & base_path, const std::st
 // ---------------------------------------------------------------------------------------------
 
 std::vector<llama_token> flas_runtime::tokenize(const std::string & text, bool add_special, bool parse_special) const {
-    int n = -llama_tokenize(vocab_, text.data(), (int32_t) text.size(), nullptr, 0, add_special, parse_special);
-    std::vector<llama_token> out(std::max(n, 0));
-    if (n > 0) {
-        llama_tokenize(vocab_, text.data(), (int32_t) text.size(), out.data(), n, add_special, parse_special);
-    }
-    return out;
+    return flas_tokenize(vocab_, text, add_special, parse_special);
 }
 
 std::string flas_runtime::token_to_piece(llama_token token) const {
@@ -196,8 +193,7 @@ void flas_runtime::reset(int seq) {
     s.n_past = 0;
     s.epoch++;
     s.logits_row = -1;
-    s.trace_in.clear();
-    s.trace_out.clear();
+    steering_->clear_trace(seq);
 }
 
 void flas_runtime::rewind(int seq, int n_keep) {
@@ -249,7 +245,7 @@ void flas_runtime::decode(const std::vector<flas_seq_tokens> & batch) {
 
     llama_batch lb = llama_batch_init(params_.n_batch, 0, 1);
     struct batch_owner { llama_batch & b; ~batch_owner() { llama_batch_free(b); } } owner{lb};
-    std::vector<batch_entry> entries;
+    std::vector<flas_seq_rows> entries;
     if (batch.size() == 1) {  // one sequence: split into chunks of n_batch
         const flas_seq_tokens & e = batch[0];
         for (size_t i = 0; i < e.tokens.size(); i += params_.n_batch) {
@@ -274,9 +270,9 @@ void flas_runtime::decode(const std::vector<flas_seq_tokens> & batch) {
 }
 
 // One llama_decode of the rows in `batch.token` laid out as `entries`.
-void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_batch & batch) {
+void flas_runtime::decode_one(const std::vector<flas_seq_rows> & entries, llama_batch & batch) {
     int n_rows = 0;
-    for (const batch_entry & e : entries) {
+    for (const flas_seq_rows & e : entries) {
         for (int j = 0; j < e.n; ++j) {
             const int r = e.row0 + j;
             batch.pos[r]       = e.p0 + j;
@@ -290,7 +286,7 @@ void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_ba
     entries_ = entries;
     cursor_  = 0;
     error_.clear();
-    failed_seqs_.clear();
+    failed_.seqs.clear();
     const int32_t ret = llama_decode(ctx_.get(), batch);
     llama_synchronize(ctx_.get());  // a device computes asynchronously: the step ends when its results are in
     entries_.clear();
@@ -298,7 +294,7 @@ void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_ba
         throw std::runtime_error("llama_decode failed with status " + std::to_string(ret) +
                                  (error_.empty() ? "" : ": " + error_));
     }
-    for (const batch_entry & e : entries) {
+    for (const flas_seq_rows & e : entries) {
         seqs_[e.seq].n_past    += e.n;
         seqs_[e.seq].epoch++;
         seqs_[e.seq].logits_row = e.row0 + e.n - 1;
@@ -306,12 +302,12 @@ void flas_runtime::decode_one(const std::vector<batch_entry> & entries, llama_ba
     if (!error_.empty()) {
         throw std::runtime_error("steering failed: " + error_);
     }
-    if (!failed_seqs_.empty()) {
+    if (!failed_.seqs.empty()) {
         std::vector<int> failed;
-        failed.swap(failed_seqs_);
-        throw flas_seq_failure(std::move(failed), failure_);
+        failed.swap(failed_.seqs);
+        throw flas_seq_failure(std::move(failed), failed_.why);
     }
-    if (steering_active() && cursor_ != n_rows) {
+    if (steering_->active() && cursor_ != n_rows) {
         throw std::runtime_error("the eval callback saw " + std::to_string(cursor_) + " rows of " + target_name_ +
                                  " for " + std::to_string(n_rows) + " tokens");
     }
@@ -364,23 +360,9 @@ llama_token flas_runtime::sample(int seq) {
     return llama_sampler_sample(s.sampler.get(), ctx_.get(), s.logits_row);
 }
 
-std::string flas_runtime::flow_backend() const { return ggml_backend_name(backend_.get()); }
-
 // ---------------------------------------------------------------------------------------------
-// steering in the eval callback
+// layer L's output in the eval callback, handed to the steering
 // ---------------------------------------------------------------------------------------------
-
-bool flas_runtime::steering_active() const {
-    if (hook_) {
-        return true;
-    }
-    for (const flas_seq & s : seqs_) {
-        if (s.trace || s.steered()) {
-            return true;
-        }
-    }
-    return false;
-}
 
 bool flas_runtime::app_eval(ggml_tensor * t, bool ask) {
     if (params_.cb_eval == nullptr || probing_) {
@@ -413,12 +395,12 @@ bool flas_runtime::wants(const ggml_tensor * t) const {
         }
         return false;
     }
-    return !entries_.empty() && strcmp(t->name, target_name_.c_str()) == 0 && steering_active();
+    return !entries_.empty() && strcmp(t->name, target_name_.c_str()) == 0 && steering_->active();
 }
 
 void flas_runtime::on_layer_output(ggml_tensor * t) noexcept {
     try {
-        const int H = flow_.hp.n_embd;
+        const int H = steering_->flow_hparams().n_embd;
         if (t->type != GGML_TYPE_F32 || t->ne[0] != H || !ggml_is_contiguous(t)) {
             throw std::runtime_error(target_name_ + " is not a contiguous f32 [" + std::to_string(H) + ", n] tensor");
         }
@@ -437,67 +419,14 @@ void flas_runtime::on_layer_output(ggml_tensor * t) noexcept {
     }
 }
 
-// Rows row0 .. row0+n-1 of the batch are in t: trace, hook or flow for each sequence among them.
-// Rows of unsteered sequences are left untouched, bit for bit.
+// Rows row0 .. row0+n-1 of the batch are in t: each sequence's among them, to the steering.
 void flas_runtime::steer_rows(ggml_tensor * t, int row0, int n) {
-    const int H = flow_.hp.n_embd;
-    const size_t row_bytes = (size_t) H * sizeof(float);
-    std::vector<batch_entry> parts;  // the entries' rows within this tensor (row0 relative to t)
-    for (const batch_entry & e : entries_) {
+    std::vector<flas_seq_rows> parts;  // the entries' rows within this tensor (row0 relative to t)
+    for (const flas_seq_rows & e : entries_) {
         const int a = std::max(e.row0, row0), b = std::min(e.row0 + e.n, row0 + n);
         if (a < b) {
             parts.push_back({e.seq, a - row0, b - a, e.p0 + (a - e.row0)});
         }
     }
-    auto record = [&](bool after) {
-        for (const batch_entry & part : parts) {
-            flas_seq & s = seqs_[part.seq];
-            if (s.trace) {
-                std::vector<float> & dst = after ? s.trace_out : s.trace_in;
-                const size_t off = dst.size();
-                dst.resize(off + (size_t) part.n * H);
-                ggml_backend_tensor_get(t, dst.data() + off, part.row0 * row_bytes, part.n * row_bytes);
-            }
-        }
-    };
-    record(false);
-    if (hook_) {
-        for (const batch_entry & part : parts) {
-            std::vector<float> in((size_t) part.n * H), out((size_t) part.n * H);
-            ggml_backend_tensor_get(t, in.data(), part.row0 * row_bytes, part.n * row_bytes);
-            hook_(in.data(), out.data(), part.n, part.p0);
-            ggml_backend_tensor_set(t, out.data(), part.row0 * row_bytes, part.n * row_bytes);
-        }
-    } else {
-        std::vector<batch_entry> steered;
-        for (const batch_entry & part : parts) {
-            if (seqs_[part.seq].steered()) {  // T = 0 or no concept: the rows stay untouched
-                if (part.p0 + part.n > n_ctx_seq_) {
-                    throw std::runtime_error("position " + std::to_string(part.p0 + part.n) + " beyond the flow cache");
-                }
-                steered.push_back(part);
-            }
-        }
-        // passes of at most FLAS_MAX_PASS_ROWS rows, in order: a sequence's later rows see the
-        // cache entries of its earlier ones, as across ubatches
-        std::vector<batch_entry> pass;
-        int n_pass = 0;
-        for (const batch_entry & part : steered) {
-            for (int off = 0; off < part.n;) {
-                const int take = std::min(part.n - off, FLAS_MAX_PASS_ROWS - n_pass);
-                pass.push_back({part.seq, part.row0 + off, take, part.p0 + off});
-                n_pass += take;
-                off += take;
-                if (n_pass == FLAS_MAX_PASS_ROWS) {
-                    run_flow(t, pass);
-                    pass.clear();
-                    n_pass = 0;
-                }
-            }
-        }
-        if (!pass.empty()) {
-            run_flow(t, pass);
-        }
-    }
-    record(true);
+    steering_->steer(t, parts, failed_);
 }

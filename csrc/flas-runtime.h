@@ -2,38 +2,36 @@
 // of decoder layer L by N Euler steps of the FLAS flow (FLAS_SPEC.md section 3), for several
 // sequences at once, each with its own concept, strength and caches.
 //
-// Ownership: the runtime creates and owns the llama_model, its llama_context (and, while a
-// concept is encoded, a second one on the same model), the flow weights, the concept state
-// and every sequence's flow KV cache. Not thread-safe: one caller
+// Two parts, as llama-server separates its own: flas_runtime is the llama.cpp host (model,
+// context, vocabulary and prompts, decoding, logits and sampling per sequence, placement and
+// memory; its eval callback finds layer L's output and hands each sequence's rows over), and
+// flas_steering (flas-steering.h) does everything the flow does to them. The steering calls
+// below are one-line forwards, so that the engine and the C API see one object.
+//
+// Ownership: the runtime creates and owns the llama_model, its llama_context and the steering
+// (which owns the flow weights, the concept state and every sequence's flow KV cache, and,
+// while a concept is encoded, a second context on the same model). Not thread-safe: one caller
 // at a time (flas_engine is that caller when it runs). Positions are 0-based per sequence;
 // sequences are llama.cpp's sequence ids 0 .. n_seq-1.
 #pragma once
 
-#include "flas-concept.h"
 #include "flas-device.h"
 #include "flas-flow.h"
 #include "flas-log.h"
 #include "flas-prompt.h"
 #include "flas-seq.h"
-#include "flas-state.h"
+#include "flas-steering.h"
 #include "flas.h"  // struct flas_sampling_params
 
-#include "ggml-alloc.h"
 #include "ggml-cpp.h"
 #include "llama-cpp.h"
 #include "llama.h"
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
-
-// Rows of one flow pass at most: a prompt chunk of n_batch rows is steered in passes of this
-// many, which bounds the compute buffer (attention scores grow with rows x positions) at a
-// negligible cost in prefill speed.
-#define FLAS_MAX_PASS_ROWS 64
 
 struct flas_runtime_params {
     std::string base_path;      // base model GGUF (llama.cpp gemma2)
@@ -69,21 +67,11 @@ struct flas_seq_tokens {
 // n_steps; nothing is allocated. The flow's compute buffer is not included (flow_compute 0).
 std::vector<flas_device_memory> flas_estimate_buffers(const flas_runtime_params & params, int n_steps);
 
-// Replaces the flow (tests drive the runtime with an independent reference through it):
-// rows_in/rows_out are [n_rows, H] row-major, for positions pos0 .. pos0+n_rows-1 of one sequence.
-using flas_row_hook = std::function<void(const float * rows_in, float * rows_out, int n_rows, int pos0)>;
-
 // Some sequences of a decode failed (their steered rows were not finite): their rows were left
 // unsteered, the decode of the others completed normally.
 struct flas_seq_failure : std::runtime_error {
     flas_seq_failure(std::vector<int> seqs_, const std::string & why) : std::runtime_error(why), seqs(std::move(seqs_)) {}
     std::vector<int> seqs;
-};
-
-struct flas_concept_stats {
-    int64_t concepts_encoded = 0;  // concept encodings run (cache misses)
-    int64_t concept_hits     = 0;  // steerings that found their concept encoded
-    int     concepts_cached  = 0;
 };
 
 struct flas_runtime {
@@ -107,20 +95,26 @@ struct flas_runtime {
     // The model's chat template applied to the turns, plus the generation prompt.
     std::string apply_chat_template(const std::vector<flas_turn> & turns) const { return prompt_->apply_template(turns); }
 
-    // ---- steering of one sequence (empties it: its caches no longer apply) ----
+    // ---- steering of one sequence (empties it: its caches no longer apply), by flas_steering ----
     // concept "" or flowtime 0: unsteered. The concept is encoded through the base model
     // (FLAS_SPEC.md 2) unless the concept table holds it. Returns the concept's token count
     // before truncation to concept_max_len (0 without a concept).
-    int  set_steering(int seq, const std::string & concept, float flowtime, int n_steps);
+    int set_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
+        return steering_->set_steering(check_seq(seq), concept, flowtime, n_steps);
+    }
     // Encodes a concept into the concept table ahead of the requests that will steer with it
     // (they then find it encoded); may evict an idle sequence's concept. Returns its token count.
-    int  prepare_concept(const std::string & concept);
+    int prepare_concept(const std::string & concept) { return steering_->prepare_concept(concept); }
     // The sequence is idle: its concept may be evicted for another (which empties the sequence).
-    void release(int seq);
+    void release(int seq) { steering_->release(check_seq(seq)); }
     // Whether the sequence is steered as given (and so holds rows computed under it).
-    bool holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const;
-    void set_steer_hook(flas_row_hook hook);  // every sequence; empty function: back to the ggml flow
-    void set_trace(int seq, bool on);           // record its layer-L rows before/after steering
+    bool holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const {
+        return steering_->holds_steering(check_seq(seq), concept, flowtime, n_steps);
+    }
+    // every sequence; empty function: back to the ggml flow
+    void set_steer_hook(flas_row_hook hook) { steering_->set_steer_hook(std::move(hook)); }
+    // record its layer-L rows before/after steering
+    void set_trace(int seq, bool on) { steering_->set_trace(check_seq(seq), on); }
 
     // ---- sequences ----
     void reset(int seq);                                   // empty its llama.cpp memory and flow caches
@@ -137,23 +131,23 @@ struct flas_runtime {
     llama_token sample(int seq);
 
     // ---- facts ----
-    const flas_flow_hparams & flow_hparams() const { return flow_.hp; }
+    const flas_flow_hparams & flow_hparams() const { return steering_->flow_hparams(); }
     int n_vocab() const;
     int n_ctx() const { return n_ctx_; }             // llama.cpp's whole context
     int n_ctx_seq() const { return n_ctx_seq_; }     // positions one sequence may hold
     int n_seq() const { return (int) seqs_.size(); }
     int n_batch() const { return params_.n_batch; }
-    flas_concept_stats stats() const;
-    std::string flow_backend() const;
-    std::string flow_device() const;                 // the ggml device computing layer L and the flow
+    flas_concept_stats stats() const { return steering_->stats(); }
+    std::string flow_backend() const { return steering_->backend_name(); }
+    std::string flow_device() const { return steering_->device_name(); }  // the device computing layer L and the flow
     const std::vector<std::string> & rpc_servers() const { return params_.rpc_servers; }
     // Bytes per device: the base model's buffers (llama.cpp's accounting) and the flow's.
     std::vector<flas_device_memory> memory() const;
     // Allocates what steering every sequence with n_steps holds (flow caches, compute buffer);
     // sequences whose cache grows are emptied.
     void reserve_steering(int n_steps);
-    const std::vector<float> & trace_unsteered(int seq) const { return seqs_.at(check_seq(seq)).trace_in; }
-    const std::vector<float> & trace_steered(int seq) const { return seqs_.at(check_seq(seq)).trace_out; }
+    const std::vector<float> & trace_unsteered(int seq) const { return steering_->trace_in(check_seq(seq)); }
+    const std::vector<float> & trace_steered(int seq) const { return steering_->trace_out(check_seq(seq)); }
 
     // called by the eval callbacks
     bool wants(const ggml_tensor * t) const;
@@ -161,28 +155,13 @@ struct flas_runtime {
     void on_layer_output(ggml_tensor * t) noexcept;
 
   private:
-    // The rows of one sequence in the llama_decode under way.
-    struct batch_entry {
-        int seq, row0, n, p0;
-    };
-
     int  check_seq(int seq) const;
     llama_context_params context_params(int n_ctx, int n_batch, int n_seq) const;
     llama_model_params model_params();           // fills devices_ and tensor_split_
     ggml_backend_dev_t probe_layer_device();
-    void check_compatible(const std::string & base_path, const std::string & flow_path) const;
-    int  acquire_concept(const std::string & text, int & n_total);  // -> slot
-    void compute_time_embeddings(int seq);
-    void compute_folded_values(int seq);
-    void decode_one(const std::vector<batch_entry> & entries, llama_batch & batch);
-    bool steering_active() const;
+    void check_compatible(const flas_flow_hparams & hp, const std::string & base_path, const std::string & flow_path) const;
+    void decode_one(const std::vector<flas_seq_rows> & entries, llama_batch & batch);
     void steer_rows(ggml_tensor * t, int row0, int n);
-    struct flow_pass;
-    // a real pass, or the largest one of a concept: the longest unfolded, or the longest folded
-    enum class pass_shape { real, worst_unfolded, worst_folded };
-    flow_pass build_flow_pass(const std::vector<batch_entry> & steered, int n_all, pass_shape shape);
-    void reserve_flow(int seq);
-    void run_flow(ggml_tensor * t, const std::vector<batch_entry> & steered);  // row0: rows of t
 
     flas_runtime_params params_;
     int n_ctx_     = 0;
@@ -194,23 +173,16 @@ struct flas_runtime {
     const llama_vocab * vocab_ = nullptr;
     std::unique_ptr<flas_prompt> prompt_;
 
-    ggml_backend_ptr   backend_;        // the flow's backend (that of layer L)
-    flas_flow          flow_;
-    flas_concept_state concept_;
-    flas_concept_table concepts_;
-    std::unique_ptr<flas_concept_encoder> encoder_;  // after the flow and the final norm are loaded
+    // after the flow is loaded on layer L's device and the final norm is read; freed before the context
+    std::unique_ptr<flas_steering> steering_;
     std::vector<flas_seq> seqs_;
-    ggml_gallocr_ptr   allocr_;         // compute buffer, reserved for the largest pass
-    std::vector<uint8_t> graph_meta_;   // no_alloc context memory for graph building
-    std::vector<float> output_norm_;    // the base model's final norm weight, [H], until the encoder takes it
+    std::vector<float> output_norm_;    // the base model's final norm weight, [H], until the steering takes it
 
-    flas_row_hook hook_;
     std::string target_name_;           // "l_out-<L>"
-    std::vector<batch_entry> entries_;  // the llama_decode under way
+    std::vector<flas_seq_rows> entries_;  // the llama_decode under way
     int cursor_ = 0;                    // batch row of the next row the callback will see
     std::string error_;                 // first error inside a callback, raised after llama_decode
-    std::vector<int> failed_seqs_;      // sequences whose steered rows were not finite in this decode
-    std::string failure_;
+    flas_pass_failures failed_;         // sequences whose steered rows were not finite in this decode
     bool probing_ = false;              // the callback looks for layer L's device (and the final norm)
     const ggml_tensor * app_asked_ = nullptr;  // the last node the application's callback wanted
     ggml_backend_dev_t layer_dev_ = nullptr;
