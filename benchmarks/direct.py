@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from flas_cpp._native import core
+from flas_cpp._native import core, model_params
 
 
 class DirectModel:
     """A flas_model whose sequences the benchmark steers and decodes itself."""
 
     def __init__(self, base: Path, flow: Path, **params: Any):
-        self.m = core().Model(str(base), str(flow), **params)
+        self.m = core().Model(model_params(base=str(base), flow=str(flow), **params))
         self.n_vocab: int = self.m.n_vocab
 
     def _exclusive(self, fn: Callable[[], Any]) -> Any:

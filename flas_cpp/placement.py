@@ -45,6 +45,12 @@ def base_layer_count(flow: str | Path) -> int:
     return int(field.contents())
 
 
+def estimate_memory(base: str | Path, flow: str | Path, n_steps: int, **params) -> list[dict]:
+    """FlasModel.memory()'s rows for a model of these FlasModel parameters with every sequence
+    steered at n_steps, from llama.cpp's simulated buffers (nothing allocated; flow_compute 0)."""
+    return [record(r) for r in core().estimate_memory(model_params(base=str(base), flow=str(flow), **params), n_steps)]
+
+
 def fit_gpu_layers(base: str, flow: str, budget: int, n_steps: int, **params) -> tuple[int, list[dict]]:
     """The largest n_gpu_layers whose offload device, by llama.cpp's simulated buffers and the
     flow's tensor sizes (every sequence steered with n_steps), holds at most `budget` bytes;
@@ -53,8 +59,7 @@ def fit_gpu_layers(base: str, flow: str, budget: int, n_steps: int, **params) ->
     n_layer = base_layer_count(flow)
 
     def estimate(ngl: int) -> list[dict]:
-        return [record(r) for r in core().estimate_memory(model_params(base=str(base), flow=str(flow), n_gpu_layers=ngl,
-                                                                       **params), n_steps)]
+        return estimate_memory(base, flow, n_steps, n_gpu_layers=ngl, **params)
 
     lo, hi = 0, n_layer + 1  # n_layer + 1: every layer and the output layer
     best = estimate(0)

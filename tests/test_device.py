@@ -23,6 +23,7 @@ from gguf import GGUFReader
 from conftest import convert_tiny_flow
 from flas_cpp import DeviceLostError, FlasModel, Request, build_info
 from flas_cpp._native import core
+from flas_cpp.placement import estimate_memory
 
 RPC_BUILD = ('CMAKE_ARGS="-DGGML_RPC=on" pip install --no-cache-dir --force-reinstall --no-deps '
              'llama-cpp-python==0.3.36 && pip install --no-build-isolation --no-deps .')
@@ -274,15 +275,13 @@ def test_gpu_memory_chooses_the_most_layers_that_fit(tiny_base_f32, flow, server
         flow_compute = sum(r["flow_compute"] for r in rows)
     # one more layer would not fit: the estimate (exact for every other part) and the flow's
     # compute buffer, which is the same wherever the flow is
-    more = core().estimate_memory(str(tiny_base_f32), str(flow), n_gpu_layers=ngl + 1, n_steps=n_steps,
-                                  n_batch=32, exact=True, **kw)
+    more = estimate_memory(tiny_base_f32, flow, n_steps, n_gpu_layers=ngl + 1, n_batch=32, exact=True, **kw)
     assert max(r["total"] for r in more if r["device"].startswith("RPC")) + flow_compute > budget
 
 
 def test_gpu_memory_estimate_equals_the_real_buffers(tiny_base_f32, flow, servers):
     kw = dict(n_ctx=512, n_seq=2, rpc_servers=servers[:1])
-    est = {r["device"]: r for r in core().estimate_memory(str(tiny_base_f32), str(flow), n_gpu_layers=3, n_steps=3,
-                                                          n_batch=32, exact=True, **kw)}
+    est = {r["device"]: r for r in estimate_memory(tiny_base_f32, flow, 3, n_gpu_layers=3, n_batch=32, exact=True, **kw)}
     with load(tiny_base_f32, flow, n_gpu_layers=3, **kw) as m:
         m.reserve_steering(3)
         real = {r["device"]: r for r in m.memory()}

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import convert_tiny_flow
 from flas_cpp import FlasModel
-from flas_cpp._native import core
+from flas_cpp._native import core, model_params
 from flas_cpp.testing import make_models as mm
 from flow_reference import FlowReference, generate_driven_by_reference
 
@@ -156,7 +156,7 @@ def test_rewind_keeps_the_flow_caches_in_step_with_llama_cpp(tiny_base_f32, flow
     m = models["f32"]
     prompt = m.prompt_tokens(PROMPT)
     a, b = m.tokenize("Arr, the sea!", add_bos=False), m.tokenize("Aye, the wind.", add_bos=False)
-    direct = core().Model(str(tiny_base_f32), str(flows["f32"][0]), n_ctx=256, exact=True)  # the C API's sequences
+    direct = core().Model(model_params(base=str(tiny_base_f32), flow=str(flows["f32"][0]), n_ctx=256, exact=True))  # the C API's sequences
     out = {}
 
     def steps():
