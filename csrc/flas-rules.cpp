@@ -73,6 +73,9 @@ void flas_sampling_check(const flas_sampling_params & s) {
     if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
         throw std::invalid_argument("top_p must be in (0, 1] (1: off), got " + number(s.top_p));
     }
+    if (!(s.typical_p > 0.0f && s.typical_p <= 1.0f)) {
+        throw std::invalid_argument("typical_p must be in (0, 1] (1: off), got " + number(s.typical_p));
+    }
     if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) {
         throw std::invalid_argument("min_p must be in [0, 1] (0: off), got " + number(s.min_p));
     }
@@ -98,6 +101,7 @@ struct flas_sampling_params flas_sampling_default_params(void) {
     s.temperature    = 0.0f;
     s.top_k          = 0;
     s.top_p          = 1.0f;
+    s.typical_p      = 1.0f;
     s.min_p          = 0.0f;
     s.repeat_penalty = 1.0f;
     s.repeat_last_n  = 64;

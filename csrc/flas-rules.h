@@ -14,6 +14,5 @@ void flas_steering_check(bool has_concept, float flowtime, int n_steps);
 // A request's settings apart from its prompt (which needs a model): its steering, max_tokens >= 1
 // and its sampling.
 void flas_request_check(bool has_concept, float flowtime, int n_steps, int max_tokens, const flas_sampling_params & s);
-// temperature >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite > 0,
-// repeat_last_n >= -1.
+// Each field of flas_sampling_params in its range (flas.h says which, at flas_check_request).
 void flas_sampling_check(const flas_sampling_params & sampling);

@@ -339,6 +339,9 @@ void flas_runtime::sampler_init(int seq, const flas_sampling_params & sp) {
     if (sp.top_k > 0) {
         llama_sampler_chain_add(chain, llama_sampler_init_top_k(sp.top_k));
     }
+    if (sp.typical_p < 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_typical(sp.typical_p, 1));
+    }
     if (sp.top_p < 1.0f) {
         llama_sampler_chain_add(chain, llama_sampler_init_top_p(sp.top_p, 1));
     }

@@ -18,7 +18,8 @@ class ModelParams(C.Structure):
 
 
 class SamplingParams(C.Structure):
-    _fields_ = [("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("min_p", C.c_float),
+    _fields_ = [("temperature", C.c_float), ("top_k", C.c_int32), ("top_p", C.c_float), ("typical_p", C.c_float),
+                ("min_p", C.c_float),
                 ("repeat_penalty", C.c_float), ("repeat_last_n", C.c_int32), ("seed", C.c_uint32)]
 
 

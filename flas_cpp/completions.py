@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .generation import Generation, Request, raise_if_failed
 from .prompting import Message
@@ -63,19 +63,16 @@ def chunk(chat: bool, rid: str, created: int, model: str, text: str | None = Non
             "model": model, "choices": [choice], **extra}
 
 
-def create(model: "FlasModel", chat: bool, prompt: str | None, messages: Sequence[Message] | None,
-           max_tokens: int | None, temperature: float, top_p: float, top_k: int, min_p: float, repeat_penalty: float,
-           stop: str | Sequence[str] | None, stream: bool, seed: int | None, concept: str | None, flowtime: float,
-           n_steps: int | None) -> dict | Iterator[dict]:
-    """FlasModel.create_completion (chat False: the prompt as it is) and create_chat_completion."""
+def create(model: "FlasModel", chat: bool, stream: bool, max_tokens: int | None, **fields: Any) -> dict | Iterator[dict]:
+    """FlasModel.create_completion (chat False: the prompt as it is) and create_chat_completion:
+    fields are a Request's (seed None: the model's, as llama-cpp-python's Llama(seed=...))."""
     if max_tokens is None or max_tokens <= 0:  # llama-cpp-python: until the context is full
-        n_prompt = len(model.prompt_tokens(messages=messages) if chat else model.tokenize(prompt or "", special=True))
+        n_prompt = len(model.prompt_tokens(messages=fields["messages"]) if chat
+                       else model.tokenize(fields["prompt"] or "", special=True))
         max_tokens = max(1, model.n_ctx_seq - n_prompt)
-    req = Request(prompt=None if chat else prompt, messages=messages if chat else None, raw=not chat,
-                  concept=concept, flowtime=flowtime if concept else 0.0, n_steps=n_steps, max_tokens=max_tokens,
-                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                  seed=seed, stop=stop)  # None: the model's seed, as llama-cpp-python's Llama(seed=...)
-    handle = model.submit(req)
+    if not fields.get("concept"):
+        fields["flowtime"] = 0.0
+    handle = model.submit(Request(raw=not chat, max_tokens=max_tokens, **fields))
     rid, name = new_id(chat), model.model_path
     if not stream:
         g = raise_if_failed(handle.result())

@@ -43,6 +43,7 @@ class Request:
     raw: bool = False                 # the prompt as it is (BOS added), without the chat template
     min_p: float = 0.0                # 0: off
     repeat_penalty: float = 1.0       # 1: off (llama.cpp's penalty over the last 64 tokens)
+    typical_p: float = 1.0            # 1: off (llama.cpp's locally typical sampling)
     stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
     parse_special: bool = False       # control-token text in the prompt/messages is a control token (else text)
 

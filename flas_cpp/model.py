@@ -17,7 +17,7 @@ from .placement import base_layer_count, device_total, fit_gpu_layers, gib, pars
 from . import completions
 from .completions import stop_list
 from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
-from .prompting import Message, c_float, check_request, check_steering, check_text, normalize_messages, sampling_types
+from .prompting import Message, c_float, c_int, check_request, check_steering, check_text, normalize_messages, sampling_from
 
 
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
@@ -183,25 +183,28 @@ class FlasModel:
     # ---- llama-cpp-python's completion calls ----------------------------------------------------
 
     def create_completion(self, prompt: str, max_tokens: int | None = 16, temperature: float = 0.8,
-                          top_p: float = 0.95, min_p: float = 0.05, stop: str | Sequence[str] | None = None,
-                          repeat_penalty: float = 1.0, top_k: int = 40, stream: bool = False, seed: int | None = None,
-                          concept: str | None = None, flowtime: float = 2.0,
-                          n_steps: int | None = None) -> dict | Iterator[dict]:
+                          top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
+                          stop: str | Sequence[str] | None = None, repeat_penalty: float = 1.0, top_k: int = 40,
+                          stream: bool = False, seed: int | None = None, concept: str | None = None,
+                          flowtime: float = 2.0, n_steps: int | None = None) -> dict | Iterator[dict]:
         """llama-cpp-python's Llama.create_completion (the prompt as it is, its defaults, its dicts,
         stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
-        return completions.create(self, False, prompt, None, max_tokens, temperature, top_p, top_k, min_p,
-                                  repeat_penalty, stop, stream, seed, concept, flowtime, n_steps)
+        return completions.create(self, False, stream, max_tokens, prompt=prompt, temperature=temperature, top_p=top_p,
+                                  min_p=min_p, typical_p=typical_p, stop=stop, repeat_penalty=repeat_penalty,
+                                  top_k=top_k, seed=seed, concept=concept, flowtime=flowtime, n_steps=n_steps)
 
     def create_chat_completion(self, messages: Sequence[Message], temperature: float = 0.2, top_p: float = 0.95,
-                               top_k: int = 40, min_p: float = 0.05, stream: bool = False,
+                               top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0, stream: bool = False,
                                stop: str | Sequence[str] | None = None, seed: int | None = None,
                                max_tokens: int | None = None, repeat_penalty: float = 1.0,
                                concept: str | None = None, flowtime: float = 2.0,
                                n_steps: int | None = None) -> dict | Iterator[dict]:
         """llama-cpp-python's Llama.create_chat_completion (the chat template, its defaults, its
         dicts, stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
-        return completions.create(self, True, None, messages, max_tokens, temperature, top_p, top_k, min_p,
-                                  repeat_penalty, stop, stream, seed, concept, flowtime, n_steps)
+        return completions.create(self, True, stream, max_tokens, messages=messages, temperature=temperature,
+                                  top_p=top_p, min_p=min_p, typical_p=typical_p, stop=stop,
+                                  repeat_penalty=repeat_penalty, top_k=top_k, seed=seed, concept=concept,
+                                  flowtime=flowtime, n_steps=n_steps)
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -321,16 +324,14 @@ class FlasModel:
         fail it (the others still run)."""
         n_steps = self.flow_info["n_steps"] if r.n_steps is None else r.n_steps
         check_steering(r.concept, r.flowtime, n_steps)
-        sampling_types(r.max_tokens, r.temperature, r.top_k, r.top_p, r.min_p, r.repeat_penalty)
         seed = self.seed if r.seed is None else r.seed
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         req = core().Request()
         req.concept = "" if r.flowtime == 0 or r.concept is None else r.concept
-        req.flowtime, req.n_steps, req.max_tokens = c_float(r.flowtime), n_steps, r.max_tokens
-        sp = req.sampling
-        sp.temperature, sp.top_k, sp.top_p = c_float(r.temperature), r.top_k, c_float(r.top_p)
-        sp.min_p, sp.repeat_penalty, sp.seed = c_float(r.min_p), c_float(r.repeat_penalty), seed & 0xFFFFFFFF
+        req.flowtime, req.n_steps, req.max_tokens = c_float(r.flowtime), n_steps, c_int(r.max_tokens, "max_tokens")
+        sampling_from(r, req.sampling)
+        req.sampling.seed = seed & 0xFFFFFFFF
         check_request(req)
         stops = stop_list(r.stop)
         if r.raw and (not isinstance(r.prompt, str) or r.messages is not None):

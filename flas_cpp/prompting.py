@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ._native import core
+from ._native import core, record
 
 Message = dict  # {"role": "user" | "assistant" | "model" | "system", "content": str}
 
@@ -79,17 +79,26 @@ def check_request(r: Any) -> Any:
     return r
 
 
-def sampling_types(max_tokens: object, temperature: object, top_k: object, top_p: object, min_p: object,
-                   repeat_penalty: object) -> None:
-    """The types a request's numbers must have to reach the core; their ranges are the core's."""
-    if not _int32(max_tokens, -INT32_MAX):
-        raise ValueError(f"max_tokens must be an integer, got {max_tokens!r}")
-    if not _int32(top_k, -INT32_MAX):
-        raise ValueError(f"top_k must be an integer (0 = off), got {top_k!r}")
-    for name, v in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p),
-                    ("repeat_penalty", repeat_penalty)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{name} must be a number, got {v!r}")
+def sampling_from(request: Any, sampling: Any) -> None:
+    """Copies the sampling fields a request has (every flas_sampling_params field but the seed, by
+    name) into the extension's SamplingParams, checking their types; the ranges are the core's."""
+    for name, current in record(sampling).items():
+        if name != "seed" and hasattr(request, name):
+            value = getattr(request, name)
+            setattr(sampling, name, c_int(value, name) if isinstance(current, int) else c_number(value, name))
+
+
+def c_int(v: object, name: str) -> int:
+    """v if a C int32_t takes it (its range is the core's rule)."""
+    if not _int32(v, -INT32_MAX - 1):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+def c_number(v: object, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    return c_float(v)
 
 
 def c_float(v: float) -> float:

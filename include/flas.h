@@ -86,11 +86,13 @@ struct flas_model_params {
 };
 
 /* How the next token is drawn: llama.cpp's sampler chain (penalties, then greedy when temperature
- * is 0, else top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's common order). */
+ * is 0, else top-k, typical, top-p, min-p, temperature and a seeded draw, in llama-cpp-python's
+ * order). */
 struct flas_sampling_params {
     float    temperature;       /* 0: greedy (0.0) */
     int32_t  top_k;             /* 0: off (0) */
     float    top_p;             /* 1: off (1.0) */
+    float    typical_p;         /* 1: off (1.0); llama.cpp's locally typical sampling */
     float    min_p;             /* 0: off (0.0) */
     float    repeat_penalty;    /* 1: off (1.0); llama.cpp's penalty on the last repeat_last_n tokens */
     int32_t  repeat_last_n;     /* (64); -1: the whole context */
@@ -278,7 +280,7 @@ FLAS_API struct flas_sampling_params flas_sampling_default_params(void);
 FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
 /* Checks a request's settings apart from its prompt by the rules flas_submit applies (as
  * flas_check_steering): its steering, max_tokens >= 1, and its sampling: temperature finite and
- * >= 0, top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty finite and > 0,
+ * >= 0, top_k >= 0, top_p and typical_p in (0, 1], min_p in [0, 1], repeat_penalty finite and > 0,
  * repeat_last_n >= -1. */
 FLAS_API int flas_check_request(const struct flas_request_params * params);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */

@@ -126,3 +126,21 @@ def test_steering_through_the_llama_cpp_python_calls(models):
     assert steered["choices"][0]["message"]["content"] == g.text != plain["choices"][0]["message"]["content"]
     with pytest.raises(ValueError, match="once"):
         FlasModel("a.gguf", "b.gguf", model_path="a.gguf")
+
+
+@pytest.mark.parametrize("typical_p", [0.3, 0.9])
+def test_typical_p_samples_as_llama_cpp_python(models, typical_p):
+    """typical_p (llama.cpp's locally typical sampler) reaches the sampler chain where
+    llama-cpp-python puts it: sampled text, seeded, equals llama_cpp.Llama's on the same GGUF,
+    and differs from the same draw without it."""
+    ours, theirs = models
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_tokens=24)
+    texts = {seed: ours.create_completion("Once upon a time", typical_p=typical_p, seed=seed, **kw)["choices"][0]["text"]
+             for seed in (1, 2, 3)}
+    for seed, text in texts.items():
+        assert text == theirs.create_completion("Once upon a time", typical_p=typical_p, seed=seed,
+                                                **kw)["choices"][0]["text"], seed
+    assert any(text != ours.create_completion("Once upon a time", seed=seed, **kw)["choices"][0]["text"]
+               for seed, text in texts.items())
+    with pytest.raises(ValueError, match=r"typical_p must be in \(0, 1\] \(1: off\), got 0"):
+        ours.create_completion("x", typical_p=0.0)

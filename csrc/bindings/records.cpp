@@ -50,6 +50,7 @@ void register_records(py::module_ & m) {
         .def_readwrite("temperature", &flas_sampling_params::temperature)
         .def_readwrite("top_k", &flas_sampling_params::top_k)
         .def_readwrite("top_p", &flas_sampling_params::top_p)
+        .def_readwrite("typical_p", &flas_sampling_params::typical_p)
         .def_readwrite("min_p", &flas_sampling_params::min_p)
         .def_readwrite("repeat_penalty", &flas_sampling_params::repeat_penalty)
         .def_readwrite("repeat_last_n", &flas_sampling_params::repeat_last_n)
