@@ -392,6 +392,14 @@ def test_the_whole_c_api_surface_traces_batches_hooks_and_direct_sequences(lib, 
         assert lib.flas_trace(model, rids[0], 2, logits, len(logits)) == len(logits)
         assert np.abs(np.frombuffer(logits, dtype=np.float32) - traced["logits"]).max() < 1e-4 * np.abs(traced["logits"]).max()
         assert lib.flas_trace(model, rids[1], 1, out, rows) == -4 and "not a finished traced request" in error(lib)
+        # the engine keeps a traced request's record until release: its end is handed over once,
+        # its rows as often as asked
+        none = (C.c_int32 * 1)()
+        assert lib.flas_poll(model, rids[0], 0, none, 1, C.byref(res)) == -4 and "unknown request" in error(lib)
+        first = np.frombuffer(out, dtype=np.float32).copy()
+        C.memset(out, 0, rows * 4)
+        assert lib.flas_trace(model, rids[0], 1, out, rows) == rows
+        assert np.array_equal(np.frombuffer(out, dtype=np.float32), first)
         assert lib.flas_release(model, rids[0]) == 0
         assert lib.flas_trace(model, rids[0], 1, out, rows) == -4  # released
 

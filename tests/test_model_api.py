@@ -156,3 +156,31 @@ def test_a_paused_stream_does_not_block_another_generation(model):
     other = model.generate(PROMPT, flowtime=0.0, max_tokens=2, temperature=0.0)
     assert len(other.tokens) == 2
     assert first + "".join(it) == whole.text
+
+
+def test_every_finish_reaches_python_by_its_code_through_each_call(tiny_base_f32, flow_gguf):
+    """flas.h's finish and status codes, not message text, decide what Python says: max_tokens,
+    context (the sequence is full), cancelled, and an error with its status (a prompt too long
+    for a sequence: ContextLengthError) through generate, stream, submit and generate_many."""
+    from flas_cpp import ContextLengthError
+    from flas_cpp._native import core
+
+    with FlasModel(tiny_base_f32, flow_gguf, n_ctx=256) as m:  # 256 tokens per sequence
+        assert m.generate(PROMPT, concept=CONCEPT, max_tokens=3, temperature=0.0).stop_reason == "max_tokens"
+        full = m.submit(PROMPT, concept=CONCEPT, max_tokens=1000, temperature=0.0).result()
+        assert full.stop_reason in ("context", "eog")
+        if full.stop_reason == "context":
+            assert full.n_prompt_tokens + len(full.tokens) + 1 >= m.n_ctx_seq
+        h = m.submit(PROMPT, concept=CONCEPT, max_tokens=1000)
+        h.cancel()
+        assert h.result().stop_reason == "cancelled"
+        too_long = "pirate " * 400
+        for call in (lambda: m.generate(too_long, concept=CONCEPT), lambda: list(m.stream(too_long, concept=CONCEPT)),
+                     lambda: m.submit(too_long, concept=CONCEPT)):
+            with pytest.raises(ContextLengthError):
+                call()
+        failed, ok = m.generate_many([dict(prompt=too_long, flowtime=0.0), dict(prompt=PROMPT, flowtime=0.0, max_tokens=2)])
+        assert failed.stop_reason == "error" and failed.error_status == core().ERR_CONTEXT_LENGTH
+        assert ok.stop_reason == "max_tokens"
+        with pytest.raises(ContextLengthError):
+            core().raise_status(failed.error_status, failed.error)

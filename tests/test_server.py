@@ -323,3 +323,20 @@ def test_bad_flags_are_refused_in_one_line(tiny_base_f32, flow):
                           (["--base", str(tiny_base_f32)], "pass both --base and --flow")]:
         r = subprocess.run([shutil.which("flas-server"), *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_rule_broken_through_the_server_reads_as_through_python_and_the_c_api(url, tiny_base_f32, flow):
+    """One message per rule: the server's 400 carries the core's text (flas_check_steering /
+    flas_check_request), the text Python raises."""
+    from flas_cpp._native import core
+
+    with pytest.raises(ValueError) as steering:
+        core().check_steering(PIRATE, -1.0, 3)
+    r = httpx.post(url + "/v1/chat/completions", json={**GOOD, "steering": {"concept": PIRATE, "flowtime": -1}},
+                   timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["message"] == f"steering.flowtime: {steering.value}"
+    with FlasModel(tiny_base_f32, flow, n_ctx=256) as m, pytest.raises(ValueError) as sampling:
+        m.generate("Hi", flowtime=0.0, typical_p=0.0)
+    r = httpx.post(url + "/v1/chat/completions", json={**GOOD, "typical_p": 0.0}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["message"] == str(sampling.value)
+    assert str(sampling.value) == "typical_p must be in (0, 1] (1: off), got 0"
