@@ -10,7 +10,7 @@ ERR_CONTEXT_LENGTH: int  # flas.h's FLAS_ERR_CONTEXT_LENGTH
 def raise_status(status: int, message: str) -> None: ...
 def check_steering(concept: str, flowtime: float, n_steps: int) -> None: ...
 
-def model_default_params() -> dict: ...
+def check_request(request: Request) -> None: ...
 def default_threads() -> int: ...
 def build_info() -> dict: ...
 def validate_flow(path: str) -> None: ...
@@ -19,10 +19,33 @@ def quantize(path_in: str, path_out: str, ftype: int, n_threads: int = 0) -> Non
 def rpc_serve(endpoint: str, n_threads: int = 0, cache_dir: str = "") -> None: ...
 def rpc_device_handles(endpoints: list[str]) -> list[int]: ...
 def endpoint_reachable(endpoint: str, timeout_ms: int = 1000) -> bool: ...
-def estimate_memory(base: str, flow: str, n_ctx: int = 4096, n_batch: int = 512, n_seq: int = 1,
-                    concept_cache: int = 16, n_gpu_layers: int = 0, n_threads: int = 0, exact: bool = False,
-                    verbose: bool = False, rpc_servers: list[str] = ..., main_gpu: int = 0,
-                    tensor_split: list[float] = ..., n_steps: int = 1) -> list[dict]: ...
+def estimate_memory(params: ModelParams, n_steps: int = 1) -> list[MemoryRow]: ...
+
+# flas.h's structs, their fields named as there (flas_model_default_params() etc. give the defaults)
+class ModelParams:
+    base: str
+    flow: str
+    rpc_servers: list[str]
+    tensor_split: list[float]
+    n_ctx: int
+    n_batch: int
+    n_seq: int
+    concept_cache: int
+    n_gpu_layers: int
+    main_gpu: int
+    n_threads: int
+    exact: bool
+    verbose: bool
+
+class SamplingParams:
+    temperature: float
+    top_k: int
+    top_p: float
+    typical_p: float
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    seed: int
 
 class Request:
     """struct flas_request_params, with the prompt and concept held."""
@@ -31,22 +54,76 @@ class Request:
     flowtime: float
     n_steps: int
     max_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    repeat_penalty: float
-    repeat_last_n: int
-    seed: int
+    sampling: SamplingParams
     trace: bool
+
+class Finish(int):
+    NONE: "Finish"
+    EOG: "Finish"
+    MAX_TOKENS: "Finish"
+    CONTEXT: "Finish"
+    CANCELLED: "Finish"
+    ERROR: "Finish"
+    name: str
+
+class Result:
+    """struct flas_result of a request that ended, and its error's message."""
+    finish: Finish
+    status: int
+    n_prompt: int
+    n_cached: int
+    prompt_seconds: float
+    seconds: float
+    error: str
+
+class Stats:
+    n_active: int
+    n_queued: int
+    n_decoded: int
+    n_decode_calls: int
+    concepts_encoded: int
+    concept_hits: int
+    concepts_cached: int
+
+class MemoryRow:
+    device: str
+    type: str
+    description: str
+    base_weights: int
+    kv_cache: int
+    base_compute: int
+    flow_weights: int
+    flow_caches: int
+    flow_compute: int
+    total: int
+
+class FlowInfo:
+    base_model_id: str
+    prompt_format: str
+    family: str
+    activation: str
+    format_version: int
+    layer: int
+    n_block: int
+    n_steps: int
+    t_min: float
+    t_max: float
+    concept_max_len: int
+    has_cross_attn: bool
+    has_self_attn: bool
+    has_mlp: bool
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    softcap: float
+    rope_freq_base: float
+    rope_freq_scale: float
 
 class Model:
     """A flas_model: the base model, the flow and the scheduler's thread. Errors: ValueError
     (bad argument, unknown id), RuntimeError, flas_cpp.DeviceLostError."""
-    def __init__(self, base: str, flow: str, n_ctx: int = 4096, n_batch: int = 512, n_seq: int = 1,
-                 concept_cache: int = 16, n_gpu_layers: int = 0, n_threads: int = 0, exact: bool = False,
-                 verbose: bool = False, rpc_servers: list[str] = ..., main_gpu: int = 0,
-                 tensor_split: list[float] = ...) -> None: ...
+    def __init__(self, params: ModelParams) -> None: ...
     def close(self) -> None: ...
     n_vocab: int
     n_embd: int
@@ -54,21 +131,23 @@ class Model:
     n_ctx_seq: int
     n_seq: int
     flow_device: str
-    flow_info: dict
-    def memory(self) -> list[dict]: ...
+    flow_info: FlowInfo
+    def memory(self) -> list[MemoryRow]: ...
     def reserve(self, n_steps: int) -> None: ...
     def prompt_tokens(self, prompt: str) -> list[int]: ...
+    def chat_tokens(self, messages: list[tuple[str, str]], content_special: bool) -> list[int]: ...
+    def text_tokens(self, text: str, parse_special: bool) -> list[int]: ...
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]: ...
     def chat_template(self, messages: list[tuple[str, str]]) -> str: ...
     def token_to_piece(self, token: int) -> bytes: ...
     def encode_concept(self, concept: str) -> int: ...
     def submit_many(self, requests: list[Request]) -> list[int]: ...
-    def poll(self, id: int, timeout_ms: int) -> dict: ...
+    def poll(self, id: int, timeout_ms: int, n_max: int = 256) -> tuple[list[int], Result | None]: ...
     def wait_any(self, ids: list[int], timeout_ms: int) -> int: ...
     def trace(self, id: int) -> dict[str, np.ndarray]: ...
     def cancel(self, id: int) -> None: ...
     def release(self, id: int) -> None: ...
-    def stats(self) -> dict: ...
+    def stats(self) -> Stats: ...
     def set_steer_hook(self, fn: Callable[[np.ndarray, int], np.ndarray] | None) -> None: ...
     def exclusive(self, fn: Callable[[], None]) -> None: ...
     def seq_set_steering(self, seq: int, concept: str, flowtime: float, n_steps: int) -> int: ...
