@@ -309,3 +309,25 @@ def plan_checkpoint(refs: dict, expected: Expected, qtype: GGMLQuantizationType,
         plan.append(TensorPlan(gg_name, shape, GGMLQuantizationType.F32 if kind == "f32" else pick_qtype(shape, qtype),
                                load))
     return plan
+
+
+@dataclass
+class DecoderShape:
+    """What every family's config says of its transformer, in llama.cpp's names (each family's
+    hyper-parameters extend it)."""
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_theta: float
+
+    def check_heads(self, where: Path) -> None:
+        """Grouped-query attention needs whole groups."""
+        if self.n_head % self.n_head_kv:
+            raise ConversionError(f"{where}: num_attention_heads {self.n_head} is not a multiple of "
+                                  f"num_key_value_heads {self.n_head_kv}")

@@ -13,13 +13,13 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from .. import safetensors_io
-from .common import ConversionError, TensorPlan, config_value, llama3_rope_divisors, plan_checkpoint
+from .common import ConversionError, DecoderShape, TensorPlan, config_value, llama3_rope_divisors, plan_checkpoint
 
 ARCHS = {"qwen3": "qwen3", "llama": "llama"}  # config model_type -> llama.cpp architecture
 
 
 @dataclass
-class DecoderHparams:
+class DecoderHparams(DecoderShape):
     """A Qwen3 or Llama config as llama.cpp's qwen3 or llama reads it; also the family's base
     converter (the methods base.py's driver calls)."""
     # config.json values that select this family (base.FAMILIES): model_type alone, which
@@ -28,16 +28,6 @@ class DecoderHparams:
     ARCHITECTURES: ClassVar[frozenset[str]] = frozenset()
 
     arch: str
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    n_ctx_train: int
-    rms_eps: float
-    rope_theta: float
     tied: bool
     rope_llama3: dict = field(default_factory=dict)  # llama: Llama-3 frequency scaling, if any
 
@@ -50,11 +40,13 @@ class DecoderHparams:
             raise ConversionError(f"{where}: attention or MLP biases are not converted; use llama.cpp's "
                                   "convert_hf_to_gguf.py")
         n_head = int(need("num_attention_heads"))
-        hp = cls(ARCHS[cfg["model_type"]], int(need("vocab_size")), int(need("hidden_size")),
-                 int(need("num_hidden_layers")), n_head, int(cfg.get("num_key_value_heads") or n_head),
-                 int(cfg.get("head_dim") or int(need("hidden_size")) // n_head), int(need("intermediate_size")),
-                 int(cfg.get("max_position_embeddings", 8192)), float(cfg.get("rms_norm_eps", 1e-6)),
-                 float(cfg.get("rope_theta", 10000.0)), bool(cfg.get("tie_word_embeddings", False)))
+        hp = cls(n_vocab=int(need("vocab_size")), n_embd=int(need("hidden_size")),
+                 n_layer=int(need("num_hidden_layers")), n_head=n_head,
+                 n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
+                 head_dim=int(cfg.get("head_dim") or int(need("hidden_size")) // n_head),
+                 n_ff=int(need("intermediate_size")), n_ctx_train=int(cfg.get("max_position_embeddings", 8192)),
+                 rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                 arch=ARCHS[cfg["model_type"]], tied=bool(cfg.get("tie_word_embeddings", False)))
         scaling = cfg.get("rope_scaling") or {}
         kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
         if kind == "llama3" and hp.arch == "llama":
@@ -62,9 +54,7 @@ class DecoderHparams:
                                                              "original_max_position_embeddings")}
         elif kind not in (None, "default"):
             raise ConversionError(f"{where}: rope_scaling {scaling} is not converted; use llama.cpp's converter")
-        if hp.n_head % hp.n_head_kv:
-            raise ConversionError(f"{where}: num_attention_heads {n_head} is not a multiple of num_key_value_heads "
-                                  f"{hp.n_head_kv}")
+        hp.check_heads(where)
         return hp
 
     def rope_freqs(self) -> np.ndarray | None:

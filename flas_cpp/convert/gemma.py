@@ -11,11 +11,11 @@ from typing import ClassVar
 from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
 from .. import safetensors_io
-from .common import ConversionError, TensorPlan, config_value, plan_checkpoint
+from .common import ConversionError, DecoderShape, TensorPlan, config_value, plan_checkpoint
 
 
 @dataclass
-class GemmaHparams:
+class GemmaHparams(DecoderShape):
     """A Gemma config as llama.cpp's gemma2 or gemma3 reads it; also the family's base converter
     (the methods base.py's driver calls)."""
     # config.json values that select this family (base.FAMILIES): model_type first, else architectures
@@ -23,16 +23,6 @@ class GemmaHparams:
     ARCHITECTURES: ClassVar[frozenset[str]] = frozenset({"Gemma2ForCausalLM", "Gemma3ForCausalLM",
                                                          "Gemma3ForConditionalGeneration"})
 
-    n_vocab: int
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    n_ctx_train: int
-    rms_eps: float
-    rope_theta: float
     sliding_window: int
     attn_softcap: float
     final_softcap: float
@@ -70,9 +60,7 @@ class GemmaHparams:
             final_softcap=float(cfg.get("final_logit_softcapping") or 30.0),
             query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", need("head_dim"))),
         )
-        if hp.n_head % hp.n_head_kv:
-            raise ConversionError(f"{where}: num_attention_heads {hp.n_head} is not a multiple of "
-                                  f"num_key_value_heads {hp.n_head_kv}")
+        hp.check_heads(where)
         # llama.cpp's gemma2 graph scales queries by 1/sqrt(head_dim) (27B aside): refuse a model
         # it would silently compute differently.
         if hp.n_layer != 46 and hp.query_pre_attn_scalar != hp.head_dim:
@@ -188,9 +176,7 @@ def gemma3_hparams(cfg: dict, where: Path, multimodal: bool = False) -> GemmaHpa
     if hp.query_pre_attn_scalar != hp.head_dim:
         raise ConversionError(f"{where}: query_pre_attn_scalar {hp.query_pre_attn_scalar:g} != head_dim "
                               f"{hp.head_dim}; llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)")
-    if hp.n_head % hp.n_head_kv:
-        raise ConversionError(f"{where}: num_attention_heads {hp.n_head} is not a multiple of num_key_value_heads "
-                              f"{hp.n_head_kv}")
+    hp.check_heads(where)
     return hp
 
 
