@@ -326,6 +326,17 @@ class DecoderShape:
     rms_eps: float
     rope_theta: float
 
+    def add_shape(self, w: GGUFWriter) -> None:
+        """The shape's GGUF keys, in the order every family writes them first."""
+        w.add_context_length(self.n_ctx_train)
+        w.add_embedding_length(self.n_embd)
+        w.add_block_count(self.n_layer)
+        w.add_feed_forward_length(self.n_ff)
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        w.add_key_length(self.head_dim)
+        w.add_value_length(self.head_dim)
+
     def check_heads(self, where: Path) -> None:
         """Grouped-query attention needs whole groups."""
         if self.n_head % self.n_head_kv:

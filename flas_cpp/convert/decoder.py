@@ -100,14 +100,7 @@ class DecoderHparams(DecoderShape):
         return plan
 
     def add_hparams(self, w: GGUFWriter) -> None:
-        w.add_context_length(self.n_ctx_train)
-        w.add_embedding_length(self.n_embd)
-        w.add_block_count(self.n_layer)
-        w.add_feed_forward_length(self.n_ff)
-        w.add_head_count(self.n_head)
-        w.add_head_count_kv(self.n_head_kv)
-        w.add_key_length(self.head_dim)
-        w.add_value_length(self.head_dim)
+        self.add_shape(w)
         w.add_rope_dimension_count(self.head_dim)
         w.add_layer_norm_rms_eps(self.rms_eps)
         w.add_rope_freq_base(self.rope_theta)
