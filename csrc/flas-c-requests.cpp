@@ -89,14 +89,14 @@ int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t *
         const flas_update u = model->engine->wait(id, std::max(0, timeout_ms), (size_t) n_max);
         std::copy(u.tokens.begin(), u.tokens.end(), tokens);
         if (u.done) {
-            result->finish         = u.finish;
-            result->status         = u.status;
-            result->n_prompt       = u.n_prompt;
-            result->n_cached       = u.n_cached;
-            result->prompt_seconds = u.prompt_seconds;
-            result->seconds        = u.seconds;
-            if (u.finish == FLAS_FINISH_ERROR) {
-                flas_error_slot() = u.error;
+            result->finish         = u.end.finish;
+            result->status         = u.end.status;
+            result->n_prompt       = u.end.n_prompt;
+            result->n_cached       = u.end.n_cached;
+            result->prompt_seconds = u.end.prompt_seconds;
+            result->seconds        = u.end.seconds;
+            if (u.end.finish == FLAS_FINISH_ERROR) {
+                flas_error_slot() = u.end.error;
             }
         }
         return (int32_t) u.tokens.size();

@@ -1,7 +1,4 @@
-// The engine's worker: admission of queued requests into sequences, prompt-prefix reuse,
-// continuous batching (one llama_decode per step over every busy sequence), delivery.
-
-#include "flas-engine.h"
+#include "flas-scheduler.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -23,83 +20,68 @@ static size_t common_prefix(const std::vector<llama_token> & held, const std::ve
 
 static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime == 0.0f; }
 
-// ---------------------------------------------------------------------------------------------
-// the worker
-// ---------------------------------------------------------------------------------------------
+flas_scheduler::flas_scheduler(flas_runtime & rt, flas_board & board) : rt_(rt), board_(board), slots_(rt.n_seq()) {}
 
-void flas_engine::run() {
-    struct done_flag {
-        flas_engine & e;
-        ~done_flag() {
-            std::lock_guard<std::mutex> lk(e.mutex_);
-            e.worker_done_ = true;
-            e.news_cv_.notify_all();
-        }
-    } done{*this};
-    flas_device_guard guard;  // a failed RPC connection on this thread: an error, not an abort
-    for (;;) {
-        {
-            std::unique_lock<std::mutex> lk(mutex_);
-            work_cv_.wait(lk, [&] { return stop_ || (n_exclusive_waiting_ == 0 && (n_active_ > 0 || !queue_.empty())); });
-            if (stop_ || !lost_.empty()) {
-                return;
-            }
-        }
-        std::lock_guard<std::timed_mutex> step_lock(step_mutex_);
-        drop_cancelled();  // first: their sequences take waiting requests in this very step
-        std::vector<std::shared_ptr<job>> admitted;
-        {
-            std::lock_guard<std::mutex> lk(mutex_);
-            int n_free = (int) slots_.size() - n_active_;
-            while (n_free-- > 0 && !queue_.empty()) {
-                admitted.push_back(queue_.front());
-                admitted.back()->queued = false;
-                queue_.pop_front();
-            }
-            n_active_ += (int) admitted.size();
-            stats_.n_queued = (int) queue_.size();
-            stats_.n_active = n_active_;
-        }
-        for (const auto & j : admitted) {
-            admit(j);
-        }
-        if (!admitted.empty()) {  // the runtime is the worker's: others read its figures here
-            const flas_concept_stats concepts = rt_->stats();
-            std::lock_guard<std::mutex> lk(mutex_);
-            stats_.concepts = concepts;
-        }
-        step();
+void flas_scheduler::step() {
+    drop_cancelled();  // first: their sequences take waiting requests in this very step
+    int n_free = 0;
+    for (const slot & s : slots_) {
+        n_free += s.run ? 0 : 1;
     }
+    const std::vector<std::shared_ptr<flas_ticket>> taken = board_.take(n_free);
+    for (const auto & t : taken) {
+        admit(t);
+    }
+    if (!taken.empty()) {  // the runtime is the worker's: others read its figures here
+        board_.set_concepts(rt_.stats());
+    }
+    decode();
 }
 
-void flas_engine::drop_cancelled() {
-    for (slot & s : slots_) {
-        if (s.running) {
-            bool cancelled;
-            {
-                std::lock_guard<std::mutex> lk(mutex_);
-                cancelled = s.running->cancelled;
-            }
-            if (cancelled) {
-                finish(s.running, FLAS_FINISH_CANCELLED);
-            }
+std::vector<uint64_t> flas_scheduler::epochs() const {
+    std::vector<uint64_t> out;
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        out.push_back(rt_.epoch((int) seq));
+    }
+    return out;
+}
+
+void flas_scheduler::after_exclusive(const std::vector<uint64_t> & before) {
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        if (rt_.epoch((int) seq) == before[seq]) {
+            continue;
+        }
+        slots_[seq].trusted = false;
+        if (slots_[seq].run) {
+            finish((int) seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME,
+                   "its sequence was changed by a call made between two decode steps (flas_exclusive, a steer hook "
+                   "or a memory reservation) while it ran");
+        }
+    }
+    board_.set_concepts(rt_.stats());  // the call may have encoded concepts
+}
+
+void flas_scheduler::drop_cancelled() {
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        if (slots_[seq].run && board_.cancelled(*slots_[seq].run->ticket)) {
+            finish((int) seq, FLAS_FINISH_CANCELLED);
         }
     }
 }
 
 // Whether sequence seq holds rows computed under the request's steering.
-bool flas_engine::reusable(int seq, const flas_request & req) const {
-    return slots_[seq].trusted && rt_->holds_steering(seq, req.concept, req.flowtime, req.n_steps);
+bool flas_scheduler::reusable(int seq, const flas_request & req) const {
+    return slots_[seq].trusted && rt_.holds_steering(seq, req.concept, req.flowtime, req.n_steps);
 }
 
 // A free sequence that already holds the longest prefix of the prompt under the same steering;
 // otherwise the one unused for longest (keeping recent ones for reuse).
-int flas_engine::choose_slot(const flas_request & req) const {
+int flas_scheduler::choose_slot(const flas_request & req) const {
     int best = -1;
     size_t best_keep = 0;
     for (int i = 0; i < (int) slots_.size(); ++i) {
         const slot & s = slots_[i];
-        if (s.running) {
+        if (s.run) {
             continue;
         }
         const size_t keep = !req.trace && reusable(i, req) ? common_prefix(s.tokens, req.prompt) : 0;
@@ -111,60 +93,60 @@ int flas_engine::choose_slot(const flas_request & req) const {
     return best;
 }
 
-void flas_engine::admit(const std::shared_ptr<job> & j) {
-    const flas_request & r = j->req;
-    j->t_start = flas_clock::now();
+void flas_scheduler::admit(std::shared_ptr<flas_ticket> t) {
+    const flas_request & r = t->req;
     const int seq = choose_slot(r);
     slot & s = slots_[seq];
-    s.running = j;
-    j->seq = seq;
+    s.run = std::make_unique<running>();
+    s.run->ticket = std::move(t);
+    s.run->t_start = flas_clock::now();
     try {
         size_t keep = 0;
         if (!reusable(seq, r)) {
             s.trusted = false;  // until the runtime holds the new steering
-            rt_->set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime, r.n_steps);
+            rt_.set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime, r.n_steps);
             s.tokens.clear();
             s.trusted = true;
         } else if (r.trace) {  // every row is recorded: from an empty sequence
-            rt_->reset(seq);
+            rt_.reset(seq);
             s.tokens.clear();
         } else {
             keep = common_prefix(s.tokens, r.prompt);
-            rt_->rewind(seq, (int) keep);
+            rt_.rewind(seq, (int) keep);
             s.tokens.resize(keep);
         }
-        rt_->set_trace(seq, r.trace);
-        rt_->sampler_init(seq, r.sampling);
-        j->n_fed = keep;
-        std::lock_guard<std::mutex> lk(mutex_);
-        j->outbox.n_cached = (int) keep;
+        rt_.set_trace(seq, r.trace);
+        rt_.sampler_init(seq, r.sampling);
+        s.run->n_fed = keep;
+        board_.set_cached(*s.run->ticket, (int) keep);
     } catch (const std::exception & e) {
         s.trusted = false;
-        finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
+        finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
     }
 }
 
 // One llama_decode: a token for every sequence that is generating, then prompt chunks of
 // the sequences being filled, up to n_batch tokens; then a token sampled for each sequence
 // whose prompt is complete.
-void flas_engine::step() {
+void flas_scheduler::decode() {
     std::vector<flas_seq_tokens> batch;
-    std::vector<std::shared_ptr<job>> in_batch;
-    int budget = rt_->n_batch();
-    for (slot & s : slots_) {
-        if (s.running && s.running->pending >= 0 && budget > 0) {
-            batch.push_back({s.running->seq, {s.running->pending}});
-            in_batch.push_back(s.running);
+    int budget = rt_.n_batch();
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        const running * r = slots_[seq].run.get();
+        if (r && r->pending >= 0 && budget > 0) {
+            batch.push_back({(int) seq, {r->pending}});
             budget--;
         }
     }
-    for (slot & s : slots_) {
-        job * j = s.running.get();
-        if (j && j->pending < 0 && j->n_fed < j->req.prompt.size() && budget > 0) {
-            const size_t take = std::min<size_t>(budget, j->req.prompt.size() - j->n_fed);
-            batch.push_back({j->seq, std::vector<llama_token>(j->req.prompt.begin() + j->n_fed,
-                                                              j->req.prompt.begin() + j->n_fed + take)});
-            in_batch.push_back(s.running);
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        const running * r = slots_[seq].run.get();
+        if (r == nullptr) {
+            continue;
+        }
+        const std::vector<llama_token> & prompt = r->ticket->req.prompt;
+        if (r->pending < 0 && r->n_fed < prompt.size() && budget > 0) {
+            const size_t take = std::min<size_t>(budget, prompt.size() - r->n_fed);
+            batch.push_back({(int) seq, std::vector<llama_token>(prompt.begin() + r->n_fed, prompt.begin() + r->n_fed + take)});
             budget -= (int) take;
         }
     }
@@ -174,107 +156,81 @@ void flas_engine::step() {
     std::vector<int> failed;  // sequences whose steering failed; the others decoded normally
     std::string why;
     try {
-        rt_->decode(batch);
+        rt_.decode(batch);
     } catch (const flas_seq_failure & e) {
         failed = e.seqs;
         why = e.what();
     } catch (const std::exception & e) {
-        for (const auto & j : in_batch) {  // their sequences are in an unknown state
-            slots_[j->seq].trusted = false;
-            finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
+        for (const flas_seq_tokens & entry : batch) {  // their sequences are in an unknown state
+            slots_[entry.seq].trusted = false;
+            finish(entry.seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
         }
         return;
     }
-    {
-        std::lock_guard<std::mutex> lk(mutex_);
-        stats_.n_steps++;
-        stats_.n_decoded += rt_->n_batch() - budget;
-    }
-    for (size_t i = 0; i < batch.size(); ++i) {
-        const std::shared_ptr<job> j = in_batch[i];
-        slot & s = slots_[j->seq];
-        if (std::find(failed.begin(), failed.end(), j->seq) != failed.end()) {
+    board_.count_step(rt_.n_batch() - budget);
+    for (const flas_seq_tokens & entry : batch) {
+        const int seq = entry.seq;
+        slot & s = slots_[seq];
+        running & r = *s.run;
+        const flas_request & req = r.ticket->req;
+        if (std::find(failed.begin(), failed.end(), seq) != failed.end()) {
             s.trusted = false;
-            finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, why);
+            finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, why);
             continue;
         }
-        s.tokens.insert(s.tokens.end(), batch[i].tokens.begin(), batch[i].tokens.end());
-        if (j->pending >= 0) {
-            j->pending = -1;
+        s.tokens.insert(s.tokens.end(), entry.tokens.begin(), entry.tokens.end());
+        if (r.pending >= 0) {
+            r.pending = -1;
         } else {
-            j->n_fed += batch[i].tokens.size();
-            if (j->n_fed < j->req.prompt.size()) {
+            r.n_fed += entry.tokens.size();
+            if (r.n_fed < req.prompt.size()) {
                 continue;  // more of the prompt next step
             }
         }
         try {
-            if (j->req.trace && !j->sampled_once) {
-                std::vector<float> logits = rt_->logits(j->seq);
-                std::lock_guard<std::mutex> lk(mutex_);
-                j->outbox.prompt_logits = std::move(logits);
+            if (req.trace && !r.sampled_once) {
+                board_.set_prompt_logits(*r.ticket, rt_.logits(seq));
             }
-            const llama_token tok = rt_->sample(j->seq);
-            j->sampled_once = true;
-            if (!j->req.trace && rt_->is_eog(tok)) {
-                finish(j, FLAS_FINISH_EOG);
+            const llama_token tok = rt_.sample(seq);
+            r.sampled_once = true;
+            if (!req.trace && rt_.is_eog(tok)) {
+                finish(seq, FLAS_FINISH_EOG);
                 continue;
             }
-            deliver(*j, tok);
-            if (++j->n_out >= j->req.max_tokens) {
-                finish(j, FLAS_FINISH_MAX_TOKENS);
-            } else if (rt_->n_past(j->seq) >= rt_->n_ctx_seq()) {
-                finish(j, FLAS_FINISH_CONTEXT);
+            board_.deliver(*r.ticket, tok, r.n_out == 0 ? seconds_since(r.t_start) : -1.0);
+            if (++r.n_out >= req.max_tokens) {
+                finish(seq, FLAS_FINISH_MAX_TOKENS);
+            } else if (rt_.n_past(seq) >= rt_.n_ctx_seq()) {
+                finish(seq, FLAS_FINISH_CONTEXT);
             } else {
-                j->pending = tok;
+                r.pending = tok;
             }
         } catch (const std::exception & e) {
             s.trusted = false;
-            finish(j, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
+            finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
         }
     }
 }
 
-void flas_engine::deliver(job & j, llama_token token) {
-    std::lock_guard<std::mutex> lk(mutex_);
-    if (!lost_.empty()) {
-        return;
-    }
-    if (j.outbox.tokens.empty() && j.n_out == 0) {
-        j.outbox.prompt_seconds = seconds_since(j.t_start);
-    }
-    j.outbox.tokens.push_back(token);
-    news_cv_.notify_all();
-}
-
-void flas_engine::finish(std::shared_ptr<job> j, flas_finish reason, flas_status status, const std::string & error) {
-    slot & s = slots_[j->seq];
+void flas_scheduler::finish(int seq, flas_finish reason, flas_status status, const std::string & error) {
+    slot & s = slots_[seq];
+    const std::unique_ptr<running> r = std::move(s.run);
     std::vector<float> trace_in, trace_out;
-    if (j->req.trace) {
+    if (r->ticket->req.trace) {
         try {
-            trace_in  = rt_->trace_unsteered(j->seq);
-            trace_out = rt_->trace_steered(j->seq);
-            rt_->set_trace(j->seq, false);
+            trace_in  = rt_.trace_unsteered(seq);
+            trace_out = rt_.trace_steered(seq);
+            rt_.set_trace(seq, false);
         } catch (const std::exception &) {
         }
     }
-    s.running.reset();
     s.last_used = ++tick_;
-    rt_->release(j->seq);
-    std::lock_guard<std::mutex> lk(mutex_);
-    n_active_--;
-    stats_.n_active = n_active_;
-    if (!lost_.empty()) {
-        return;  // its outbox already holds the loss
-    }
-    j->outbox.done = true;
-    j->outbox.finish = reason;
-    j->outbox.status = status;
-    j->outbox.error = error;
-    j->outbox.seconds = seconds_since(j->t_start);
-    if (j->n_out == 0) {
-        j->outbox.prompt_seconds = j->outbox.seconds;
-    }
-    j->outbox.trace_in = std::move(trace_in);
-    j->outbox.trace_out = std::move(trace_out);
-    news_cv_.notify_all();
+    rt_.release(seq);
+    flas_end e;
+    e.finish = reason;
+    e.status = status;
+    e.error = error;
+    e.seconds = seconds_since(r->t_start);
+    e.prompt_seconds = r->n_out == 0 ? e.seconds : -1.0;  // -1: the board keeps its first token's
+    board_.finish(*r->ticket, std::move(e), std::move(trace_in), std::move(trace_out));
 }
