@@ -361,6 +361,16 @@ int32_t flas_encode_concept(flas_model * model, const char * concept) {
     });
 }
 
+int64_t flas_concept_rows(flas_model * model, const char * concept, float * out, int64_t n_max) {
+    return flas_guarded([&] {
+        flas_need(model != nullptr && concept != nullptr, "flas_concept_rows: model and concept must not be NULL");
+        flas_need(out != nullptr || n_max == 0, "flas_concept_rows: out is NULL");
+        std::vector<float> rows;
+        flas_on_runtime(model, [&](flas_runtime & rt) { rows = rt.concept_rows(concept); });
+        return (int64_t) flas_copy_out(rows, out, n_max);
+    });
+}
+
 int flas_flow_validate(const char * path) {
     return flas_guarded([&] {
         flas_need(path != nullptr, "flas_flow_validate: path must not be NULL");

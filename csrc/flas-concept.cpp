@@ -44,7 +44,7 @@ bool flas_concept_encoder::on_node(ggml_tensor * t, bool ask) noexcept {
     return true;
 }
 
-void flas_concept_encoder::encode(std::vector<llama_token> tokens, flas_concept_state & state, int slot) {
+std::vector<float> flas_concept_encoder::rows(std::vector<llama_token> tokens) {
     const flas_flow_hparams & hp = flow_.hp;
     const int K = (int) tokens.size();
     // a side context for this concept only: at most concept_max_len cells and one ubatch of that size
@@ -79,7 +79,13 @@ void flas_concept_encoder::encode(std::vector<llama_token> tokens, flas_concept_
             c[(size_t) r * hp.n_embd + i] = x[i] * scale * output_norm_[i];
         }
     }
+    return c;
+}
 
+void flas_concept_encoder::encode(std::vector<llama_token> tokens, flas_concept_state & state, int slot) {
+    const flas_flow_hparams & hp = flow_.hp;
+    const int K = (int) tokens.size();
+    const std::vector<float> c = rows(std::move(tokens));
     if (hp.has_cross_attn) {
         const size_t n_nodes = 32 * (size_t) hp.n_block + 16;
         ggml_context_ptr gctx = flas_graph_context(n_nodes);

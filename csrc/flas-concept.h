@@ -20,7 +20,10 @@ class flas_concept_encoder {
     flas_concept_encoder(llama_model * model, const flas_flow & flow, ggml_backend_t backend,
                          llama_context_params cparams, std::vector<float> output_norm);
 
-    // Encodes tokens (BOS first, at most concept_max_len) into slot `slot` of state.
+    // The concept's encoding c = final_norm(layer1(layer0(tokens))) [K, H] row-major (FLAS_SPEC.md
+    // 2), what the cross-attention reads; tokens: BOS first, at most concept_max_len.
+    std::vector<float> rows(std::vector<llama_token> tokens);
+    // Encodes tokens (as rows) into slot `slot` of state: each block's cross-attention keys and values.
     void encode(std::vector<llama_token> tokens, flas_concept_state & state, int slot);
 
     // the side context's callbacks

@@ -105,6 +105,8 @@ struct flas_runtime {
     // Encodes a concept into the concept table ahead of the requests that will steer with it
     // (they then find it encoded); may evict an idle sequence's concept. Returns its token count.
     int prepare_concept(const std::string & concept) { return steering_->prepare_concept(concept); }
+    // The concept's encoding [K, n_embd] (FLAS_SPEC.md 2) as steering computes it; the table is untouched.
+    std::vector<float> concept_rows(const std::string & concept) { return steering_->concept_rows(concept); }
     // The sequence is idle: its concept may be evicted for another (which empties the sequence).
     void release(int seq) { steering_->release(check_seq(seq)); }
     // Whether the sequence is steered as given (and so holds rows computed under it).

@@ -72,6 +72,15 @@ int flas_steering::acquire_concept(const std::string & text, int & n_total) {
     return slot;
 }
 
+std::vector<float> flas_steering::concept_rows(const std::string & concept) {
+    std::vector<llama_token> tokens = flas_tokenize(vocab_, concept, /*add_special =*/ true, /*parse_special =*/ true);
+    if (concept.find_first_not_of(" \t\r\n") == std::string::npos || tokens.empty()) {
+        throw std::invalid_argument("the concept is empty; describe it in words, e.g. \"Talk like a pirate\"");
+    }
+    tokens.resize(std::min((int) tokens.size(), flow_.hp.concept_max_len));  // as acquire_concept encodes it
+    return encoder_->rows(std::move(tokens));
+}
+
 int flas_steering::prepare_concept(const std::string & concept) {
     int n_total = 0;
     const int slot = acquire_concept(concept, n_total);

@@ -79,6 +79,7 @@ class flas_steering {
     // flas_runtime's methods of the same names say what they do.
     int  set_steering(int seq, const std::string & concept, float flowtime, int n_steps);
     int  prepare_concept(const std::string & concept);
+    std::vector<float> concept_rows(const std::string & concept);
     void release(int seq);
     bool holds_steering(int seq, const std::string & concept, float flowtime, int n_steps) const;
     void set_steer_hook(flas_row_hook hook);

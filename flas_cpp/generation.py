@@ -30,7 +30,7 @@ class DeviceLostError(RuntimeError):
 @dataclass
 class Request:
     """One generation: the keyword arguments of FlasModel.generate() as an object."""
-    prompt: str | None = None
+    prompt: str | Sequence[int] | None = None  # a list of token ids: the prompt as it is (no template, no BOS added)
     concept: str | None = None
     flowtime: float = 2.0
     n_steps: int | None = None        # None: the flow's default

@@ -305,6 +305,13 @@ class FlasModel:
             raise ValueError("concept is empty; describe it in words, e.g. \"Talk like a pirate\"")
         return self._m.encode_concept(concept)
 
+    def concept_rows(self, concept: str) -> np.ndarray:
+        """The concept's encoding [K, H] float32 as steering computes it (FLAS_SPEC.md 2): the base's
+        layers 0-1 and final norm over its first concept_max_len tokens. For trainers and tests."""
+        if not isinstance(concept, str) or not concept.strip():
+            raise ValueError("concept is empty; describe it in words, e.g. \"Talk like a pirate\"")
+        return self._m.concept_rows(concept)
+
     def set_steer_hook(self, fn: Callable[[np.ndarray, int], np.ndarray] | None) -> None:
         """Advanced: replace the flow by fn(rows [n, H], first_position) -> steered rows, called in
         llama.cpp's forward pass for every sequence's layer-L rows (testing, research). None
@@ -338,7 +345,9 @@ class FlasModel:
             raise ValueError("a raw request takes a prompt string and no messages")
         error = None
         try:
-            if r.raw:  # the prompt as it is, control tokens parsed, as llama.cpp's completions
+            if isinstance(r.prompt, (list, tuple)):  # token ids, as they are (llama-cpp-python's List[int])
+                req.prompt = self._token_prompt(r)
+            elif r.raw:  # the prompt as it is, control tokens parsed, as llama.cpp's completions
                 req.prompt = self._m.text_tokens(check_text(r.prompt, "the prompt"), True)
             else:
                 req.prompt = self.prompt_tokens(r.prompt, r.messages, r.parse_special)
@@ -352,6 +361,15 @@ class FlasModel:
                 warnings.warn(f"the concept is {n_concept} tokens; only the first {limit} are used, as in training",
                               stacklevel=4)
         return _Settings(req, stops, error)
+
+    @staticmethod
+    def _token_prompt(r: Request) -> list[int]:
+        """Type checks only: the core checks the ids against the vocabulary and the length against a sequence."""
+        if r.messages is not None:
+            raise ValueError("a prompt of token ids takes no messages")
+        if not r.prompt or any(isinstance(t, bool) or not isinstance(t, int) for t in r.prompt):
+            raise ValueError("a prompt of token ids is a non-empty list of integers")
+        return list(r.prompt)
 
     def _submit_one(self, req: Request) -> Handle:
         """A single generation: a prompt too long for a sequence is a ValueError here, before it runs."""

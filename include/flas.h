@@ -268,6 +268,11 @@ FLAS_API int32_t flas_token_to_piece(const flas_model * model, int32_t token, ch
 /* Encodes a concept ahead of the requests that steer with it (they then find it encoded, as
  * later requests with the same text do anyway). Returns its token count, or a negative status. */
 FLAS_API int32_t flas_encode_concept(flas_model * model, const char * concept);
+/* The concept's encoding c = final_norm(layer1(layer0(tokens))), [K, n_embd] row-major (FLAS_SPEC.md
+ * 2): what every flow block's cross-attention reads, K its tokens (BOS first, at most
+ * concept_max_len). For trainers and tests; the concept table is untouched. Writes up to n_max
+ * floats; returns K * n_embd, or a negative status. */
+FLAS_API int64_t flas_concept_rows(flas_model * model, const char * concept, float * out, int64_t n_max);
 
 /* ---- requests ---- */
 

@@ -236,6 +236,18 @@ def test_concepts_encode_ahead_of_requests(lib, tiny_base_f32, flow, expected):
         assert lib.flas_encode_concept(model, PIRATE.encode()) > 1
         assert lib.flas_encode_concept(model, b"   ") == -1 and "the concept is empty" in error(lib)
         assert lib.flas_encode_concept(model, None) == -1
+        # the concept's encoding for a trainer: its size first (n_max 0), then its rows, as Python reads them
+        lib.flas_concept_rows.argtypes = [C.c_void_p, C.c_char_p, C.POINTER(C.c_float), C.c_int64]
+        lib.flas_concept_rows.restype = C.c_int64
+        n = lib.flas_concept_rows(model, PIRATE.encode(), None, 0)
+        with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
+            want = m.concept_rows(PIRATE)
+        assert n == want.size
+        out = (C.c_float * n)()
+        assert lib.flas_concept_rows(model, PIRATE.encode(), out, n) == n
+        np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(want.shape), want)
+        assert lib.flas_concept_rows(model, None, out, n) == -1 and "must not be NULL" in error(lib)
+        assert lib.flas_concept_rows(model, b" ", out, n) == -1 and "the concept is empty" in error(lib)
     finally:
         lib.flas_model_free(model)
     with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:

@@ -188,3 +188,41 @@ def test_multi_turn_reuses_the_prefix_and_equals_a_fresh_model(tiny_base_f32, fl
         messages=turn2, concept=CONCEPT, flowtime=2.0, temperature=0.0, max_tokens=12)
     assert r2.n_cached_tokens >= r1.n_prompt_tokens - 1 > 0 and fresh.n_cached_tokens == 0
     assert r2.tokens == fresh.tokens
+
+
+def test_concept_rows_equal_transformers_encoding(models, concept_c):
+    """flas_concept_rows (what a trainer conditions on) is FLAS_SPEC.md 2's c, as transformers computes it."""
+    got = models["f32"].concept_rows(CONCEPT)
+    assert got.shape == concept_c.shape
+    # llama.cpp's float32 layers against torch's: ~2e-4 of the largest value; a wrong layer, norm or
+    # scale is off by O(1)
+    assert normalized_error(got, concept_c) < 1e-3
+    with pytest.raises(ValueError, match="concept is empty"):
+        models["f32"].concept_rows("  ")
+
+
+def test_a_long_concept_s_rows_are_its_first_concept_max_len_tokens(models, tiny):
+    text = "Talk like a pirate " * 40
+    got = models["f32"].concept_rows(text)
+    assert got.shape[0] == 64  # as steering encodes it: the first concept_max_len tokens
+    assert normalized_error(got, encode_concept(tiny[0], text)) < 1e-3
+
+
+def test_a_prompt_of_token_ids_decodes_as_transformers(models, tiny):
+    """A prompt given as token ids (llama-cpp-python's List[int]) runs as it is: no template, no BOS added."""
+    tok = AutoTokenizer.from_pretrained(tiny[0])
+    hf = AutoModelForCausalLM.from_pretrained(tiny[0], dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok("Once upon a time there was").input_ids
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+    m = models["f32"]
+    g = m.generate(prompt=ids, flowtime=0.0, temperature=0.0, max_tokens=len(want), stop=None)
+    assert g.tokens[:len(want)] == want or g.finish == "eog" and want[:len(g.tokens)] == g.tokens
+    rows = m.trace(prompt=ids, flowtime=0.0)
+    assert rows["tokens"] == ids and rows["unsteered"].shape[0] == len(ids)
+    with pytest.raises(ValueError, match="non-empty list of integers"):
+        m.generate(prompt=[], flowtime=0.0)
+    with pytest.raises(ValueError, match="non-empty list of integers"):
+        m.generate(prompt=[1, "2"], flowtime=0.0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        m.generate(prompt=[2, 10 ** 6], flowtime=0.0)

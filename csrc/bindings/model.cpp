@@ -213,6 +213,19 @@ void register_model(py::module_ & m) {
             py::gil_scoped_release release;
             return check(flas_encode_concept(h.get(), concept_text));
         }, py::arg("concept"))
+        .def("concept_rows", [](const model & s, const std::string & concept) {
+            auto h = s.get();
+            const char * concept_text = c_text(concept, "the concept");
+            const py::ssize_t H = flas_model_n_embd(h.get());
+            std::vector<float> rows;
+            {
+                py::gil_scoped_release release;
+                // room for 64 rows, the usual concept_max_len, so the concept is encoded once
+                rows = read_all<float>([&](float * out, int64_t n) { return flas_concept_rows(h.get(), concept_text, out, n); },
+                                       (size_t) 64 * H);
+            }
+            return float_array(rows, H);
+        }, py::arg("concept"), "The concept's encoding [K, H] (flas_concept_rows).")
         .def("submit_many", [](const model & s, const std::vector<request_params> & reqs) {
             auto h = s.get();
             std::vector<struct flas_request_params> params;
