@@ -3,7 +3,10 @@ continuations of the real Gemma-3 270M, their layer-12 rows paired with the stud
 FLAS flow (cross-attention + MLP, no self-attention) trained by flow matching in PyTorch on those
 pairs, converted by flas-convert and run by the runtime on the held-out prompts.
 
-    python benchmarks/quality_probe.py [LR] [STEPS]     (defaults 3e-4 600; ~15 min on 2 cores)
+    python benchmarks/quality_probe.py [LR] [STEPS] [SCALE]   (defaults 3e-4 600 1; ~15 min on 2 cores)
+
+SCALE: T = 2 reaches SCALE x the teacher's displacement (objective (b) of docs/QUALITY.md).
+The row pairs are cached in OUT/pairs.npz and reused.
 
 A measurement script, not the trainer: flas-train (issue 21) replaces it. Writes /tmp/exp/flow1.
 Run it from outside the source tree (the installed flas_cpp is imported).
@@ -29,22 +32,28 @@ def lang(t):
     best = max(c, key=c.get); return best if c[best] >= 2 else "?"
 C = {"fr": ("Le texte suivant est écrit en français.\n\n", "en français", ["Write in French", "Answer in French.", "Respond in French", "Use the French language", "French"]),
      "es": ("El siguiente texto está escrito en español.\n\n", "en español", ["Write in Spanish", "Answer in Spanish.", "Respond in Spanish", "Use the Spanish language", "Spanish"])}
-rows_s, rows_t, pos, cid = [], [], [], []
+cache = OUT + "/pairs.npz"
 t0 = time.time()
-for k, (pf, mk, words) in C.items():
-    S = [m.prompt_tokens(p) for p in train]
-    T = [[2] + m.tokenize(pf + f"### Instruction:\n{p}\n\n### Response ({mk}):\n", add_bos=False) for p in train]
-    gens = m.generate_many([dict(prompt=t, max_tokens=24, temperature=0.0, flowtime=0, stop=["\n\n"]) for t in T])
-    ok = [lang(g.text) == k for g in gens]; print(k, "teacher", sum(ok), len(ok), time.time() - t0, flush=True)
-    for s, t, g, o in zip(S, T, gens, ok):
-        if not o: continue
-        y = g.tokens
-        rs = m.trace(prompt=s + y, flowtime=0)["unsteered"]; rt = m.trace(prompt=t + y, flowtime=0)["unsteered"]
-        sm = difflib.SequenceMatcher(a=s[1:], b=t[1:], autojunk=False)
-        pairs = [(i + 1 + q, j + 1 + q) for i, j, n in sm.get_matching_blocks() for q in range(n)]
-        pairs.append((len(s) - 1, len(t) - 1)); pairs += [(len(s) + q, len(t) + q) for q in range(len(y))]
-        for i, j in pairs:
-            rows_s.append(rs[i]); rows_t.append(rt[j]); pos.append(i); cid.append(k)
+if os.path.exists(cache):
+    z = np.load(cache); rows_s, rows_t, pos, cid = list(z['s']), list(z['t']), list(z['p']), list(z['c'])
+else:
+    rows_s, rows_t, pos, cid = [], [], [], []
+    t0 = time.time()
+    for k, (pf, mk, words) in C.items():
+        S = [m.prompt_tokens(p) for p in train]
+        T = [[2] + m.tokenize(pf + f"### Instruction:\n{p}\n\n### Response ({mk}):\n", add_bos=False) for p in train]
+        gens = m.generate_many([dict(prompt=t, max_tokens=24, temperature=0.0, flowtime=0, stop=["\n\n"]) for t in T])
+        ok = [lang(g.text) == k for g in gens]; print(k, "teacher", sum(ok), len(ok), time.time() - t0, flush=True)
+        for s, t, g, o in zip(S, T, gens, ok):
+            if not o: continue
+            y = g.tokens
+            rs = m.trace(prompt=s + y, flowtime=0)["unsteered"]; rt = m.trace(prompt=t + y, flowtime=0)["unsteered"]
+            sm = difflib.SequenceMatcher(a=s[1:], b=t[1:], autojunk=False)
+            pairs = [(i + 1 + q, j + 1 + q) for i, j, n in sm.get_matching_blocks() for q in range(n)]
+            pairs.append((len(s) - 1, len(t) - 1)); pairs += [(len(s) + q, len(t) + q) for q in range(len(y))]
+            for i, j in pairs:
+                rows_s.append(rs[i]); rows_t.append(rt[j]); pos.append(i); cid.append(k)
+    np.savez(cache, s=np.array(rows_s), t=np.array(rows_t), p=np.array(pos), c=np.array(cid))
 print("pairs", len(rows_s), time.time() - t0, flush=True)
 concepts = {k: [torch.tensor(m.concept_rows(w)) for w in C[k][2]] for k in C}
 HS, HT = torch.tensor(np.array(rows_s)), torch.tensor(np.array(rows_t)); P = torch.tensor(pos)
@@ -77,7 +86,8 @@ class Flow(nn.Module):
         x = gnorm(h, s.pre_mlp)
         h = h + s.mg * gnorm(s.down(F.gelu(s.gate(x), approximate="tanh") * s.up(x)), s.post_mlp)
         return h - h_in
-V = (HT - HS) / 2; vr = V.pow(2).mean().sqrt().item(); print("velocity rms/dim", vr)
+SCALE = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+V = SCALE * (HT - HS) / 2; vr = V.pow(2).mean().sqrt().item(); print("velocity rms/dim", vr)
 flow = Flow(vr); opt = torch.optim.AdamW(flow.parameters(), lr=float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4, weight_decay=0.0)
 idx = {k: torch.tensor([i for i, c in enumerate(cid) if c == k]) for k in C}
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 600
