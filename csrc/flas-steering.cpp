@@ -36,14 +36,22 @@ flas_steering::~flas_steering() = default;
 // the concept table
 // ---------------------------------------------------------------------------------------------
 
-// The slot holding `text`, encoding it into the least recently used free slot on a miss.
-// The caller becomes one of its users.
-int flas_steering::acquire_concept(const std::string & text, int & n_total) {
+// The tokens a concept is encoded from: BOS first, the first concept_max_len, as trained.
+// n_total: its whole token count.
+std::vector<llama_token> flas_steering::concept_tokens(const std::string & text, int & n_total) const {
     std::vector<llama_token> tokens = flas_tokenize(vocab_, text, /*add_special =*/ true, /*parse_special =*/ true);
     n_total = (int) tokens.size();
     if (text.find_first_not_of(" \t\r\n") == std::string::npos || tokens.empty()) {
         throw std::invalid_argument("the concept is empty; describe it in words, e.g. \"Talk like a pirate\"");
     }
+    tokens.resize(std::min(n_total, flow_.hp.concept_max_len));
+    return tokens;
+}
+
+// The slot holding `text`, encoding it into the least recently used free slot on a miss.
+// The caller becomes one of its users.
+int flas_steering::acquire_concept(const std::string & text, int & n_total) {
+    std::vector<llama_token> tokens = concept_tokens(text, n_total);
     int slot = concepts_.find(text);
     if (slot >= 0) {
         concepts_.n_hits++;
@@ -60,8 +68,7 @@ int flas_steering::acquire_concept(const std::string & text, int & n_total) {
             }
         }
         entry.text.clear();  // until it holds the new concept
-        const int K = std::min(n_total, flow_.hp.concept_max_len);  // as trained: the first concept_max_len tokens
-        tokens.resize(K);
+        const int K = (int) tokens.size();
         encoder_->encode(std::move(tokens), concept_, slot);
         entry.text = text;
         entry.n_tokens = K;
@@ -73,12 +80,8 @@ int flas_steering::acquire_concept(const std::string & text, int & n_total) {
 }
 
 std::vector<float> flas_steering::concept_rows(const std::string & concept) {
-    std::vector<llama_token> tokens = flas_tokenize(vocab_, concept, /*add_special =*/ true, /*parse_special =*/ true);
-    if (concept.find_first_not_of(" \t\r\n") == std::string::npos || tokens.empty()) {
-        throw std::invalid_argument("the concept is empty; describe it in words, e.g. \"Talk like a pirate\"");
-    }
-    tokens.resize(std::min((int) tokens.size(), flow_.hp.concept_max_len));  // as acquire_concept encodes it
-    return encoder_->rows(std::move(tokens));
+    int n_total = 0;
+    return encoder_->rows(concept_tokens(concept, n_total));
 }
 
 int flas_steering::prepare_concept(const std::string & concept) {

@@ -112,6 +112,7 @@ class flas_steering {
 
   private:
     int  n_seq() const { return (int) seqs_.size(); }
+    std::vector<llama_token> concept_tokens(const std::string & text, int & n_total) const;
     int  acquire_concept(const std::string & text, int & n_total);  // -> slot
     void compute_time_embeddings(int seq);
     void compute_folded_values(int seq);

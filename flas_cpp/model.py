@@ -308,9 +308,7 @@ class FlasModel:
     def concept_rows(self, concept: str) -> np.ndarray:
         """The concept's encoding [K, H] float32 as steering computes it (FLAS_SPEC.md 2): the base's
         layers 0-1 and final norm over its first concept_max_len tokens. For trainers and tests."""
-        if not isinstance(concept, str) or not concept.strip():
-            raise ValueError("concept is empty; describe it in words, e.g. \"Talk like a pirate\"")
-        return self._m.concept_rows(concept)
+        return self._m.concept_rows(concept)  # the core's rule: a concept that is not empty
 
     def set_steer_hook(self, fn: Callable[[np.ndarray, int], np.ndarray] | None) -> None:
         """Advanced: replace the flow by fn(rows [n, H], first_position) -> steered rows, called in
