@@ -1,6 +1,7 @@
 #include "flas-rules.h"
 
 #include "flas-runtime.h"
+#include "flas-sampling.h"
 
 #include <cmath>
 #include <fstream>
@@ -63,48 +64,10 @@ void flas_steering_check(bool has_concept, float flowtime, int n_steps) {
     }
 }
 
-void flas_sampling_check(const flas_sampling_params & s) {
-    if (!std::isfinite(s.temperature) || s.temperature < 0.0f) {
-        throw std::invalid_argument("temperature must be a finite number >= 0 (0: greedy), got " + number(s.temperature));
-    }
-    if (s.top_k < 0) {
-        throw std::invalid_argument("top_k must be >= 0 (0: off), got " + std::to_string(s.top_k));
-    }
-    if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
-        throw std::invalid_argument("top_p must be in (0, 1] (1: off), got " + number(s.top_p));
-    }
-    if (!(s.typical_p > 0.0f && s.typical_p <= 1.0f)) {
-        throw std::invalid_argument("typical_p must be in (0, 1] (1: off), got " + number(s.typical_p));
-    }
-    if (!(s.min_p >= 0.0f && s.min_p <= 1.0f)) {
-        throw std::invalid_argument("min_p must be in [0, 1] (0: off), got " + number(s.min_p));
-    }
-    if (!std::isfinite(s.repeat_penalty) || s.repeat_penalty <= 0.0f) {
-        throw std::invalid_argument("repeat_penalty must be a finite number > 0 (1: off), got " + number(s.repeat_penalty));
-    }
-    if (s.repeat_last_n < -1) {
-        throw std::invalid_argument("repeat_last_n must be >= -1 (-1: the whole context), got " +
-                                    std::to_string(s.repeat_last_n));
-    }
-}
-
 void flas_request_check(bool has_concept, float flowtime, int n_steps, int max_tokens, const flas_sampling_params & s) {
     flas_steering_check(has_concept, flowtime, n_steps);
     if (max_tokens < 1) {
         throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(max_tokens));
     }
     flas_sampling_check(s);
-}
-
-struct flas_sampling_params flas_sampling_default_params(void) {
-    struct flas_sampling_params s;
-    s.temperature    = 0.0f;
-    s.top_k          = 0;
-    s.top_p          = 1.0f;
-    s.typical_p      = 1.0f;
-    s.min_p          = 0.0f;
-    s.repeat_penalty = 1.0f;
-    s.repeat_last_n  = 64;
-    s.seed           = 0;
-    return s;
 }

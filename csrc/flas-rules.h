@@ -1,6 +1,7 @@
-// The rules a model's settings and a request's steering and sampling must meet, each said once
-// with its message: the engine, the C API's checks (flas_check_steering, flas_check_sampling),
-// flas_seq_set_steering and, through them, Python and the server apply these and no others.
+// The rules a model's settings and a request's steering must meet, each said once with its
+// message (the sampling's are beside its struct, in flas-sampling.h): the engine, the C API's
+// checks (flas_check_steering, flas_check_request), flas_seq_set_steering and, through them,
+// Python and the server apply these and no others.
 #pragma once
 
 #include "flas.h"  // struct flas_sampling_params
@@ -14,5 +15,3 @@ void flas_steering_check(bool has_concept, float flowtime, int n_steps);
 // A request's settings apart from its prompt (which needs a model): its steering, max_tokens >= 1
 // and its sampling.
 void flas_request_check(bool has_concept, float flowtime, int n_steps, int max_tokens, const flas_sampling_params & s);
-// Each field of flas_sampling_params in its range (flas.h says which, at flas_check_request).
-void flas_sampling_check(const flas_sampling_params & sampling);

@@ -4,6 +4,7 @@
 #include "flas-log.h"
 #include "flas-platform.h"
 #include "flas-rules.h"
+#include "flas-sampling.h"
 
 #include <cstring>
 #include <fstream>
@@ -323,33 +324,7 @@ std::vector<float> flas_runtime::logits(int seq) const {
 }
 
 void flas_runtime::sampler_init(int seq, const flas_sampling_params & sp) {
-    flas_seq & s = seqs_[check_seq(seq)];
-    llama_sampler_chain_params cp = llama_sampler_chain_default_params();
-    cp.no_perf = true;
-    s.sampler.reset(llama_sampler_chain_init(cp));
-    llama_sampler * chain = s.sampler.get();
-    if (sp.repeat_penalty != 1.0f && sp.repeat_last_n != 0) {
-        const int last_n = sp.repeat_last_n < 0 ? n_ctx_seq_ : sp.repeat_last_n;
-        llama_sampler_chain_add(chain, llama_sampler_init_penalties(n_vocab(), last_n, sp.repeat_penalty, 0.0f, 0.0f));
-    }
-    if (sp.temperature <= 0.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
-        return;
-    }
-    if (sp.top_k > 0) {
-        llama_sampler_chain_add(chain, llama_sampler_init_top_k(sp.top_k));
-    }
-    if (sp.typical_p < 1.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_typical(sp.typical_p, 1));
-    }
-    if (sp.top_p < 1.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_top_p(sp.top_p, 1));
-    }
-    if (sp.min_p > 0.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_min_p(sp.min_p, 1));
-    }
-    llama_sampler_chain_add(chain, llama_sampler_init_temp(sp.temperature));
-    llama_sampler_chain_add(chain, llama_sampler_init_dist(sp.seed));
+    seqs_[check_seq(seq)].sampler.reset(flas_sampler_chain_init(sp, n_vocab(), n_ctx_seq_));
 }
 
 llama_token flas_runtime::sample(int seq) {

@@ -72,7 +72,7 @@ def create(model: "FlasModel", chat: bool, stream: bool, max_tokens: int | None,
         max_tokens = max(1, model.n_ctx_seq - n_prompt)
     if not fields.get("concept"):
         fields["flowtime"] = 0.0
-    handle = model.submit(Request(raw=not chat, max_tokens=max_tokens, **fields))
+    handle = model.submit(Request.of({**fields, "raw": not chat, "max_tokens": max_tokens}))
     rid, name = new_id(chat), model.model_path
     if not stream:
         g = raise_if_failed(handle.result())

@@ -41,11 +41,12 @@ class Request:
     seed: int | None = None           # None: the model's seed (FlasModel(seed=...), 0 by default)
     messages: Sequence[Message] | None = None
     raw: bool = False                 # the prompt as it is (BOS added), without the chat template
-    min_p: float = 0.0                # 0: off
-    repeat_penalty: float = 1.0       # 1: off (llama.cpp's penalty over the last 64 tokens)
-    typical_p: float = 1.0            # 1: off (llama.cpp's locally typical sampling)
     stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
     parse_special: bool = False       # control-token text in the prompt/messages is a control token (else text)
+    # The other fields of flas.h's struct flas_sampling_params by name, each off unless set, e.g.
+    # min_p, typical_p, repeat_penalty, repeat_last_n (the core's defaults and ranges); keyword
+    # arguments of these names land here, so a new sampler in the core needs no field here.
+    sampling: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def make(cls, request: "Request | dict | str | None", fields: dict) -> "Request":
@@ -70,11 +71,23 @@ class Request:
         if not isinstance(request, dict):
             raise ValueError(f"{where}a request is a dict of generate()'s keyword arguments or a flas_cpp.Request, "
                              f"got {type(request).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(request) - known)
+        own = {f.name for f in dataclasses.fields(cls)}
+        sampling = sampling_fields() - own
+        unknown = sorted(set(request) - own - sampling)
         if unknown:
-            raise ValueError(f"{where}unknown field {unknown[0]!r}; the fields are {', '.join(sorted(known))}")
-        return cls(**request)
+            raise ValueError(f"{where}unknown field {unknown[0]!r}; the fields are {', '.join(sorted(own | sampling))}")
+        fields = {k: v for k, v in request.items() if k in own}
+        extra = {k: v for k, v in request.items() if k in sampling}
+        if extra:
+            fields["sampling"] = {**(fields.get("sampling") or {}), **extra}
+        return cls(**fields)
+
+
+def sampling_fields() -> set[str]:
+    """The names of flas.h's struct flas_sampling_params, as the extension binds it."""
+    from ._native import core, record
+
+    return set(record(core().SamplingParams()))
 
 
 @dataclass

@@ -211,9 +211,10 @@ class FlasModel:
     # One request shape for submit, generate and stream: a Request, a dict of its fields, or its
     # fields as keyword arguments (a string first is the prompt). The fields: prompt or messages,
     # concept and flowtime (0, or no concept: the unsteered base model), n_steps (None: the
-    # flow's), max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed (None: the
-    # model's), stop (the text ends before the first of these strings: stop_reason "stop"), raw
-    # (the prompt as it is, without the chat template), parse_special.
+    # flow's), max_tokens, temperature, top_k, top_p, seed (None: the model's), any other field of
+    # flas.h's flas_sampling_params by name (min_p, typical_p, repeat_penalty, ...), stop (the
+    # text ends before the first of these strings: stop_reason "stop"), raw (the prompt as it is,
+    # without the chat template), parse_special.
 
     def submit(self, request: Request | dict | str | None = None, **fields: Any) -> Handle:
         """Queue one request on the engine; returns its Handle at once. Safe to call from any

@@ -87,15 +87,15 @@ struct flas_model_params {
 
 /* How the next token is drawn: llama.cpp's sampler chain (penalties, then greedy when temperature
  * is 0, else top-k, typical, top-p, min-p, temperature and a seeded draw, in llama-cpp-python's
- * order). */
+ * order). Each field: what turns it off, (its default), and the range flas_check_request holds it to. */
 struct flas_sampling_params {
-    float    temperature;       /* 0: greedy (0.0) */
-    int32_t  top_k;             /* 0: off (0) */
-    float    top_p;             /* 1: off (1.0) */
-    float    typical_p;         /* 1: off (1.0); llama.cpp's locally typical sampling */
-    float    min_p;             /* 0: off (0.0) */
-    float    repeat_penalty;    /* 1: off (1.0); llama.cpp's penalty on the last repeat_last_n tokens */
-    int32_t  repeat_last_n;     /* (64); -1: the whole context */
+    float    temperature;       /* 0: greedy (0.0); finite, >= 0 */
+    int32_t  top_k;             /* 0: off (0); >= 0 */
+    float    top_p;             /* 1: off (1.0); in (0, 1] */
+    float    typical_p;         /* 1: off (1.0); in (0, 1]; llama.cpp's locally typical sampling */
+    float    min_p;             /* 0: off (0.0); in [0, 1] */
+    float    repeat_penalty;    /* 1: off (1.0); finite, > 0; llama.cpp's penalty on the last repeat_last_n tokens */
+    int32_t  repeat_last_n;     /* (64); >= -1, -1: the whole context */
     uint32_t seed;              /* (0) */
 };
 
@@ -284,9 +284,8 @@ FLAS_API struct flas_sampling_params flas_sampling_default_params(void);
  * For a front end that checks what a user typed before it makes a request. */
 FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
 /* Checks a request's settings apart from its prompt by the rules flas_submit applies (as
- * flas_check_steering): its steering, max_tokens >= 1, and its sampling: temperature finite and
- * >= 0, top_k >= 0, top_p and typical_p in (0, 1], min_p in [0, 1], repeat_penalty finite and > 0,
- * repeat_last_n >= -1. */
+ * flas_check_steering): its steering, max_tokens >= 1, and each sampling field in the range
+ * struct flas_sampling_params states. */
 FLAS_API int flas_check_request(const struct flas_request_params * params);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);

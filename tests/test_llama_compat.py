@@ -8,7 +8,7 @@ import llama_cpp
 import pytest
 
 from conftest import convert_tiny_flow
-from flas_cpp import FlasModel
+from flas_cpp import FlasModel, Request
 
 PIRATE = "Talk like a pirate"
 MESSAGES = [{"role": "user", "content": "Tell me about your day."}]
@@ -105,6 +105,34 @@ def test_sampling_keywords_reach_llama_cpps_samplers(models):
         ours.create_completion("x", min_p=2.0)
     with pytest.raises(ValueError, match="repeat_penalty must be"):
         ours.create_completion("x", repeat_penalty=0.0)
+
+
+def test_any_sampling_field_of_the_core_is_a_keyword(models, tiny_base_f32):
+    """A flas_sampling_params field that Request does not name (repeat_last_n) reaches the sampler
+    by its name from generate(), a dict request and Request(sampling=...): greedy with a penalty
+    over the last 4 tokens is llama_cpp.Llama(last_n_tokens_size=4)'s text, not the default 64's
+    (the tiny random model needs a strong penalty to leave its favourite tokens)."""
+    ours, _ = models
+    theirs = llama_cpp.Llama(model_path=str(tiny_base_f32), n_ctx=512, n_threads=2, n_batch=512, seed=0,
+                             last_n_tokens_size=4, verbose=False)
+    try:
+        want = theirs.create_completion("Once upon a time", temperature=0.0, max_tokens=20,
+                                        repeat_penalty=3.0)["choices"][0]["text"]
+    finally:
+        theirs.close()
+    kw = dict(prompt="Once upon a time", raw=True, flowtime=0.0, temperature=0.0, max_tokens=20)
+    assert ours.generate(**kw, repeat_penalty=3.0, repeat_last_n=4).text == want
+    assert ours.generate_many([dict(kw, repeat_penalty=3.0, repeat_last_n=4)])[0].text == want
+    assert ours.generate(Request(**kw, sampling={"repeat_penalty": 3.0, "repeat_last_n": 4})).text == want
+    assert ours.generate(**kw, repeat_penalty=3.0).text != want  # the default window, 64 tokens
+    with pytest.raises(ValueError, match="repeat_last_n must be >= -1"):
+        ours.generate(**kw, repeat_last_n=-2)
+    with pytest.raises(ValueError, match="repeat_last_n must be an integer"):
+        ours.generate(**kw, repeat_last_n=4.5)
+    with pytest.raises(ValueError, match="unknown field 'mirostat'"):
+        ours.generate(**kw, mirostat=2)
+    with pytest.raises(ValueError, match="sampling: unknown field 'temperature'"):
+        ours.generate(Request(**kw, sampling={"temperature": 1.0}))
 
 
 def test_tokenize_and_detokenize_are_typed_as_in_llama_cpp_python(models):

@@ -340,3 +340,7 @@ def test_a_rule_broken_through_the_server_reads_as_through_python_and_the_c_api(
     r = httpx.post(url + "/v1/chat/completions", json={**GOOD, "typical_p": 0.0}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["message"] == str(sampling.value)
     assert str(sampling.value) == "typical_p must be in (0, 1] (1: off), got 0"
+    r = httpx.post(url + "/v1/chat/completions", json={**GOOD, "repeat_last_n": -2}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("repeat_last_n must be >= -1")
+    r = httpx.post(url + "/v1/chat/completions", json={**GOOD, "min_p": "high"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "min_p"

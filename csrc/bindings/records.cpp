@@ -62,10 +62,10 @@ void register_records(py::module_ & m) {
         .def_readwrite("prompt", &request_params::prompt)
         .def_readwrite("concept", &request_params::concept)
         .FIELD(request_params, flowtime).FIELD(request_params, n_steps).FIELD(request_params, max_tokens)
-        .FIELD(request_params, trace)
         .def_property("sampling", py::cpp_function([](request_params & r) -> flas_sampling_params & { return r.p.sampling; },
                                                    py::return_value_policy::reference_internal),
-                      [](request_params & r, const flas_sampling_params & s) { r.p.sampling = s; });
+                      [](request_params & r, const flas_sampling_params & s) { r.p.sampling = s; })
+        .FIELD(request_params, trace);
 
     py::enum_<flas_finish>(m, "Finish", "enum flas_finish: how a request ended")
         .value("NONE", FLAS_FINISH_NONE)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import completions
-from .._native import core
+from .._native import core, record
 from ..generation import Generation, Request
 
 ROLES = ("system", "user", "assistant")
@@ -219,8 +219,13 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
     top_k = _integer(body, "top_k", 0, 0)
-    # llama-server's extension; its range is the core's rule (a 400 with the core's message)
-    typical_p = _number(body, "typical_p", 1.0, -math.inf, math.inf)
+    # llama-server's extensions: the other sampling fields by flas_sampling_params' names (min_p,
+    # typical_p, repeat_penalty, repeat_last_n), types here, ranges the core's (a 400 with its message)
+    defaults = record(core().SamplingParams())
+    sampling = {name: (_integer(body, name, None, -2**63, 2**63) if isinstance(default, int)
+                       else _number(body, name, None, -math.inf, math.inf))
+                for name, default in defaults.items()
+                if name not in ("temperature", "top_k", "top_p", "seed") and body.get(name) is not None}
     seed = _integer(body, "seed", None, -2**63, 2**64 - 1)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
@@ -247,7 +252,7 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
     request = Request(concept=steering.concept if steering.active else None,
                       flowtime=steering.flowtime if steering.active else 0.0, n_steps=steering.n_steps,
                       max_tokens=max_tokens or default_max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      typical_p=typical_p,
+                      sampling=sampling,
                       seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), stop=stop,
                       **prompt_fields)
     return Completion(request, model, steering, stream, bool(options.get("include_usage")))
