@@ -1,0 +1,19 @@
+"""A training run's knobs, in one place: flas-train's options and their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Recipe:
+    """The knobs of a run (flas-train --help says what each does); all of them are in the checkpoint."""
+    layer: int | None = None      # None: two thirds of the way up the base's layers
+    steps: int = 600
+    batch: int = 8
+    lr: float = 1e-3
+    flowtime: float = 2.0         # T trained for: the strength at which the teacher's style is reached
+    n_steps: int = 3              # Euler steps, as the runtime integrates
+    max_tokens: int = 32          # teacher continuation length
+    seed: int = 0
+    checkpoint_every: int = 25
