@@ -14,10 +14,10 @@ Run it from outside the source tree (the installed flas_cpp is imported).
 import os
 import time, json, difflib, re, math, sys, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from flas_cpp import FlasModel
-from flas_cpp.bundled import real_models, DEFAULT_CACHE
+from flas_cpp.bundled import real_models
 OUT = "/tmp/exp/flow1"; os.makedirs(OUT, exist_ok=True)
 torch.manual_seed(0); np.random.seed(0); torch.set_num_threads(2)
-b,f = real_models(DEFAULT_CACHE)
+b, _ = real_models()  # the base (the probe trains its own flow)
 m = FlasModel(b, f, n_seq=6, n_ctx=8192)
 topics = ["the ocean","a good breakfast","your favourite book","the city at night","learning to swim","winter","a birthday party","trains","the moon","gardening","a rainy afternoon","music","your best friend","the mountains","a long walk","cooking pasta","the library","a summer holiday","old photographs","the market"]
 forms = ["Tell me about {}.", "Write a few sentences about {}.", "What do you think of {}?", "Describe {}.", "Why do people like {}?", "Explain {} to a child."]

