@@ -69,3 +69,18 @@ def test_the_page_shows_the_real_model_steered_beside_its_baseline(browser):  # 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "server-page-real.png").write_bytes(
             base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
+
+
+def test_flas_demo_real_shows_french_beside_the_english_baseline(tmp_path):
+    """README's first command: `flas-demo --real` on the shipped flow; its steered column (the
+    right-hand side of each row) is French and its baseline is not."""
+    import shutil
+    import subprocess
+
+    run = subprocess.run([shutil.which("flas-demo"), "--real", "--max-tokens", "24"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "steered: 'Write in French', T = 2" in run.stdout
+    rows = [line.split(" | ", 1) for line in run.stdout.splitlines()[5:] if " | " in line]
+    plain, steered = " ".join(r[0] for r in rows), " ".join(r[1] for r in rows)
+    assert JUDGES["fr"](steered) and not JUDGES["fr"](plain), run.stdout
