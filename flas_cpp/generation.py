@@ -48,6 +48,14 @@ class Request:
     # arguments of these names land here, so a new sampler in the core needs no field here.
     sampling: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.sampling, dict):
+            raise ValueError(f"sampling must be a dict of flas_sampling_params fields, got {self.sampling!r}")
+        others = other_sampling_fields()
+        for name in self.sampling:
+            if name not in others:
+                raise ValueError(f"sampling: unknown field {name!r}; it takes {', '.join(sorted(others))}")
+
     @classmethod
     def make(cls, request: "Request | dict | str | None", fields: dict) -> "Request":
         """The request of submit(), generate() and stream(): a Request, a dict of its fields, or its
@@ -72,7 +80,7 @@ class Request:
             raise ValueError(f"{where}a request is a dict of generate()'s keyword arguments or a flas_cpp.Request, "
                              f"got {type(request).__name__}")
         own = {f.name for f in dataclasses.fields(cls)}
-        sampling = sampling_fields() - own
+        sampling = other_sampling_fields()
         unknown = sorted(set(request) - own - sampling)
         if unknown:
             raise ValueError(f"{where}unknown field {unknown[0]!r}; the fields are {', '.join(sorted(own | sampling))}")
@@ -83,11 +91,12 @@ class Request:
         return cls(**fields)
 
 
-def sampling_fields() -> set[str]:
-    """The names of flas.h's struct flas_sampling_params, as the extension binds it."""
+def other_sampling_fields() -> set[str]:
+    """The fields of flas.h's struct flas_sampling_params (as the extension binds it) that Request
+    does not name itself: they go in Request.sampling (min_p, typical_p, repeat_penalty, ...)."""
     from ._native import core, record
 
-    return set(record(core().SamplingParams()))
+    return set(record(core().SamplingParams())) - {f.name for f in dataclasses.fields(Request)}
 
 
 @dataclass

@@ -81,23 +81,15 @@ def check_request(r: Any) -> Any:
 
 def sampling_from(request: Any, sampling: Any) -> None:
     """Sets the extension's SamplingParams from a Request: its own sampling fields (temperature,
-    top_k, top_p) and its .sampling dict (any other flas_sampling_params field by name), checking
-    their types; the seed is the caller's, the ranges are the core's."""
-    fields = record(sampling)
-    extra = getattr(request, "sampling", None) or {}
-    if not isinstance(extra, dict):
-        raise ValueError(f"sampling must be a dict of flas_sampling_params fields, got {extra!r}")
-    for name in extra:
-        if name not in fields or name == "seed" or hasattr(request, name):
-            raise ValueError(f"sampling: unknown field {name!r}; it takes "
-                             + ", ".join(n for n in fields if n != "seed" and not hasattr(request, n)))
-    for name, current in fields.items():
+    top_k, top_p) and its .sampling dict (the other flas_sampling_params fields by name, checked
+    by Request), checking their types; the seed is the caller's, the ranges are the core's."""
+    for name, current in record(sampling).items():
         if name == "seed":
             continue
         if hasattr(request, name):
             value = getattr(request, name)
-        elif name in extra:
-            value = extra[name]
+        elif name in request.sampling:
+            value = request.sampling[name]
         else:
             continue
         setattr(sampling, name, c_int(value, name) if isinstance(current, int) else c_number(value, name))

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import completions
 from .._native import core, record
-from ..generation import Generation, Request
+from ..generation import Generation, Request, other_sampling_fields
 
 ROLES = ("system", "user", "assistant")
 
@@ -221,11 +221,11 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
     top_k = _integer(body, "top_k", 0, 0)
     # llama-server's extensions: the other sampling fields by flas_sampling_params' names (min_p,
     # typical_p, repeat_penalty, repeat_last_n), types here, ranges the core's (a 400 with its message)
-    defaults = record(core().SamplingParams())
+    others = other_sampling_fields()
     sampling = {name: (_integer(body, name, None, -2**63, 2**63) if isinstance(default, int)
                        else _number(body, name, None, -math.inf, math.inf))
-                for name, default in defaults.items()
-                if name not in ("temperature", "top_k", "top_p", "seed") and body.get(name) is not None}
+                for name, default in record(core().SamplingParams()).items()
+                if name in others and body.get(name) is not None}
     seed = _integer(body, "seed", None, -2**63, 2**64 - 1)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
