@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +122,7 @@ def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: 
         traces = [m.trace(prompt=p, flowtime=0.0) for p in prompts[:8]]
         data["row_rms"] = float(np.median([np.sqrt(np.mean(t["unsteered"][1:] ** 2)) for t in traces]))
         data["check"] = {"tokens": list(traces[0]["tokens"]), "logits": traces[0]["logits"].tolist()}
+        student = [m.prompt_tokens(p) for p in prompts]  # what a steered request of each prompt holds
         bar = tqdm(total=len(concepts) * len(prompts), desc="teacher continuations", unit="prompt",
                    file=sys.stderr, disable=not progress)
         for c in concepts:
@@ -140,12 +140,12 @@ def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: 
                                      f"({n_ctx_seq} tokens)")
                 teachers.append(tokens)
             examples = []
-            for p, g in zip(prompts, m.generate_many(
+            for s, g in zip(student, m.generate_many(
                     [dict(prompt=t, max_tokens=recipe.max_tokens, temperature=0.0, flowtime=0.0, stop=["\n\n", "###"])
                      for t in teachers])):
                 bar.update(1)
                 if g.tokens and (c.judge is None or JUDGES[c.judge](g.text)):
-                    examples.append((m.prompt_tokens(p), g.tokens))
+                    examples.append((s, g.tokens))
             if not examples:
                 raise ValueError(f"concept {c.name!r}: no teacher continuation showed the concept"
                                  + (f" (judge {c.judge!r})" if c.judge else "") + "; give a stronger teacher context")
@@ -229,7 +229,6 @@ def train(base: str | Path, out: str | Path, concepts: list[Concept], prompts: l
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2)))
     torch.manual_seed(recipe.seed)
-    random.seed(recipe.seed)
 
     model = load_base_torch(base, progress)
     base_config = out / "base_config.json"
