@@ -24,6 +24,9 @@ class DirectModel:
     def set_steering(self, seq: int, concept: str, flowtime: float, n_steps: int) -> int:
         return self._exclusive(lambda: self.m.seq_set_steering(seq, concept, flowtime, n_steps))
 
+    def set_flowtime(self, seq: int, flowtime: float) -> None:
+        self._exclusive(lambda: self.m.seq_set_flowtime(seq, flowtime))
+
     def decode(self, entries: list[tuple[int, list[int]]]) -> None:
         self._exclusive(lambda: self.m.seq_decode(entries))
 

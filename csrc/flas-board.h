@@ -8,6 +8,7 @@
 #pragma once
 
 #include "flas-runtime.h"  // llama_token, flas_concept_stats
+#include "flas-schedule.h"
 #include "flas.h"          // enum flas_finish, enum flas_status, enum flas_trace_kind
 
 #include <chrono>
@@ -24,7 +25,7 @@
 struct flas_request {
     std::vector<llama_token> prompt;  // BOS and chat template included
     std::string concept;              // empty: unsteered
-    float    flowtime    = 0.0f;      // 0: unsteered
+    flas_schedule flowtime = flas_schedule::constant(0.0f);  // T per generated token; 0 throughout: unsteered
     int      n_steps     = 1;
     int      max_tokens  = 128;
     flas_sampling_params sampling = flas_sampling_default_params();

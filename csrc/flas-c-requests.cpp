@@ -16,7 +16,7 @@ static flas_request engine_request(const flas_model & m, const struct flas_reque
     flas_request r;  // its steering is checked by the engine (flas_steering_check)
     r.prompt.assign(params.prompt, params.prompt + params.n_prompt);
     r.concept     = params.concept != nullptr ? params.concept : "";
-    r.flowtime    = params.flowtime;
+    r.flowtime    = flas_schedule::of(params);
     r.n_steps     = params.n_steps == 0 ? m.flow_info.n_steps : params.n_steps;
     r.max_tokens  = params.max_tokens;
     r.sampling    = params.sampling;
@@ -46,6 +46,8 @@ struct flas_request_params flas_request_default_params(void) {
     p.n_prompt    = 0;
     p.concept     = nullptr;
     p.flowtime    = 2.0f;
+    p.schedule    = nullptr;
+    p.n_schedule  = 0;
     p.n_steps     = 0;
     p.max_tokens  = d.max_tokens;
     p.sampling    = d.sampling;
@@ -196,7 +198,7 @@ int flas_check_steering(const char * concept, float flowtime, int32_t n_steps) {
 int flas_check_request(const struct flas_request_params * params) {
     return flas_guarded([&] {
         flas_need(params != nullptr, "flas_check_request: params is NULL");
-        flas_request_check(params->concept != nullptr && params->concept[0] != '\0', params->flowtime,
+        flas_request_check(params->concept != nullptr && params->concept[0] != '\0', flas_schedule::of(*params),
                            params->n_steps == 0 ? 1 : params->n_steps,  // 0: the flow's default, valid by construction
                            params->max_tokens, params->sampling);
         return (int) FLAS_OK;
@@ -207,6 +209,13 @@ int32_t flas_seq_set_steering(flas_model * model, int32_t seq, const char * conc
     return flas_guarded([&] {
         flas_runtime & rt = exclusive_runtime(model, "flas_seq_set_steering");
         return (int32_t) rt.set_steering(seq, concept != nullptr ? concept : "", flowtime, n_steps);
+    });
+}
+
+int flas_seq_set_flowtime(flas_model * model, int32_t seq, float flowtime) {
+    return flas_guarded([&] {
+        exclusive_runtime(model, "flas_seq_set_flowtime").set_flowtime(seq, flowtime);
+        return (int) FLAS_OK;
     });
 }
 

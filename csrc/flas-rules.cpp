@@ -64,8 +64,11 @@ void flas_steering_check(bool has_concept, float flowtime, int n_steps) {
     }
 }
 
-void flas_request_check(bool has_concept, float flowtime, int n_steps, int max_tokens, const flas_sampling_params & s) {
-    flas_steering_check(has_concept, flowtime, n_steps);
+void flas_request_check(bool has_concept, const flas_schedule & flowtime, int n_steps, int max_tokens,
+                        const flas_sampling_params & s) {
+    for (const flas_breakpoint & p : flowtime.points) {
+        flas_steering_check(has_concept, p.flowtime, n_steps);
+    }
     if (max_tokens < 1) {
         throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(max_tokens));
     }

@@ -102,6 +102,11 @@ struct flas_runtime {
     int set_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
         return steering_->set_steering(check_seq(seq), concept, flowtime, n_steps);
     }
+    // The sequence's strength from its next rows on, its concept and steps as they are (set_steering
+    // gave it the concept when T > 0): what it holds stays, computed at the flowtimes it had.
+    void set_flowtime(int seq, float flowtime) { steering_->set_flowtime(check_seq(seq), flowtime); }
+    // The sequence steers again with the concept it holds: it may not be evicted until release.
+    void pin(int seq) { steering_->pin(check_seq(seq)); }
     // Encodes a concept into the concept table ahead of the requests that will steer with it
     // (they then find it encoded); may evict an idle sequence's concept. Returns its token count.
     int prepare_concept(const std::string & concept) { return steering_->prepare_concept(concept); }

@@ -18,7 +18,7 @@ static size_t common_prefix(const std::vector<llama_token> & held, const std::ve
     return keep;
 }
 
-static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime == 0.0f; }
+static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime.max() == 0.0f; }
 
 flas_scheduler::flas_scheduler(flas_runtime & rt, flas_board & board) : rt_(rt), board_(board), slots_(rt.n_seq()) {}
 
@@ -69,9 +69,13 @@ void flas_scheduler::drop_cancelled() {
     }
 }
 
-// Whether sequence seq holds rows computed under the request's steering.
+// Whether sequence seq holds rows computed under the request's steering (its prompt's: the
+// flowtime at token 0), with the concept it will need (a schedule rising from 0 needs one that an
+// unsteered sequence does not hold).
 bool flas_scheduler::reusable(int seq, const flas_request & req) const {
-    return slots_[seq].trusted && rt_.holds_steering(seq, req.concept, req.flowtime, req.n_steps);
+    const float t0 = req.flowtime.at(0);
+    return slots_[seq].trusted && (t0 > 0.0f || unsteered(req)) &&
+           rt_.holds_steering(seq, req.concept, t0, req.n_steps);
 }
 
 // A free sequence that already holds the longest prefix of the prompt under the same steering;
@@ -104,7 +108,8 @@ void flas_scheduler::admit(std::shared_ptr<flas_ticket> t) {
         size_t keep = 0;
         if (!reusable(seq, r)) {
             s.trusted = false;  // until the runtime holds the new steering
-            rt_.set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime, r.n_steps);
+            rt_.set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime.max(), r.n_steps);
+            rt_.set_flowtime(seq, unsteered(r) ? 0.0f : r.flowtime.at(0));  // the prompt's rows
             s.tokens.clear();
             s.trusted = true;
         } else if (r.trace) {  // every row is recorded: from an empty sequence
@@ -115,6 +120,7 @@ void flas_scheduler::admit(std::shared_ptr<flas_ticket> t) {
             rt_.rewind(seq, (int) keep);
             s.tokens.resize(keep);
         }
+        rt_.pin(seq);  // a reused sequence's concept too: no other admission may evict it while it runs
         rt_.set_trace(seq, r.trace);
         rt_.sampler_init(seq, r.sampling);
         s.run->n_fed = keep;
@@ -134,6 +140,9 @@ void flas_scheduler::decode() {
     for (size_t seq = 0; seq < slots_.size(); ++seq) {
         const running * r = slots_[seq].run.get();
         if (r && r->pending >= 0 && budget > 0) {
+            if (!retime((int) seq)) {
+                continue;
+            }
             batch.push_back({(int) seq, {r->pending}});
             budget--;
         }
@@ -209,6 +218,25 @@ void flas_scheduler::decode() {
             s.trusted = false;
             finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
         }
+    }
+}
+
+// Before a generated token's row is decoded: the strength its request's schedule gives the token
+// that row samples. The sequence then holds rows of several strengths, which no later request's
+// prefix reuse may take for its own. False: it failed and ended.
+bool flas_scheduler::retime(int seq) {
+    slot & s = slots_[seq];
+    const flas_request & req = s.run->ticket->req;
+    if (unsteered(req) || req.flowtime.is_constant()) {
+        return true;
+    }
+    try {
+        s.trusted = false;
+        rt_.set_flowtime(seq, req.flowtime.at(s.run->n_out));
+        return true;
+    } catch (const std::exception & e) {
+        finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());
+        return false;
     }
 }
 

@@ -47,6 +47,7 @@ class flas_scheduler {
     void decode();
     void finish(int seq, flas_finish reason, flas_status status = FLAS_OK, const std::string & error = "");
     bool reusable(int seq, const flas_request & req) const;
+    bool retime(int seq);
     int  choose_slot(const flas_request & req) const;
 
     flas_runtime & rt_;

@@ -32,7 +32,10 @@ struct flas_seq_steering {
     bool  trace = false;     // record its layer-L rows before/after steering
     std::vector<float> trace_in, trace_out;
 
-    bool steered() const { return slot >= 0 && flowtime > 0.0f; }
+    // With a concept its rows go through the flow, even at T = 0 (a schedule starting there): dt = 0
+    // leaves them as they are and fills the flow's caches that its later, steered rows attend to.
+    // set_steering gives a sequence a concept only for T > 0.
+    bool steered() const { return slot >= 0; }
 };
 
 // Encoded concepts by text, at most `bound` of them, least recently used evicted first. A

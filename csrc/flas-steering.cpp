@@ -119,6 +119,27 @@ int flas_steering::set_steering(int seq, const std::string & concept, float flow
     return n_total;
 }
 
+void flas_steering::set_flowtime(int seq, float flowtime) {
+    flas_seq_steering & s = seqs_[seq];
+    if (flowtime == s.flowtime) {
+        return;
+    }
+    flas_steering_check(s.slot >= 0, flowtime, s.n_steps);
+    s.flowtime = flowtime;
+    if (s.steered()) {
+        compute_time_embeddings(seq);
+    }
+}
+
+void flas_steering::pin(int seq) {
+    flas_seq_steering & s = seqs_[seq];
+    if (!s.pinned && s.slot >= 0) {
+        concepts_.slots[s.slot].n_users++;
+        concepts_.touch(s.slot);
+        s.pinned = true;
+    }
+}
+
 // The sequence's concept values folded through cross_out (concept state uo), for a concept short
 // enough to fold: copied from a sequence that holds them already, else computed. values_encoding
 // says which concept encoding they belong to; a pass folds only when it matches.
@@ -317,7 +338,7 @@ void flas_steering::steer(ggml_tensor * t, const std::vector<flas_seq_rows> & pa
     } else {
         std::vector<flas_seq_rows> steered;
         for (const flas_seq_rows & part : parts) {
-            if (seqs_[part.seq].steered()) {  // T = 0 or no concept: the rows stay untouched
+            if (seqs_[part.seq].steered()) {  // no concept: the rows stay untouched
                 if (part.p0 + part.n > params_.n_ctx_seq) {
                     throw std::runtime_error("position " + std::to_string(part.p0 + part.n) + " beyond the flow cache");
                 }

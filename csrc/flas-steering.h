@@ -78,6 +78,8 @@ class flas_steering {
     // ---- steering of one sequence (empties it: its caches no longer apply) ----
     // flas_runtime's methods of the same names say what they do.
     int  set_steering(int seq, const std::string & concept, float flowtime, int n_steps);
+    void set_flowtime(int seq, float flowtime);
+    void pin(int seq);
     int  prepare_concept(const std::string & concept);
     std::vector<float> concept_rows(const std::string & concept);
     void release(int seq);

@@ -23,9 +23,14 @@ class SamplingParams(C.Structure):
                 ("repeat_penalty", C.c_float), ("repeat_last_n", C.c_int32), ("seed", C.c_uint32)]
 
 
+class Breakpoint(C.Structure):
+    _fields_ = [("token", C.c_int32), ("flowtime", C.c_float)]
+
+
 class RequestParams(C.Structure):
     _fields_ = [("prompt", C.POINTER(C.c_int32)), ("n_prompt", C.c_int32), ("concept", C.c_char_p),
-                ("flowtime", C.c_float), ("n_steps", C.c_int32), ("max_tokens", C.c_int32),
+                ("flowtime", C.c_float), ("schedule", C.POINTER(Breakpoint)), ("n_schedule", C.c_int32),
+                ("n_steps", C.c_int32), ("max_tokens", C.c_int32),
                 ("sampling", SamplingParams), ("trace", C.c_bool)]
 
 

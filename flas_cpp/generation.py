@@ -32,7 +32,9 @@ class Request:
     """One generation: the keyword arguments of FlasModel.generate() as an object."""
     prompt: str | Sequence[int] | None = None  # a list of token ids: the prompt as it is (no template, no BOS added)
     concept: str | None = None
-    flowtime: float = 2.0
+    # T, or a schedule over the generated tokens: [(token, T), ...], linear between, the last held
+    # (flowtime=[(0, 0.5), (32, 2.0)] ramps from 0.5 to 2 over the first 32 tokens)
+    flowtime: float | Sequence[tuple[int, float]] = 2.0
     n_steps: int | None = None        # None: the flow's default
     max_tokens: int = 128
     temperature: float = 0.7
@@ -106,7 +108,7 @@ class Generation:
     tokens: list[int]                 # generated tokens (the end-of-generation token excluded)
     n_prompt_tokens: int
     concept: str | None
-    flowtime: float
+    flowtime: float | list[tuple[int, float]]  # the request's (0 unsteered)
     n_steps: int
     stop_reason: str                  # "eog", "stop" (a stop string), "max_tokens", "context", "cancelled" or "error"
     seconds: float = 0.0              # wall time of prefill + generation (waiting for a sequence excluded)

@@ -17,7 +17,8 @@ from .placement import base_layer_count, device_total, fit_gpu_layers, gib, pars
 from . import completions
 from .completions import stop_list
 from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
-from .prompting import Message, c_float, c_int, check_request, check_steering, check_text, normalize_messages, sampling_from
+from .prompting import (Flowtime, Message, c_float, c_int, check_request, check_steering, check_text, normalize_messages,
+                        sampling_from, schedule_of)
 
 
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
@@ -186,7 +187,7 @@ class FlasModel:
                           top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
                           stop: str | Sequence[str] | None = None, repeat_penalty: float = 1.0, top_k: int = 40,
                           stream: bool = False, seed: int | None = None, concept: str | None = None,
-                          flowtime: float = 2.0, n_steps: int | None = None) -> dict | Iterator[dict]:
+                          flowtime: Flowtime = 2.0, n_steps: int | None = None) -> dict | Iterator[dict]:
         """llama-cpp-python's Llama.create_completion (the prompt as it is, its defaults, its dicts,
         stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
         return completions.create(self, False, stream, max_tokens, prompt=prompt, temperature=temperature, top_p=top_p,
@@ -197,7 +198,7 @@ class FlasModel:
                                top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0, stream: bool = False,
                                stop: str | Sequence[str] | None = None, seed: int | None = None,
                                max_tokens: int | None = None, repeat_penalty: float = 1.0,
-                               concept: str | None = None, flowtime: float = 2.0,
+                               concept: str | None = None, flowtime: Flowtime = 2.0,
                                n_steps: int | None = None) -> dict | Iterator[dict]:
         """llama-cpp-python's Llama.create_chat_completion (the chat template, its defaults, its
         dicts, stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
@@ -283,7 +284,7 @@ class FlasModel:
         gens = [raise_if_failed(g) for g in self.generate_many(reqs)]
         return [gens[i * len(flowtimes):(i + 1) * len(flowtimes)] for i in range(len(prompts))]
 
-    def trace(self, prompt: str | None = None, concept: str | None = None, flowtime: float = 2.0,
+    def trace(self, prompt: str | None = None, concept: str | None = None, flowtime: Flowtime = 2.0,
               n_steps: int | None = None, n_decode: int = 0, messages: Sequence[Message] | None = None) -> dict:
         """Layer-L rows before and after the flow for the prompt (and n_decode greedy steps).
 
@@ -334,8 +335,13 @@ class FlasModel:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         req = core().Request()
-        req.concept = "" if r.flowtime == 0 or r.concept is None else r.concept
-        req.flowtime, req.n_steps, req.max_tokens = c_float(r.flowtime), n_steps, c_int(r.max_tokens, "max_tokens")
+        schedule = schedule_of(r.flowtime)
+        req.concept = "" if r.concept is None or (schedule is None and r.flowtime == 0) else r.concept
+        if schedule is None:
+            req.flowtime = c_float(r.flowtime)
+        else:
+            req.schedule = schedule
+        req.n_steps, req.max_tokens = n_steps, c_int(r.max_tokens, "max_tokens")
         sampling_from(r, req.sampling)
         req.sampling.seed = seed & 0xFFFFFFFF
         check_request(req)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple, Union
 
 from ._native import core, record
 
@@ -58,18 +58,43 @@ def _int32(v: object, lo: int) -> bool:
     return not isinstance(v, bool) and isinstance(v, int) and lo <= v <= INT32_MAX
 
 
-def check_steering(concept: str | None, flowtime: float, n_steps: int) -> None:
-    """Types here; the ranges and the concept rule are the core's (flas_check_steering), with the
-    messages every interface gives."""
-    if isinstance(flowtime, bool) or not isinstance(flowtime, (int, float)):
-        raise ValueError(f"flowtime must be a number, got {flowtime!r}")
+Flowtime = Union[float, Sequence[Tuple[int, float]]]  # T, or a schedule [(token, T), ...]
+
+
+def schedule_of(flowtime: Flowtime) -> list[tuple[int, float]] | None:
+    """A flowtime's schedule, its types checked (None: a number); the rules on its tokens and
+    values are the core's (flas.h, struct flas_request_params)."""
+    if isinstance(flowtime, (int, float)) and not isinstance(flowtime, bool):
+        return None
+    bad = ValueError(f"flowtime must be a number or a schedule of (token, flowtime) pairs, e.g. [(0, 0.5), (32, 2.0)], "
+                     f"got {flowtime!r}")
+    if isinstance(flowtime, (str, bytes)) or not isinstance(flowtime, Sequence) or not flowtime:
+        raise bad
+    points = []
+    for p in flowtime:
+        if (isinstance(p, (str, bytes)) or not isinstance(p, Sequence) or len(p) != 2 or not _int32(p[0], -INT32_MAX)
+                or isinstance(p[1], bool) or not isinstance(p[1], (int, float))):
+            raise bad
+        points.append((p[0], c_float(p[1])))
+    return points
+
+
+def check_steering(concept: str | None, flowtime: Flowtime, n_steps: int) -> None:
+    """Types here; the ranges and the concept rule are the core's (flas_check_steering, for each
+    flowtime of a schedule), with the messages every interface gives."""
+    schedule = schedule_of(flowtime)
     if not _int32(n_steps, -INT32_MAX):
         raise ValueError(f"n_steps must be an integer, got {n_steps!r}")
     if concept is not None and (not isinstance(concept, str) or not concept.strip()):
         raise ValueError("concept is empty; describe it in words, e.g. concept=\"Talk like a pirate\"")
     if concept is not None:
         check_text(concept, "the concept")
-    core().check_steering(concept or "", c_float(flowtime), n_steps)
+    if schedule is None:
+        core().check_steering(concept or "", c_float(flowtime), n_steps)
+    else:  # the core's rules on a schedule's points, and on each flowtime in it
+        r = core().Request()
+        r.concept, r.schedule, r.n_steps = concept or "", schedule, n_steps
+        core().check_request(r)
 
 
 def check_request(r: Any) -> Any:

@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or a signature of this header changes (no ABI promise before 1.0). */
-#define FLAS_API_VERSION 5
+#define FLAS_API_VERSION 6
 
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
@@ -99,11 +99,24 @@ struct flas_sampling_params {
     uint32_t seed;              /* (0) */
 };
 
+/* A point of a strength schedule: from generated token `token` (0: the first) the flowtime is T. */
+struct flas_breakpoint {
+    int32_t token;
+    float   flowtime;
+};
+
 struct flas_request_params {
     const int32_t * prompt;     /* tokens, e.g. from flas_prompt_tokens; copied */
     int32_t n_prompt;
     const char * concept;       /* NULL or "": unsteered; copied */
-    float   flowtime;           /* T; 0: unsteered (2.0) */
+    float   flowtime;           /* T; 0: unsteered (2.0); ignored when schedule is set */
+    /* The strength as a schedule over the generated tokens (NULL: flowtime for every token):
+     * n_schedule breakpoints, tokens strictly ascending from 0 or more, flowtimes finite and >= 0.
+     * The flowtime of generated token i (the one the forward pass of the row before it samples)
+     * is linear between the breakpoints around i, the first's before the first, the last's after
+     * the last; the prompt's rows take token 0's. Copied. (NULL, 0) */
+    const struct flas_breakpoint * schedule;
+    int32_t n_schedule;
     int32_t n_steps;            /* N; 0: the flow's default (0) */
     int32_t max_tokens;         /* (128) */
     struct flas_sampling_params sampling;  /* (flas_sampling_default_params()) */
@@ -284,8 +297,8 @@ FLAS_API struct flas_sampling_params flas_sampling_default_params(void);
  * For a front end that checks what a user typed before it makes a request. */
 FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
 /* Checks a request's settings apart from its prompt by the rules flas_submit applies (as
- * flas_check_steering): its steering, max_tokens >= 1, and each sampling field in the range
- * struct flas_sampling_params states. */
+ * flas_check_steering): its steering (each breakpoint of a schedule as flowtime, tokens ascending),
+ * max_tokens >= 1, and each sampling field in the range struct flas_sampling_params states. */
 FLAS_API int flas_check_request(const struct flas_request_params * params);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);
@@ -349,6 +362,9 @@ FLAS_API int flas_exclusive(flas_model * model, flas_exclusive_fn fn, void * use
  * flowtime 0: unsteered) and empties it. Returns the concept's token count (0 without one). */
 FLAS_API int32_t flas_seq_set_steering(flas_model * model, int32_t seq, const char * concept, float flowtime,
                                        int32_t n_steps);
+/* The flowtime of sequence seq's next rows (a schedule driven by hand), its concept and steps kept;
+ * what it holds stays as computed. Above 0 it needs the concept flas_seq_set_steering gave it. */
+FLAS_API int flas_seq_set_flowtime(flas_model * model, int32_t seq, float flowtime);
 /* Appends tokens to sequences in one llama_decode: entry i appends n_tokens[i] tokens to seqs[i]
  * (distinct sequences; more than n_batch tokens only for a single entry) and computes the
  * logits of each entry's last token. */

@@ -71,12 +71,13 @@ class FlowReference:
         s /= s.sum(-1, keepdims=True)
         return np.einsum("hnm,mhd->nhd", s, v).reshape(q.shape[0], -1)
 
-    def time_embed(self, t: float):
+    def time_embed(self, t):  # t: one time -> [H]; or one per row [n] -> [n, H]
         freqs = np.exp(-np.log(10000.0) * np.arange(64, dtype=np.float64) / 64)
-        emb = np.concatenate([np.sin(t * freqs), np.cos(t * freqs)])
-        x = self.w["time_embed.mlp.0.weight"] @ emb + self.w["time_embed.mlp.0.bias"]
+        arg = np.asarray(t, np.float64)[..., None] * freqs
+        emb = np.concatenate([np.sin(arg), np.cos(arg)], -1)
+        x = emb @ self.w["time_embed.mlp.0.weight"].T + self.w["time_embed.mlp.0.bias"]
         x = x / (1.0 + np.exp(-x))
-        return self.w["time_embed.mlp.2.weight"] @ x + self.w["time_embed.mlp.2.bias"]
+        return x @ self.w["time_embed.mlp.2.weight"].T + self.w["time_embed.mlp.2.bias"]
 
     def block(self, b, h, e, c, pos):
         w, p, D = self.w, f"blocks.{b}.", self.D
@@ -118,12 +119,14 @@ class FlowReference:
             x = self.block(b, x, e, c, pos)
         return x - h
 
-    def steer(self, h0, c, flowtime: float, n_steps: int, pos=None):
-        """Euler integration (FLAS_SPEC.md 3) of all rows h0 [n, H] at positions pos (default 0..n-1)."""
+    def steer(self, h0, c, flowtime, n_steps: int, pos=None):
+        """Euler integration (FLAS_SPEC.md 3) of all rows h0 [n, H] at positions pos (default 0..n-1).
+        flowtime: one T, or one per row [n] (a schedule: each row integrated to its own T, its
+        self-attention reading the other rows' states at the same Euler step, as a cache holds them)."""
         pos = np.arange(len(h0)) if pos is None else pos
-        h, dt = np.asarray(h0, np.float64), flowtime / n_steps
+        h, dt = np.asarray(h0, np.float64), np.asarray(flowtime, np.float64) / n_steps
         for k in range(n_steps):
-            h = h + dt * self.velocity(h, k * dt, c, pos)
+            h = h + dt[..., None] * self.velocity(h, k * dt, c, pos)
         return h
 
 

@@ -24,7 +24,7 @@ EXAMPLES = REPO / "examples"
 OUTSIDE = tempfile.gettempdir()
 PROMPT, PIRATE = "Tell me about your day.", "Talk like a pirate"
 sys.path.insert(0, str(EXAMPLES))
-from ctypes_steer import ModelParams, RequestParams, Result, SamplingParams, load  # noqa: E402
+from ctypes_steer import Breakpoint, ModelParams, RequestParams, Result, SamplingParams, load  # noqa: E402
 from flas_cpp import gguf_names as N  # noqa: E402
 from test_families import rewrite  # noqa: E402
 
@@ -162,6 +162,11 @@ def test_bad_requests_and_ids_are_error_codes(lib, tiny_base_f32, flow):
         assert submit(n_steps=65) == -1 and "n_steps must be in 1..64" in error(lib)
         assert submit(n_prompt=0) == -1 and "the prompt has no tokens" in error(lib)
         assert submit(top_p=0.0) == -1 and "top_p" in error(lib)
+        falling = (Breakpoint * 2)((4, 1.0), (2, 2.0))
+        assert submit(schedule=falling, n_schedule=2) == -1 and "tokens must be >= 0 and strictly ascending" in error(lib)
+        assert submit(n_schedule=2) == -1 and "needs at least one breakpoint" in error(lib)  # NULL points
+        negative = (Breakpoint * 2)((0, 1.0), (8, -2.0))
+        assert submit(schedule=negative, n_schedule=2) == -1 and "flowtime must be a finite number" in error(lib)
         big = (C.c_int32 * 1)(10**6)
         assert submit(prompt=big, n_prompt=1) == -1 and "outside the vocabulary" in error(lib)
         res, out = Result(), (C.c_int32 * 8)()
@@ -206,6 +211,22 @@ def test_flas_cli_streams_baseline_and_steered(tiny_base_f32, flow, expected):
     assert bad.returncode == 1 and "base model GGUF not found" in bad.stderr
     bad = subprocess.run([exe, "--flowtime"], capture_output=True, text=True)
     assert bad.returncode == 2 and "needs a value" in bad.stderr
+
+
+def test_flas_cli_takes_a_flowtime_schedule(tiny_base_f32, flow):
+    exe = shutil.which("flas-cli")
+    with FlasModel(tiny_base_f32, flow, n_ctx=1024) as m:
+        want = m.generate(PROMPT, concept=PIRATE, flowtime=[(0, 0.5), (8, 3.0)], temperature=0.0, max_tokens=24).text
+        assert want != m.generate(PROMPT, concept=PIRATE, flowtime=0.5, temperature=0.0, max_tokens=24).text
+    run = lambda *a: subprocess.run([exe, "-m", str(tiny_base_f32), "-f", str(flow), "-c", PIRATE, "-p", PROMPT,  # noqa: E731
+                                     "--n-predict", "24", "--n-ctx", "1024", *a], capture_output=True, text=True,
+                                    timeout=120, cwd=OUTSIDE)
+    out = run("-t", "0:0.5,8:3", "--compare")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("--- steered: ", 1)[1] == f'"{PIRATE}", T = 0:0.5,8:3\n{want}\n'
+    for bad, message in (("0:0.5,x", "expected TOKEN:T"), ("8:1,2:2", "strictly ascending"), ("2.5x", "expected a number")):
+        out = run("-t", bad)
+        assert out.returncode != 0 and message in out.stderr, (bad, out.stderr)
 
 
 def test_attaching_to_an_app_owned_model_keeps_its_callback(tiny_base_f32, flow, expected, tmp_path):

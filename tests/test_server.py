@@ -107,6 +107,19 @@ def test_chat_with_steering_through_extra_body_equals_the_model(client, solo):
     assert plain.model_extra["steering"] is None and plain.choices[0].message.content != want.text
 
 
+def test_a_flowtime_schedule_in_the_body_steers_as_the_model(client, solo):
+    ramp = [[0, 0.5], [8, 3.0]]
+    r = chat(client, PROMPTS[0], {"concept": PIRATE, "flowtime": ramp}, max_tokens=16)
+    want = solo.generate(PROMPTS[0], concept=PIRATE, flowtime=[(0, 0.5), (8, 3.0)], max_tokens=16, temperature=0.0)
+    assert r.choices[0].message.content == want.text
+    assert want.text != solo.generate(PROMPTS[0], concept=PIRATE, flowtime=0.5, max_tokens=16, temperature=0.0).text
+    assert r.model_extra["steering"] == {"concept": PIRATE, "flowtime": ramp, "n_steps": 3}
+    streamed = client.chat.completions.create(model="flas", messages=[{"role": "user", "content": PROMPTS[0]}],
+                                              temperature=0, max_tokens=16, stream=True,
+                                              extra_body={"steering": {"concept": PIRATE, "flowtime": ramp}})
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == want.text
+
+
 def test_completion_takes_the_prompt_as_it_is(client, solo):
     r = client.completions.create(model="flas", prompt="Once upon a time", max_tokens=12, temperature=0,
                                   extra_body={"steering": {"concept": NOIR, "flowtime": 1.5}})
@@ -236,6 +249,14 @@ GOOD = {"model": "flas", "messages": [{"role": "user", "content": "Hi"}], "max_t
     ({"steering": {"concept": PIRATE, "flowtime": -1}}, 400, "steering.flowtime", None),
     ({"steering": {"concept": PIRATE, "flowtime": float("nan")}}, 400, "steering.flowtime", None),
     ({"steering": {"concept": PIRATE, "n_steps": 0}}, 400, "steering.n_steps", None),
+    ({"steering": {"concept": PIRATE, "flowtime": []}}, 400, "steering.flowtime", None),
+    ({"steering": {"concept": PIRATE, "flowtime": [[0, 1], [0, 2]]}}, 400, "steering.flowtime", None),
+    ({"steering": {"concept": PIRATE, "flowtime": [[0, 1], 2]}}, 400, "steering.flowtime", None),
+    ({"steering": {"concept": PIRATE, "flowtime": [[0, "1"]]}}, 400, "steering.flowtime[0].flowtime", None),
+    ({"steering": {"concept": PIRATE, "flowtime": [[0.5, 1]]}}, 400, "steering.flowtime[0].token", None),
+    ({"steering": {"concept": PIRATE, "flowtime": [[0, 1], [4, -1]]}}, 400, "steering.flowtime", None),
+    ({"steering": {"concept": PIRATE, "flowtime": [[i, 1] for i in range(65)]}}, 400, "steering.flowtime", None),
+    ({"steering": {"flowtime": [[0, 0], [4, 2]]}}, 400, "steering.concept", None),
     ({"steering": {"concept": PIRATE, "n_steps": 65}}, 400, "steering.n_steps", None),
     ({"steering": {"concept": ""}}, 400, "steering.concept", None),
     ({"steering": "pirate"}, 400, "steering", None),

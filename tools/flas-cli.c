@@ -1,7 +1,7 @@
 /* flas-cli: steered generation from the command line, through the C API only (no Python).
  *
  *   flas-cli -m base.gguf -f flow.gguf -c "Talk like a pirate" -p "Tell me about your day."
- *            [-t 2.0] [-n 3] [--compare] [-ngl N] [--rpc host:port[,host:port]]
+ *            [-t 2.0 | -t 0:0.5,32:2] [-n 3] [--compare] [-ngl N] [--rpc host:port[,host:port]]
  *            [--temp 0.7] [--seed 0] [--n-predict 128] [--n-ctx 4096] [--threads N]
  */
 #include "flas.h"
@@ -11,9 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define MAX_BREAKPOINTS 64
+
 struct options {
     const char * base, * flow, * concept, * prompt, * rpc;
     float flowtime, temperature;
+    struct flas_breakpoint schedule[MAX_BREAKPOINTS];  /* -t TOKEN:T,...; n_schedule 0: flowtime */
+    int n_schedule;
     int n_steps, n_gpu_layers, n_predict, n_ctx, threads, compare;
     unsigned seed;
 };
@@ -27,7 +31,8 @@ static void usage(FILE * out) {
             "  -f, --flow         flow GGUF\n"
             "  -p, --prompt       the user's prompt (the chat template or alpaca is applied as trained)\n"
             "  -c, --concept      concept to steer toward, e.g. \"Talk like a pirate\" (none: unsteered)\n"
-            "  -t, --flowtime     steering strength T (default 2.0)\n"
+            "  -t, --flowtime     steering strength T (default 2.0), or a schedule over the generated tokens,\n"
+            "                     TOKEN:T,TOKEN:T,... (linear between, the last held): 0:0.5,32:2 ramps 0.5 to 2\n"
             "  -n, --n-steps      Euler steps N (default: the flow's)\n"
             "      --compare      print the unsteered reply, then the steered one\n"
             "  -ngl, --n-gpu-layers  layers on the offload devices (-1: all; default 0)\n"
@@ -37,6 +42,40 @@ static void usage(FILE * out) {
             "      --n-predict    longest reply in tokens (default 128)\n"
             "      --n-ctx        context size (default 4096)\n"
             "      --threads      CPU threads (default: all)\n");
+}
+
+/* T, or TOKEN:T,TOKEN:T,... into o->schedule; the core checks the values (flas_check_request). */
+static int parse_flowtime(const char * v, struct options * o) {
+    o->n_schedule = 0;
+    if (strchr(v, ':') == NULL) {
+        char * end = NULL;
+        o->flowtime = strtof(v, &end);
+        if (end == v || *end != '\0') {
+            fprintf(stderr, "flas-cli: -t %s: expected a number T or a schedule TOKEN:T,TOKEN:T,...\n", v);
+            return 0;
+        }
+        return 1;
+    }
+    for (const char * p = v; *p != '\0';) {
+        char * end = NULL;
+        const long token = strtol(p, &end, 10);
+        if (end == p || *end != ':' || o->n_schedule == MAX_BREAKPOINTS || token < 0 || token > INT32_MAX) {
+            fprintf(stderr, "flas-cli: -t %s: expected TOKEN:T,TOKEN:T,... (at most %d, tokens >= 0), e.g. 0:0.5,32:2\n",
+                    v, MAX_BREAKPOINTS);
+            return 0;
+        }
+        p = end + 1;
+        const float t = strtof(p, &end);
+        if (end == p || (*end != ',' && *end != '\0')) {
+            fprintf(stderr, "flas-cli: -t %s: expected TOKEN:T,TOKEN:T,..., e.g. 0:0.5,32:2\n", v);
+            return 0;
+        }
+        o->schedule[o->n_schedule].token = (int32_t) token;
+        o->schedule[o->n_schedule].flowtime = t;
+        o->n_schedule++;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 1;
 }
 
 static int parse(int argc, char ** argv, struct options * o) {
@@ -56,7 +95,7 @@ static int parse(int argc, char ** argv, struct options * o) {
         else if (IS("-f", "--flow")) o->flow = v;
         else if (IS("-c", "--concept")) o->concept = v;
         else if (IS("-p", "--prompt")) o->prompt = v;
-        else if (IS("-t", "--flowtime")) o->flowtime = strtof(v, NULL);
+        else if (IS("-t", "--flowtime")) { if (!parse_flowtime(v, o)) return 0; }
         else if (IS("-n", "--n-steps")) o->n_steps = atoi(v);
         else if (IS("-ngl", "--n-gpu-layers")) o->n_gpu_layers = atoi(v);
         else if (IS("--rpc", "--rpc")) o->rpc = v;
@@ -87,6 +126,10 @@ static int reply(flas_model * model, const int32_t * prompt, int32_t n_prompt, c
     rp.n_prompt = n_prompt;
     rp.concept = concept;
     rp.flowtime = concept != NULL ? flowtime : 0.0f;
+    if (concept != NULL && o->n_schedule > 0) {
+        rp.schedule = o->schedule;
+        rp.n_schedule = o->n_schedule;
+    }
     rp.n_steps = o->n_steps;
     rp.max_tokens = o->n_predict;
     rp.sampling.temperature = o->temperature;
@@ -153,7 +196,14 @@ int main(int argc, char ** argv) {
         printf("--- baseline (no steering)\n");
         rc = reply(model, prompt, n_prompt, NULL, 0.0f, &o);
         if (rc == 0) {
-            printf("--- steered: \"%s\", T = %g\n", o.concept != NULL ? o.concept : "", o.flowtime);
+            printf("--- steered: \"%s\", T = ", o.concept != NULL ? o.concept : "");
+            for (int i = 0; i < o.n_schedule; ++i) {
+                printf("%s%d:%g", i > 0 ? "," : "", o.schedule[i].token, o.schedule[i].flowtime);
+            }
+            if (o.n_schedule == 0) {
+                printf("%g", o.flowtime);
+            }
+            printf("\n");
         }
     }
     if (rc == 0) {

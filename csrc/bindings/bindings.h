@@ -75,6 +75,7 @@ struct model_params {
 struct request_params {
     std::vector<int32_t> prompt;
     std::string concept;
+    std::vector<flas_breakpoint> schedule;  // empty: p.flowtime for every token
     struct flas_request_params p = flas_request_default_params();  // its other fields
 
     struct flas_request_params params() const;  // p, pointing into this object

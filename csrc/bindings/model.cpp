@@ -298,6 +298,9 @@ void register_model(py::module_ & m) {
             py::gil_scoped_release release;
             check(flas_seq_decode(h.get(), (int32_t) batch.size(), seqs.data(), tokens.data(), counts.data()));
         }, py::arg("batch"), "[(seq, [tokens...]), ...] in one llama_decode.")
+        .def("seq_set_flowtime", [](const model & s, int seq, float flowtime) {
+            check(flas_seq_set_flowtime(s.get().get(), seq, flowtime));
+        }, py::arg("seq"), py::arg("flowtime"))
         .def("seq_reset", [](const model & s, int seq) { check(flas_seq_reset(s.get().get(), seq)); }, py::arg("seq"))
         .def("seq_rewind", [](const model & s, int seq, int n_keep) { check(flas_seq_rewind(s.get().get(), seq, n_keep)); },
              py::arg("seq"), py::arg("n_keep"))

@@ -23,6 +23,8 @@ struct flas_request_params request_params::params() const {
     out.prompt   = prompt.data();
     out.n_prompt = (int32_t) prompt.size();
     out.concept  = c_text(concept, "the concept");
+    out.schedule   = schedule.empty() ? nullptr : schedule.data();
+    out.n_schedule = (int32_t) schedule.size();
     return out;
 }
 
@@ -61,7 +63,20 @@ void register_records(py::module_ & m) {
         .def(py::init<>())
         .def_readwrite("prompt", &request_params::prompt)
         .def_readwrite("concept", &request_params::concept)
-        .FIELD(request_params, flowtime).FIELD(request_params, n_steps).FIELD(request_params, max_tokens)
+        .FIELD(request_params, flowtime)
+        .def_property("schedule", [](const request_params & r) {
+            std::vector<std::pair<int32_t, float>> out;
+            for (const flas_breakpoint & b : r.schedule) {
+                out.emplace_back(b.token, b.flowtime);
+            }
+            return out;
+        }, [](request_params & r, const std::vector<std::pair<int32_t, float>> & points) {
+            r.schedule.clear();
+            for (const auto & [token, flowtime] : points) {
+                r.schedule.push_back({token, flowtime});
+            }
+        }, "[(token, flowtime), ...]; []: flowtime for every token")
+        .FIELD(request_params, n_steps).FIELD(request_params, max_tokens)
         .def_property("sampling", py::cpp_function([](request_params & r) -> flas_sampling_params & { return r.p.sampling; },
                                                    py::return_value_policy::reference_internal),
                       [](request_params & r, const flas_sampling_params & s) { r.p.sampling = s; })

@@ -12,6 +12,7 @@ from typing import Any
 from .. import completions
 from .._native import core, record
 from ..generation import Generation, Request, other_sampling_fields
+from ..prompting import check_steering
 
 ROLES = ("system", "user", "assistant")
 
@@ -22,6 +23,7 @@ MAX_FLOWTIME = 100.0     # T: the paper steers at 2, 0.5 to 4 is reported stable
 MAX_STOPS = 4            # OpenAI's limit
 MAX_STOP_CHARS = 1000
 MAX_CONCEPT_CHARS = 2000  # the flow reads a concept's first 64 tokens; this is far beyond them
+MAX_BREAKPOINTS = 64     # of a flowtime schedule; a slider's few points are far below
 
 
 class ApiError(Exception):
@@ -41,12 +43,13 @@ class ApiError(Exception):
 class Steering:
     """What a request is steered by; concept None (or flowtime 0) is the unsteered model."""
     concept: str | None = None
-    flowtime: float = 2.0
+    flowtime: float | list[tuple[int, float]] = 2.0  # T, or a schedule [(token, T), ...]
     n_steps: int | None = None
 
     @property
     def active(self) -> bool:
-        return self.concept is not None and self.flowtime > 0
+        peak = self.flowtime if isinstance(self.flowtime, (int, float)) else max(t for _, t in self.flowtime)
+        return self.concept is not None and peak > 0
 
     def as_dict(self, default_steps: int) -> dict | None:
         if not self.active:
@@ -177,6 +180,20 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
+def _schedule(points: list) -> list[tuple[int, float]]:
+    """steering.flowtime as [[token, T], ...]: each pair's types and the server's caps."""
+    name = "steering.flowtime"
+    if not 1 <= len(points) <= MAX_BREAKPOINTS:
+        raise _bad(name, f"a schedule holds 1..{MAX_BREAKPOINTS} breakpoints [token, flowtime], got {len(points)}")
+    out = []
+    for i, p in enumerate(points):
+        if not isinstance(p, list) or len(p) != 2 or None in p:
+            raise _bad(name, f"breakpoint {i} must be a pair [token, flowtime], got {_shown(p)}")
+        out.append((_integer({"token": p[0]}, "token", None, -INT32_MAX, where=f"{name}[{i}]."),
+                    _number({"flowtime": p[1]}, "flowtime", 0.0, -math.inf, MAX_FLOWTIME, where=f"{name}[{i}].")))
+    return out
+
+
 def _steering(body: dict, base: Steering) -> Steering:
     s = body.get("steering")
     if s is None:
@@ -189,12 +206,16 @@ def _steering(body: dict, base: Steering) -> Steering:
     if concept is not None and len(concept) > MAX_CONCEPT_CHARS:
         raise _bad("steering.concept", f"is {len(concept)} characters; at most {MAX_CONCEPT_CHARS} (the flow reads "
                                        "a concept's first 64 tokens)")
-    # types and the server's own cap here; the steering rules are the core's (flas_check_steering)
-    flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, -math.inf, MAX_FLOWTIME,
-                       where="steering.")
+    # types and the server's own caps here; the steering rules are the core's (flas_check_steering,
+    # flas_check_request for a schedule)
+    if isinstance(s.get("flowtime"), list):
+        flowtime = _schedule(s["flowtime"])
+    else:
+        flowtime = _number(s, "flowtime", base.flowtime if concept == base.concept else 2.0, -math.inf, MAX_FLOWTIME,
+                           where="steering.")
     n_steps = _integer(s, "n_steps", base.n_steps, -INT32_MAX, where="steering.")
     try:
-        core().check_steering(concept or "", flowtime, 1 if n_steps is None else n_steps)
+        check_steering(concept, flowtime, 1 if n_steps is None else n_steps)
     except ValueError as e:
         field = str(e).split(" ", 1)[0]
         raise _bad(f"steering.{field if field in ('flowtime', 'n_steps') else 'concept'}", str(e)) from None
