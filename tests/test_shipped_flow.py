@@ -46,7 +46,7 @@ def test_the_shipped_flow_steers_held_out_prompts_into_its_languages(model):
         judge = JUDGES[code]
         steered = texts(model, concept, 2.0)
         assert sum(map(judge, plain)) == 0, (concept, plain)
-        assert sum(map(judge, steered)) >= 6, (concept, steered)  # of 10: the 60 % (measured: 7-10)
+        assert sum(map(judge, steered)) >= 6, (concept, steered)  # of 10: the 60 % (measured: 7-9)
 
 
 def test_the_page_shows_the_real_model_steered_beside_its_baseline(browser):  # noqa: F811

@@ -54,7 +54,7 @@ def test_training_makes_the_student_write_what_the_teacher_wrote(tiny_base_f32, 
     continues it greedily as the teacher context did, which the unsteered base does not."""
     concept = Concept("pirate", ["Talk like a pirate"])
     path = train(tiny_base_f32, tmp_path / "run", [concept], PROMPTS[:1],
-                 Recipe(steps=60, batch=1, max_tokens=6, lr=1e-2, checkpoint_every=60), outtype="f32",
+                 Recipe(steps=60, batch=1, max_tokens=6, lr=1e-2, samples=1, flowtime=2.0, checkpoint_every=60), outtype="f32",
                  threads=1, progress=False)
     teacher = concept.teacher.format(prompt=PROMPTS[0], concept="Talk like a pirate")
     with FlasModel(tiny_base_f32, path, n_ctx=512) as m:
@@ -63,6 +63,34 @@ def test_training_makes_the_student_write_what_the_teacher_wrote(tiny_base_f32, 
         steered = m.generate(PROMPTS[0], concept="Talk like a pirate", flowtime=2.0, temperature=0.0, max_tokens=6)
         plain = m.generate(PROMPTS[0], flowtime=0.0, temperature=0.0, max_tokens=6)
     assert steered.tokens == want != plain.tokens
+
+
+def test_the_teacher_data_holds_the_greedy_and_sampled_continuations(trained, tiny_base_f32):
+    """--samples 4: each prompt's greedy teacher continuation (as the runtime decodes the teacher
+    context on its own) and sampled ones beside it, each paired with the student's prompt tokens."""
+    import torch
+
+    data = torch.load(trained.parent / "data.pt", weights_only=False)
+    pirate = data["concepts"][0]
+    with FlasModel(tiny_base_f32, trained, n_ctx=512) as m:
+        for p in PROMPTS:
+            student = m.prompt_tokens(p)
+            mine = [tuple(y) for s, y in pirate["examples"] if s == student]
+            teacher = CONCEPTS[0].teacher.format(prompt=p, concept=CONCEPTS[0].wordings[0])
+            greedy = m.generate(messages=[{"role": "user", "content": teacher}], flowtime=0.0, temperature=0.0,
+                                max_tokens=SMALL.max_tokens, stop=["\n\n", "###"]).tokens
+            assert tuple(greedy) in mine and 1 < len(mine) == len(set(mine)) <= SMALL.samples, (p, mine)
+
+
+def test_continuations_that_copy_the_teacher_context_are_dropped():
+    """A continuation repeating six tokens in a row of the teacher's own text (its preface, its
+    response marker) would teach the student to write them; six tokens the student's prompt has
+    too are the prompt, not the teacher's."""
+    preface, prompt = list(range(100, 112)), list(range(200, 210))
+    teacher, student = [2] + preface + prompt + [7, 8], [2] + prompt
+    assert trainer_module.repeats_context([50, 51] + preface[3:9] + [52], teacher, student)
+    assert not trainer_module.repeats_context([50, 51] + preface[3:8] + [52], teacher, student)
+    assert not trainer_module.repeats_context(prompt[:8], teacher, student)
 
 
 def test_a_seed_fixes_the_flow(tiny_base_f32, tmp_path, trained):
@@ -122,6 +150,8 @@ def test_bad_arguments_are_clear_errors(tiny_base_f32, tmp_path, capsys):
     assert "must hold {prompt}" in fails(capsys, tiny_base_f32, "--out", out, "--concepts", bad)
     assert "--layer 99 is outside the base's" in fails(capsys, tiny_base_f32, "--out", out, "--layer", 99)
     assert "--steps must be >= 1" in fails(capsys, tiny_base_f32, "--out", out, "--steps", 0)
+    assert "--samples must be >= 1" in fails(capsys, tiny_base_f32, "--out", out, "--samples", 0)
+    assert "--sample-temperature must be > 0" in fails(capsys, tiny_base_f32, "--out", out, "--sample-temperature", 0)
     long = tmp_path / "long.json"
     long.write_text(json.dumps([{"name": "x", "wordings": ["Be x"], "teacher": "word " * 3000 + "{prompt}"}]))
     assert "longer than a sequence's context" in fails(capsys, tiny_base_f32, "--out", out, "--concepts", long,
@@ -134,7 +164,7 @@ def test_help_says_what_every_knob_does(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for option in ("--out", "--concepts", "--prompts", "--layer", "--steps", "--batch", "--lr", "--flowtime",
-                   "--n-steps", "--max-tokens", "--seed", "--checkpoint-every", "--resume", "--outtype", "--threads",
+                   "--n-steps", "--max-tokens", "--samples", "--sample-temperature", "--seed", "--checkpoint-every", "--resume", "--outtype", "--threads",
                    "--quiet"):
         assert option in text
     assert "(default 600)" in text and "(default 0)" in text

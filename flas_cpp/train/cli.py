@@ -32,13 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=_R.batch, help=f"examples per step (default {_R.batch})")
     ap.add_argument("--lr", type=float, default=_R.lr, help=f"AdamW learning rate (default {_R.lr})")
     ap.add_argument("--flowtime", type=float, default=_R.flowtime,
-                    help=f"the strength T at which the flow reaches the teacher's style (default {_R.flowtime})")
+                    help=f"the strength T at which the flow reaches the teacher's style; T = 2 then steers a "
+                         f"little short of it (default {_R.flowtime})")
     ap.add_argument("--n-steps", type=int, default=_R.n_steps,
                     help=f"Euler steps, as the runtime will integrate (default {_R.n_steps})")
     ap.add_argument("--max-tokens", type=int, default=_R.max_tokens,
                     help=f"length of each teacher continuation (default {_R.max_tokens})")
-    ap.add_argument("--seed", type=int, default=_R.seed, help=f"seeds the flow's initial weights and every "
-                                                              f"batch (default {_R.seed})")
+    ap.add_argument("--samples", type=int, default=_R.samples,
+                    help=f"teacher continuations per prompt: the greedy one and samples - 1 sampled at "
+                         f"--sample-temperature, each kept if it shows the concept (default {_R.samples})")
+    ap.add_argument("--sample-temperature", type=float, default=_R.sample_temperature,
+                    help=f"temperature of the sampled teacher continuations (default {_R.sample_temperature})")
+    ap.add_argument("--seed", type=int, default=_R.seed, help=f"seeds the flow's initial weights, the sampled "
+                                                              f"teacher continuations and every batch (default {_R.seed})")
     ap.add_argument("--checkpoint-every", type=int, default=_R.checkpoint_every,
                     help=f"steps between checkpoints (default {_R.checkpoint_every})")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
@@ -56,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         concepts = load_concepts(a.concepts) if a.concepts else LANGUAGES
         prompts = load_prompts(a.prompts) if a.prompts else PROMPTS
         recipe = Recipe(layer=a.layer, steps=a.steps, batch=a.batch, lr=a.lr, flowtime=a.flowtime, n_steps=a.n_steps,
-                        max_tokens=a.max_tokens, seed=a.seed, checkpoint_every=a.checkpoint_every)
+                        max_tokens=a.max_tokens, samples=a.samples,
+                        sample_temperature=a.sample_temperature, seed=a.seed, checkpoint_every=a.checkpoint_every)
         path = train(a.base, a.out, concepts, prompts, recipe, resume=a.resume, outtype=a.outtype,
                      threads=a.threads, progress=not a.quiet)
     except (ValueError, OSError) as e:

@@ -12,8 +12,12 @@ class Recipe:
     steps: int = 600
     batch: int = 8
     lr: float = 1e-3
-    flowtime: float = 2.0         # T trained for: the strength at which the teacher's style is reached
+    # T trained for: the strength at which the teacher's style is reached. Above the runtime's
+    # usual 2, so that T = 2 steers just short of it, where the text stays fluent (docs/QUALITY.md)
+    flowtime: float = 2.5
     n_steps: int = 3              # Euler steps, as the runtime integrates
     max_tokens: int = 32          # teacher continuation length
+    samples: int = 4              # teacher continuations per prompt: the greedy one, the rest sampled
+    sample_temperature: float = 0.8
     seed: int = 0
     checkpoint_every: int = 25

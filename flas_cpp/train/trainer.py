@@ -26,6 +26,7 @@ from .flow import Flow
 from .recipe import Recipe
 
 ARCHITECTURES = ("gemma2", "gemma3", "qwen3", "llama")
+N_SEQ = 4  # sequences decoding the teacher's continuations together
 
 
 @dataclass
@@ -112,18 +113,19 @@ def rope_inv_freq(model) -> torch.Tensor:
 def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: list[str], recipe: Recipe,
                  progress: bool) -> dict:
     """Through the runtime: each concept's wordings encoded, and for each prompt the teacher's
-    greedy continuation with the student's prompt tokens (those a steered request will have)."""
+    continuations (greedy and sampled) with the student's prompt tokens (those a steered request
+    will have)."""
     from .. import FlasModel
     from .judges import JUDGES
 
     data = {"concepts": [], "row_rms": 0.0}
-    with FlasModel(str(base), str(init_flow), n_seq=4, n_ctx=4096) as m:
+    with FlasModel(str(base), str(init_flow), n_seq=N_SEQ, n_ctx=4096) as m:
         n_ctx_seq = m.n_ctx_seq
         traces = [m.trace(prompt=p, flowtime=0.0) for p in prompts[:8]]
         data["row_rms"] = float(np.median([np.sqrt(np.mean(t["unsteered"][1:] ** 2)) for t in traces]))
         data["check"] = {"tokens": list(traces[0]["tokens"]), "logits": traces[0]["logits"].tolist()}
         student = [m.prompt_tokens(p) for p in prompts]  # what a steered request of each prompt holds
-        bar = tqdm(total=len(concepts) * len(prompts), desc="teacher continuations", unit="prompt",
+        bar = tqdm(total=len(concepts) * len(prompts) * recipe.samples, desc="teacher continuations", unit="text",
                    file=sys.stderr, disable=not progress)
         for c in concepts:
             teachers = []
@@ -139,13 +141,26 @@ def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: 
                                      f"{recipe.max_tokens} to write it is longer than a sequence's context "
                                      f"({n_ctx_seq} tokens)")
                 teachers.append(tokens)
-            examples = []
-            for s, g in zip(student, m.generate_many(
-                    [dict(prompt=t, max_tokens=recipe.max_tokens, temperature=0.0, flowtime=0.0, stop=["\n\n", "###"])
-                     for t in teachers])):
-                bar.update(1)
-                if g.tokens and (c.judge is None or JUDGES[c.judge](g.text)):
-                    examples.append((s, g.tokens))
+            # the greedy continuation and samples-1 drawn from the teacher: sampled targets train
+            # the teacher's distribution rather than one path through it (less memorised, more
+            # fluent on new prompts; docs/QUALITY.md)
+            which = [(i, k) for i in range(len(prompts)) for k in range(recipe.samples)]
+            requests = [dict(prompt=teachers[i], max_tokens=recipe.max_tokens, flowtime=0.0, stop=["\n\n", "###"],
+                             temperature=0.0 if k == 0 else recipe.sample_temperature, seed=recipe.seed * 1000 + k)
+                        for i, k in which]
+            # in chunks of a few per sequence, for a progress bar that moves (the same chunks every
+            # run: the same decode batches, so the same data)
+            results = []
+            for j in range(0, len(requests), 4 * N_SEQ):
+                results += m.generate_many(requests[j:j + 4 * N_SEQ])
+                bar.update(len(requests[j:j + 4 * N_SEQ]))
+            examples, seen = [], set()
+            for (i, _), g in zip(which, results):
+                key = (i, tuple(g.tokens))
+                if (g.tokens and key not in seen and (c.judge is None or JUDGES[c.judge](g.text))
+                        and not repeats_context(g.tokens, teachers[i], student[i])):
+                    seen.add(key)
+                    examples.append((student[i], g.tokens))
             if not examples:
                 raise ValueError(f"concept {c.name!r}: no teacher continuation showed the concept"
                                  + (f" (judge {c.judge!r})" if c.judge else "") + "; give a stronger teacher context")
@@ -153,6 +168,14 @@ def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: 
                                      "rows": [m.concept_rows(w).tolist() for w in c.wordings]})
         bar.close()
     return data
+
+
+def repeats_context(tokens: list[int], teacher: list[int], student: list[int], n: int = 6) -> bool:
+    """Does a continuation copy n tokens in a row of the teacher's context that the student's prompt
+    does not have (its preface, its response marker)? The student would learn to write them."""
+    def grams(t):
+        return {tuple(t[j:j + n]) for j in range(len(t) - n + 1)}
+    return bool(grams(tokens) & (grams(teacher) - grams(student)))
 
 
 def check_same_model(model, check: dict) -> None:
@@ -214,11 +237,13 @@ def train(base: str | Path, out: str | Path, concepts: list[Concept], prompts: l
     recipe = dataclasses.replace(recipe, layer=facts.n_layer * 2 // 3 if recipe.layer is None else recipe.layer)
     if not 0 <= recipe.layer < facts.n_layer:
         raise ValueError(f"--layer {recipe.layer} is outside the base's {facts.n_layer} layers (0..{facts.n_layer - 1})")
-    for name, lo in (("steps", 1), ("batch", 1), ("n_steps", 1), ("max_tokens", 1), ("checkpoint_every", 1)):
+    for name, lo in (("steps", 1), ("batch", 1), ("n_steps", 1), ("max_tokens", 1), ("samples", 1),
+                     ("checkpoint_every", 1)):
         if getattr(recipe, name) < lo:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(recipe, name)}")
-    if not (recipe.lr > 0 and recipe.flowtime > 0):
-        raise ValueError("--lr and --flowtime must be > 0")
+    for name in ("lr", "flowtime", "sample_temperature"):
+        if not getattr(recipe, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(recipe, name)}")
     if not prompts:
         raise ValueError("no training prompts")
     check_concepts(concepts, facts.alpaca)
