@@ -88,6 +88,32 @@ uint64_t flas_board::wait_any(const std::vector<uint64_t> & ids, int timeout_ms)
     return found;
 }
 
+int flas_board::steer(uint64_t id, flas_steer steer) {
+    std::unique_lock<std::mutex> lk(mutex_);
+    std::shared_ptr<flas_ticket> t = find_live(id);
+    const std::string which = "request " + std::to_string(id);
+    if (t->ended || t->cancelled) {
+        throw flas_not_found(which + " has ended; its steering can no longer change");
+    }
+    if (t->queued) {  // the worker has not read it yet
+        t->req.steer = std::move(steer);
+        return 0;
+    }
+    t->change = std::make_unique<flas_steer>(std::move(steer));  // replaces one not yet taken
+    const uint64_t mine = ++t->n_changes;
+    news_cv_.wait(lk, [&] { return t->n_settled >= mine || t->ended; });
+    if (t->n_settled < mine) {
+        throw flas_not_found(which + " ended before the change took effect (its last token was already decoding)");
+    }
+    if (t->change_at < 0) {
+        if (t->change_status == FLAS_ERR_INVALID_ARGUMENT) {
+            throw std::invalid_argument(t->change_error);
+        }
+        throw std::runtime_error(t->change_error);
+    }
+    return t->change_at;
+}
+
 void flas_board::cancel(uint64_t id) {
     std::lock_guard<std::mutex> lk(mutex_);
     auto it = tickets_.find(id);
@@ -189,6 +215,21 @@ bool flas_board::cancelled(const flas_ticket & t) const {
     return t.cancelled;
 }
 
+std::unique_ptr<flas_steer> flas_board::take_change(flas_ticket & t) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    t.n_taken = t.n_changes;
+    return std::move(t.change);
+}
+
+void flas_board::settle_change(flas_ticket & t, int at, flas_status status, const std::string & error) {
+    std::lock_guard<std::mutex> lk(mutex_);
+    t.n_settled = t.n_taken;
+    t.change_at = at;
+    t.change_status = status;
+    t.change_error = error;
+    news_cv_.notify_all();
+}
+
 void flas_board::set_cached(flas_ticket & t, int n_cached) {
     std::lock_guard<std::mutex> lk(mutex_);
     t.end.n_cached = n_cached;
@@ -199,7 +240,7 @@ void flas_board::set_prompt_logits(flas_ticket & t, std::vector<float> logits) {
     t.prompt_logits = std::move(logits);
 }
 
-void flas_board::deliver(flas_ticket & t, llama_token token, double prompt_seconds) {
+void flas_board::deliver(flas_ticket & t, flas_token_data token, double prompt_seconds) {
     std::lock_guard<std::mutex> lk(mutex_);
     if (!lost_.empty()) {
         return;

@@ -8,7 +8,7 @@
 #pragma once
 
 #include "flas-runtime.h"  // llama_token, flas_concept_stats
-#include "flas-schedule.h"
+#include "flas-steer.h"
 #include "flas.h"          // enum flas_finish, enum flas_status, enum flas_trace_kind
 
 #include <chrono>
@@ -24,13 +24,12 @@
 
 struct flas_request {
     std::vector<llama_token> prompt;  // BOS and chat template included
-    std::string concept;              // empty: unsteered
-    flas_schedule flowtime = flas_schedule::constant(0.0f);  // T per generated token; 0 throughout: unsteered
-    int      n_steps     = 1;
+    flas_steer steer;
     int      max_tokens  = 128;
     flas_sampling_params sampling = flas_sampling_default_params();
     bool     trace       = false;     // from an empty sequence, record every layer-L row before and
                                       // after steering and the prompt's logits; end-of-generation ignored
+    bool     telemetry   = false;     // measure each generated token's displacement
 };
 
 // An unknown request id, or one whose end was already reported (FLAS_ERR_NOT_FOUND).
@@ -51,7 +50,7 @@ struct flas_end {
 
 // What a request produced since the caller last asked, and how it ended.
 struct flas_update {
-    std::vector<llama_token> tokens;  // generated, in order; the end-of-generation token is not one of them
+    std::vector<flas_token_data> tokens;  // generated, in order; the end-of-generation token is not one of them
     bool     done = false;            // end is set: the request has ended and handed over every token
     flas_end end;
 };
@@ -66,11 +65,19 @@ struct flas_engine_stats {
 
 using flas_clock = std::chrono::steady_clock;
 
-// One request on the board. req is set at post and then only read; the rest is the board's.
+// One request on the board. req is set at post and then only read (but for a change of the
+// steering of a request still queued); the rest is the board's.
 struct flas_ticket {
     uint64_t     id = 0;
     flas_request req;
-    std::vector<llama_token> tokens;  // delivered, not yet handed over
+    std::unique_ptr<flas_steer> change;  // posted by steer(), not yet taken by the worker
+    uint64_t n_changes = 0;           // changes posted, taken by the worker, and settled by it
+    uint64_t n_taken   = 0;
+    uint64_t n_settled = 0;
+    int      change_at = -1;          // the last settled change: the first generated token it steered; -1: refused
+    flas_status change_status = FLAS_OK;  // refused: why
+    std::string change_error;
+    std::vector<flas_token_data> tokens;  // delivered, not yet handed over
     bool     ended     = false;       // end is set
     flas_end end;
     std::vector<float> trace_in, trace_out, prompt_logits;  // traced requests
@@ -91,6 +98,12 @@ class flas_board {
     // last of them. The id is then gone, except a traced request's, kept for trace() until release().
     flas_update wait(uint64_t id, int timeout_ms, size_t max_tokens);
     uint64_t wait_any(const std::vector<uint64_t> & ids, int timeout_ms);  // one with news, or 0
+    // Replaces a request's steering from its next decoded token on and waits until the worker
+    // did (at most a step and a concept encoding): returns the index of the first generated token
+    // it steers (0 for a request still queued). flas_not_found: unknown, or it ended first;
+    // std::invalid_argument / std::runtime_error: the worker refused it (the request goes on as it
+    // was, or, after a runtime error, ended with it).
+    int steer(uint64_t id, flas_steer steer);
     void cancel(uint64_t id);         // unknown ids ignored; a queued request ends here
     void release(uint64_t id);        // cancels and forgets it
     std::vector<float> trace(uint64_t id, flas_trace_kind kind) const;
@@ -109,9 +122,13 @@ class flas_board {
     // Up to n_free queued requests, now running.
     std::vector<std::shared_ptr<flas_ticket>> take(int n_free);
     bool cancelled(const flas_ticket & t) const;
+    // The change posted for a running request since the last take, if any.
+    std::unique_ptr<flas_steer> take_change(flas_ticket & t);
+    // The change taken last: in force from generated token at, or refused (at < 0) with status and error.
+    void settle_change(flas_ticket & t, int at, flas_status status, const std::string & error);
     void set_cached(flas_ticket & t, int n_cached);
     void set_prompt_logits(flas_ticket & t, std::vector<float> logits);
-    void deliver(flas_ticket & t, llama_token token, double prompt_seconds);  // prompt_seconds: of a first token
+    void deliver(flas_ticket & t, flas_token_data token, double prompt_seconds);  // prompt_seconds: of a first token
     // t ended (ends after a loss are dropped: the loss is what its caller reads).
     void finish(flas_ticket & t, flas_end end, std::vector<float> trace_in, std::vector<float> trace_out);
     void count_step(int n_decoded);

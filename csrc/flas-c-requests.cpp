@@ -11,16 +11,24 @@ flas_model *& flas_exclusive_model() {
     return model;
 }
 
+// The steering of params; n_steps 0 is default_steps. Checked by the engine (flas_steer_check).
+static flas_steer steer_of(const struct flas_request_params & params, int default_steps) {
+    flas_steer st;
+    st.concept  = params.concept != nullptr ? params.concept : "";
+    st.flowtime = flas_schedule::of(params);
+    st.n_steps  = params.n_steps == 0 ? default_steps : params.n_steps;
+    return st;
+}
+
 static flas_request engine_request(const flas_model & m, const struct flas_request_params & params) {
     flas_need(params.prompt != nullptr && params.n_prompt > 0, "the prompt has no tokens");
-    flas_request r;  // its steering is checked by the engine (flas_steering_check)
+    flas_request r;
     r.prompt.assign(params.prompt, params.prompt + params.n_prompt);
-    r.concept     = params.concept != nullptr ? params.concept : "";
-    r.flowtime    = flas_schedule::of(params);
-    r.n_steps     = params.n_steps == 0 ? m.flow_info.n_steps : params.n_steps;
+    r.steer       = steer_of(params, m.flow_info.n_steps);
     r.max_tokens  = params.max_tokens;
     r.sampling    = params.sampling;
     r.trace       = params.trace;
+    r.telemetry   = params.telemetry;
     return r;
 }
 
@@ -35,6 +43,34 @@ static flas_runtime & exclusive_runtime(flas_model * model, const char * fn) {
 static int64_t copy_floats(const std::vector<float> & v, float * out, int64_t n_max) {
     flas_need(out != nullptr || n_max == 0, "out is NULL");
     return flas_copy_out(v, out, n_max);
+}
+
+// flas_poll and flas_poll_data: the update's tokens through put(update).
+template <typename Put>
+static int32_t poll(flas_model * model, uint64_t id, int32_t timeout_ms, bool has_out, int32_t n_max,
+                    struct flas_result * result, const Put & put) {
+    if (result != nullptr) {
+        *result = {};
+    }
+    return flas_guarded([&] {
+        flas_need(model != nullptr && result != nullptr && (has_out || n_max == 0),
+                  "flas_poll: model, tokens and result must not be NULL");
+        flas_need(n_max >= 0, "flas_poll: n_max must be >= 0");
+        const flas_update u = model->engine->wait(id, std::max(0, timeout_ms), (size_t) n_max);
+        put(u);
+        if (u.done) {
+            result->finish         = u.end.finish;
+            result->status         = u.end.status;
+            result->n_prompt       = u.end.n_prompt;
+            result->n_cached       = u.end.n_cached;
+            result->prompt_seconds = u.end.prompt_seconds;
+            result->seconds        = u.end.seconds;
+            if (u.end.finish == FLAS_FINISH_ERROR) {
+                flas_error_slot() = u.end.error;
+            }
+        }
+        return (int32_t) u.tokens.size();
+    });
 }
 
 extern "C" {
@@ -52,6 +88,7 @@ struct flas_request_params flas_request_default_params(void) {
     p.max_tokens  = d.max_tokens;
     p.sampling    = d.sampling;
     p.trace       = d.trace;
+    p.telemetry   = d.telemetry;
     return p;
 }
 
@@ -81,27 +118,30 @@ int flas_submit_many(flas_model * model, const struct flas_request_params * para
 
 int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t * tokens, int32_t n_max,
                   struct flas_result * result) {
-    if (result != nullptr) {
-        *result = {};
+    return poll(model, id, timeout_ms, tokens != nullptr, n_max, result, [&](const flas_update & u) {
+        for (size_t i = 0; i < u.tokens.size(); ++i) {
+            tokens[i] = u.tokens[i].token;
+        }
+    });
+}
+
+int32_t flas_poll_data(flas_model * model, uint64_t id, int32_t timeout_ms, struct flas_token_data * tokens,
+                       int32_t n_max, struct flas_result * result) {
+    return poll(model, id, timeout_ms, tokens != nullptr, n_max, result,
+                [&](const flas_update & u) { std::copy(u.tokens.begin(), u.tokens.end(), tokens); });
+}
+
+int flas_request_steer(flas_model * model, uint64_t id, const struct flas_request_params * params, int32_t * at) {
+    if (at != nullptr) {
+        *at = -1;
     }
     return flas_guarded([&] {
-        flas_need(model != nullptr && result != nullptr && (tokens != nullptr || n_max == 0),
-                  "flas_poll: model, tokens and result must not be NULL");
-        flas_need(n_max >= 0, "flas_poll: n_max must be >= 0");
-        const flas_update u = model->engine->wait(id, std::max(0, timeout_ms), (size_t) n_max);
-        std::copy(u.tokens.begin(), u.tokens.end(), tokens);
-        if (u.done) {
-            result->finish         = u.end.finish;
-            result->status         = u.end.status;
-            result->n_prompt       = u.end.n_prompt;
-            result->n_cached       = u.end.n_cached;
-            result->prompt_seconds = u.end.prompt_seconds;
-            result->seconds        = u.end.seconds;
-            if (u.end.finish == FLAS_FINISH_ERROR) {
-                flas_error_slot() = u.end.error;
-            }
+        flas_need(model != nullptr && params != nullptr, "flas_request_steer: model and params must not be NULL");
+        const int first = model->engine->steer(id, steer_of(*params, model->flow_info.n_steps));
+        if (at != nullptr) {
+            *at = first;
         }
-        return (int32_t) u.tokens.size();
+        return (int) FLAS_OK;
     });
 }
 
@@ -198,9 +238,8 @@ int flas_check_steering(const char * concept, float flowtime, int32_t n_steps) {
 int flas_check_request(const struct flas_request_params * params) {
     return flas_guarded([&] {
         flas_need(params != nullptr, "flas_check_request: params is NULL");
-        flas_request_check(params->concept != nullptr && params->concept[0] != '\0', flas_schedule::of(*params),
-                           params->n_steps == 0 ? 1 : params->n_steps,  // 0: the flow's default, valid by construction
-                           params->max_tokens, params->sampling);
+        // n_steps 0: the flow's default, valid by construction
+        flas_request_check(steer_of(*params, 1), params->max_tokens, params->sampling);
         return (int) FLAS_OK;
     });
 }

@@ -111,7 +111,13 @@ void flas_engine::check(const flas_request & req) const {
             throw std::invalid_argument("prompt: token id " + std::to_string(t) + " outside the vocabulary");
         }
     }
-    flas_request_check(!req.concept.empty(), req.flowtime, req.n_steps, req.max_tokens, req.sampling);
+    flas_request_check(req.steer, req.max_tokens, req.sampling);
+}
+
+int flas_engine::steer(uint64_t id, flas_steer steer) {
+    flas_steer_check(steer);
+    board_->throw_if_lost();
+    return board_->steer(id, std::move(steer));
 }
 
 uint64_t flas_engine::submit(flas_request req) {

@@ -43,6 +43,13 @@ class flas_engine {
     flas_update wait(uint64_t id, int timeout_ms, size_t max_tokens = SIZE_MAX) { return board_->wait(id, timeout_ms, max_tokens); }
     std::vector<float> trace(uint64_t id, flas_trace_kind kind) const { return board_->trace(id, kind); }
     uint64_t wait_any(const std::vector<uint64_t> & ids, int timeout_ms) { return board_->wait_any(ids, timeout_ms); }
+    // Replaces a running request's steering from its next decoded token on, tokens already
+    // generated kept; its schedule counts from there. Waits until it is in force (one decode
+    // step, plus the concept's encoding when the table lacks it: between two steps, on the
+    // worker) and returns the first generated token it steers. std::invalid_argument: bad
+    // settings, or ones this sequence cannot take (flas_runtime::change_steering); the request
+    // goes on unchanged. flas_not_found: unknown, or it ended first.
+    int steer(uint64_t id, flas_steer steer);
     void cancel(uint64_t id) { board_->cancel(id); }
     void release(uint64_t id) { board_->release(id); }
     flas_engine_stats stats() const { return board_->stats(); }

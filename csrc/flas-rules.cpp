@@ -64,11 +64,14 @@ void flas_steering_check(bool has_concept, float flowtime, int n_steps) {
     }
 }
 
-void flas_request_check(bool has_concept, const flas_schedule & flowtime, int n_steps, int max_tokens,
-                        const flas_sampling_params & s) {
-    for (const flas_breakpoint & p : flowtime.points) {
-        flas_steering_check(has_concept, p.flowtime, n_steps);
+void flas_steer_check(const flas_steer & steer) {
+    for (const flas_breakpoint & p : steer.flowtime.points) {
+        flas_steering_check(!steer.concept.empty(), p.flowtime, steer.n_steps);
     }
+}
+
+void flas_request_check(const flas_steer & steer, int max_tokens, const flas_sampling_params & s) {
+    flas_steer_check(steer);
     if (max_tokens < 1) {
         throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(max_tokens));
     }

@@ -6,6 +6,7 @@
 
 #include "flas.h"  // struct flas_sampling_params
 #include "flas-schedule.h"
+#include "flas-steer.h"
 
 struct flas_runtime_params;
 
@@ -13,7 +14,8 @@ struct flas_runtime_params;
 void flas_check_params(const flas_runtime_params & params);
 // flowtime finite and >= 0, n_steps in 1..FLAS_MAX_STEPS, a concept when flowtime > 0.
 void flas_steering_check(bool has_concept, float flowtime, int n_steps);
-// A request's settings apart from its prompt (which needs a model): its steering (each flowtime of
-// its schedule as one flowtime), max_tokens >= 1 and its sampling.
-void flas_request_check(bool has_concept, const flas_schedule & flowtime, int n_steps, int max_tokens,
-                        const flas_sampling_params & s);
+// A request's steering: each flowtime of its schedule as one flowtime.
+void flas_steer_check(const flas_steer & steer);
+// A request's settings apart from its prompt (which needs a model): its steering, max_tokens >= 1
+// and its sampling.
+void flas_request_check(const flas_steer & steer, int max_tokens, const flas_sampling_params & s);

@@ -102,6 +102,13 @@ struct flas_runtime {
     int set_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
         return steering_->set_steering(check_seq(seq), concept, flowtime, n_steps);
     }
+    // The sequence's steering from its next rows on, what it holds kept as computed (a running
+    // request's change). With a flow that has self-attention, whose later rows read the earlier
+    // ones' Euler steps, only a steered sequence may change, and not its n_steps; unsteered it
+    // then keeps its concept at T = 0. std::invalid_argument (nothing changed) otherwise.
+    int change_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
+        return steering_->change_steering(check_seq(seq), concept, flowtime, n_steps);
+    }
     // The sequence's strength from its next rows on, its concept and steps as they are (set_steering
     // gave it the concept when T > 0): what it holds stays, computed at the flowtimes it had.
     void set_flowtime(int seq, float flowtime) { steering_->set_flowtime(check_seq(seq), flowtime); }
@@ -122,6 +129,10 @@ struct flas_runtime {
     void set_steer_hook(flas_row_hook hook) { steering_->set_steer_hook(std::move(hook)); }
     // record its layer-L rows before/after steering
     void set_trace(int seq, bool on) { steering_->set_trace(check_seq(seq), on); }
+    // measure how far the flow moves its last row in each decode (||h' - h|| / ||h||)
+    void set_telemetry(int seq, bool on) { steering_->set_telemetry(check_seq(seq), on); }
+    // that of its last decode, then 0 (0: no decode steered it)
+    float take_displacement(int seq) { return steering_->take_displacement(check_seq(seq)); }
 
     // ---- sequences ----
     void reset(int seq);                                   // empty its llama.cpp memory and flow caches

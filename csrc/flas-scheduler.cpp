@@ -1,6 +1,7 @@
 #include "flas-scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 static double seconds_since(flas_clock::time_point t) {
@@ -18,8 +19,6 @@ static size_t common_prefix(const std::vector<llama_token> & held, const std::ve
     return keep;
 }
 
-static bool unsteered(const flas_request & r) { return r.concept.empty() || r.flowtime.max() == 0.0f; }
-
 flas_scheduler::flas_scheduler(flas_runtime & rt, flas_board & board) : rt_(rt), board_(board), slots_(rt.n_seq()) {}
 
 void flas_scheduler::step() {
@@ -32,7 +31,11 @@ void flas_scheduler::step() {
     for (const auto & t : taken) {
         admit(t);
     }
-    if (!taken.empty()) {  // the runtime is the worker's: others read its figures here
+    bool changed = false;
+    for (size_t seq = 0; seq < slots_.size(); ++seq) {
+        changed = (slots_[seq].run && restyle((int) seq)) || changed;
+    }
+    if (!taken.empty() || changed) {  // the runtime is the worker's: others read its figures here
         board_.set_concepts(rt_.stats());
     }
     decode();
@@ -73,9 +76,9 @@ void flas_scheduler::drop_cancelled() {
 // flowtime at token 0), with the concept it will need (a schedule rising from 0 needs one that an
 // unsteered sequence does not hold).
 bool flas_scheduler::reusable(int seq, const flas_request & req) const {
-    const float t0 = req.flowtime.at(0);
-    return slots_[seq].trusted && (t0 > 0.0f || unsteered(req)) &&
-           rt_.holds_steering(seq, req.concept, t0, req.n_steps);
+    const flas_steer & st = req.steer;
+    const float t0 = st.flowtime.at(0);
+    return slots_[seq].trusted && (t0 > 0.0f || st.unsteered()) && rt_.holds_steering(seq, st.concept, t0, st.n_steps);
 }
 
 // A free sequence that already holds the longest prefix of the prompt under the same steering;
@@ -103,13 +106,15 @@ void flas_scheduler::admit(std::shared_ptr<flas_ticket> t) {
     slot & s = slots_[seq];
     s.run = std::make_unique<running>();
     s.run->ticket = std::move(t);
+    s.run->steer = r.steer;
     s.run->t_start = flas_clock::now();
     try {
         size_t keep = 0;
         if (!reusable(seq, r)) {
+            const flas_steer & st = r.steer;
             s.trusted = false;  // until the runtime holds the new steering
-            rt_.set_steering(seq, unsteered(r) ? "" : r.concept, unsteered(r) ? 0.0f : r.flowtime.max(), r.n_steps);
-            rt_.set_flowtime(seq, unsteered(r) ? 0.0f : r.flowtime.at(0));  // the prompt's rows
+            rt_.set_steering(seq, st.unsteered() ? "" : st.concept, st.unsteered() ? 0.0f : st.flowtime.max(), st.n_steps);
+            rt_.set_flowtime(seq, st.unsteered() ? 0.0f : st.flowtime.at(0));  // the prompt's rows
             s.tokens.clear();
             s.trusted = true;
         } else if (r.trace) {  // every row is recorded: from an empty sequence
@@ -122,6 +127,7 @@ void flas_scheduler::admit(std::shared_ptr<flas_ticket> t) {
         }
         rt_.pin(seq);  // a reused sequence's concept too: no other admission may evict it while it runs
         rt_.set_trace(seq, r.trace);
+        rt_.set_telemetry(seq, r.telemetry);
         rt_.sampler_init(seq, r.sampling);
         s.run->n_fed = keep;
         board_.set_cached(*s.run->ticket, (int) keep);
@@ -206,7 +212,7 @@ void flas_scheduler::decode() {
                 finish(seq, FLAS_FINISH_EOG);
                 continue;
             }
-            board_.deliver(*r.ticket, tok, r.n_out == 0 ? seconds_since(r.t_start) : -1.0);
+            board_.deliver(*r.ticket, token_data(seq, tok), r.n_out == 0 ? seconds_since(r.t_start) : -1.0);
             if (++r.n_out >= req.max_tokens) {
                 finish(seq, FLAS_FINISH_MAX_TOKENS);
             } else if (rt_.n_past(seq) >= rt_.n_ctx_seq()) {
@@ -221,18 +227,60 @@ void flas_scheduler::decode() {
     }
 }
 
-// Before a generated token's row is decoded: the strength its request's schedule gives the token
-// that row samples. The sequence then holds rows of several strengths, which no later request's
-// prefix reuse may take for its own. False: it failed and ended.
+// What token tok, just sampled, was decoded with: the strength of its pass (set before the decode
+// by restyle or retime) and, measured on request, how far the flow moved that pass's last row.
+flas_token_data flas_scheduler::token_data(int seq, llama_token tok) {
+    const running & r = *slots_[seq].run;
+    flas_token_data d;
+    d.token = tok;
+    d.flowtime = r.steer.unsteered() ? 0.0f : r.steer.flowtime.at(r.n_out - r.origin);
+    d.displacement = r.ticket->req.telemetry ? rt_.take_displacement(seq) : NAN;
+    return d;
+}
+
+// A change of the request's steering posted since the last step: in force from the rows decoded
+// next, i.e. for the next generated token (a schedule counted from there). A change the runtime
+// refuses as invalid leaves the request as it was; a failure ends it. Whether one was taken.
+bool flas_scheduler::restyle(int seq) {
+    slot & s = slots_[seq];
+    running & r = *s.run;
+    const std::unique_ptr<flas_steer> next = board_.take_change(*r.ticket);
+    if (!next) {
+        return false;
+    }
+    const bool off = next->unsteered();
+    try {
+        try {  // refused before anything changed
+            rt_.change_steering(seq, off ? "" : next->concept, off ? 0.0f : next->flowtime.max(), next->n_steps);
+        } catch (const std::invalid_argument & e) {
+            board_.settle_change(*r.ticket, -1, FLAS_ERR_INVALID_ARGUMENT, e.what());
+            return true;
+        }
+        s.trusted = false;  // rows of two steerings: no later request's prefix
+        rt_.set_flowtime(seq, off ? 0.0f : next->flowtime.at(0));
+        r.steer = *next;
+        r.origin = r.n_out;
+        board_.settle_change(*r.ticket, r.n_out, FLAS_OK, "");
+    } catch (const std::exception & e) {
+        s.trusted = false;
+        board_.settle_change(*r.ticket, -1, FLAS_ERR_RUNTIME, e.what());
+        finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, std::string("changing its steering: ") + e.what());
+    }
+    return true;
+}
+
+// Before a generated token's row is decoded: the strength its schedule gives the token that row
+// samples. The sequence then holds rows of several strengths, which no later request's prefix
+// reuse may take for its own. False: it failed and ended.
 bool flas_scheduler::retime(int seq) {
     slot & s = slots_[seq];
-    const flas_request & req = s.run->ticket->req;
-    if (unsteered(req) || req.flowtime.is_constant()) {
+    const running & r = *s.run;
+    if (r.steer.unsteered() || r.steer.flowtime.is_constant()) {
         return true;
     }
     try {
         s.trusted = false;
-        rt_.set_flowtime(seq, req.flowtime.at(s.run->n_out));
+        rt_.set_flowtime(seq, r.steer.flowtime.at(r.n_out - r.origin));
         return true;
     } catch (const std::exception & e) {
         finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, e.what());

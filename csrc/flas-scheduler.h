@@ -17,7 +17,7 @@ class flas_scheduler {
     flas_scheduler(flas_runtime & rt, flas_board & board);
 
     // One step: cancelled requests leave their sequences, free sequences take queued requests,
-    // then one llama_decode for all.
+    // changes of steering take effect, then one llama_decode for all.
     void step();
     // Each sequence's epoch (the runtime's count of changes to it).
     std::vector<uint64_t> epochs() const;
@@ -29,6 +29,8 @@ class flas_scheduler {
     // A request decoding in a sequence: its progress.
     struct running {
         std::shared_ptr<flas_ticket> ticket;
+        flas_steer steer;            // the request's, until a change replaces it
+        int    origin = 0;           // the generated token steer's schedule counts from
         size_t n_fed = 0;            // prompt tokens in the sequence
         int    n_out = 0;            // tokens generated
         llama_token pending = -1;    // sampled, to be decoded next step
@@ -44,6 +46,8 @@ class flas_scheduler {
 
     void drop_cancelled();
     void admit(std::shared_ptr<flas_ticket> t);
+    bool restyle(int seq);
+    flas_token_data token_data(int seq, llama_token tok);
     void decode();
     void finish(int seq, flas_finish reason, flas_status status = FLAS_OK, const std::string & error = "");
     bool reusable(int seq, const flas_request & req) const;

@@ -31,6 +31,8 @@ struct flas_seq_steering {
                                      // belong to; 0: none
     bool  trace = false;     // record its layer-L rows before/after steering
     std::vector<float> trace_in, trace_out;
+    bool  telemetry = false; // measure the displacement of its last row in each decode
+    float displacement = 0.0f;  // of the last decode that steered it; 0 when none did
 
     // With a concept its rows go through the flow, even at T = 0 (a schedule starting there): dt = 0
     // leaves them as they are and fills the flow's caches that its later, steered rows attend to.

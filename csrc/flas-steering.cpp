@@ -119,6 +119,51 @@ int flas_steering::set_steering(int seq, const std::string & concept, float flow
     return n_total;
 }
 
+int flas_steering::change_steering(int seq, const std::string & concept, float flowtime, int n_steps) {
+    flas_seq_steering & s = seqs_[seq];
+    flas_steering_check(!concept.empty(), flowtime, n_steps);
+    const bool steer = !concept.empty() && flowtime > 0.0f;
+    int n_total = 0;
+    if (steer) {
+        concept_tokens(concept, n_total);  // an empty concept is refused before anything changes
+    }
+    if (flow_.hp.has_self_attn && !s.steered() && steer) {
+        throw std::invalid_argument("this flow's self-attention reads every earlier row of the sequence through the flow, "
+                                    "and this request's were not (it started unsteered): give it its concept from the "
+                                    "start (a flowtime schedule may begin at 0) to steer it later");
+    }
+    if (flow_.hp.has_self_attn && s.steered() && n_steps != s.n_steps) {
+        throw std::invalid_argument("this flow's self-attention keeps each of the " + std::to_string(s.n_steps) +
+                                    " Euler steps of the rows already decoded: n_steps cannot change while the "
+                                    "request runs (concept and flowtime can)");
+    }
+    if (!steer && (!flow_.hp.has_self_attn || !s.steered())) {  // unsteered from here: rows untouched
+        release(seq);
+        s.slot = -1;
+        s.flowtime = 0.0f;
+        s.n_steps = n_steps;
+        return 0;
+    }
+    if (!steer) {  // with self-attention the rows still go through the flow, at T = 0, for later rows to read
+        set_flowtime(seq, 0.0f);
+        return 0;
+    }
+    if (!s.steered() || concepts_.slots[s.slot].text != concept) {
+        release(seq);
+        s.slot = -1;  // not this sequence's any more: an eviction in acquire_concept must not empty it
+        s.slot = acquire_concept(concept, n_total);
+        s.pinned = true;
+    }
+    s.flowtime = flowtime;
+    s.n_steps  = n_steps;
+    if (grow_cache(seq, n_steps)) {  // only without self-attention: its cache holds nothing the rows read
+        reserve_flow(seq);
+    }
+    compute_time_embeddings(seq);
+    compute_folded_values(seq);
+    return n_total;
+}
+
 void flas_steering::set_flowtime(int seq, float flowtime) {
     flas_seq_steering & s = seqs_[seq];
     if (flowtime == s.flowtime) {
@@ -233,6 +278,17 @@ void flas_steering::set_steer_hook(flas_row_hook hook) {
     }
 }
 
+void flas_steering::set_telemetry(int seq, bool on) {
+    seqs_[seq].telemetry = on;
+    seqs_[seq].displacement = 0.0f;
+}
+
+float flas_steering::take_displacement(int seq) {
+    const float d = seqs_[seq].displacement;
+    seqs_[seq].displacement = 0.0f;
+    return d;
+}
+
 void flas_steering::set_trace(int seq, bool on) {
     seqs_[seq].trace = on;
     clear_trace(seq);
@@ -328,6 +384,14 @@ void flas_steering::steer(ggml_tensor * t, const std::vector<flas_seq_rows> & pa
         }
     };
     record(false);
+    // telemetry: each measured sequence's last row (the one whose logits sample its next token), before
+    std::vector<std::pair<const flas_seq_rows *, std::vector<float>>> measured;
+    for (const flas_seq_rows & part : parts) {
+        if (seqs_[part.seq].telemetry) {
+            measured.emplace_back(&part, std::vector<float>(H));
+            ggml_backend_tensor_get(t, measured.back().second.data(), (part.row0 + part.n - 1) * row_bytes, row_bytes);
+        }
+    }
     if (hook_) {
         for (const flas_seq_rows & part : parts) {
             std::vector<float> in((size_t) part.n * H), out((size_t) part.n * H);
@@ -367,4 +431,14 @@ void flas_steering::steer(ggml_tensor * t, const std::vector<flas_seq_rows> & pa
         }
     }
     record(true);
+    std::vector<float> after(H);
+    for (const auto & [part, before] : measured) {
+        ggml_backend_tensor_get(t, after.data(), (part->row0 + part->n - 1) * row_bytes, row_bytes);
+        double moved = 0.0, norm = 0.0;
+        for (int i = 0; i < H; ++i) {
+            moved += ((double) after[i] - before[i]) * ((double) after[i] - before[i]);
+            norm += (double) before[i] * before[i];
+        }
+        seqs_[part->seq].displacement = norm > 0.0 ? (float) std::sqrt(moved / norm) : 0.0f;
+    }
 }

@@ -78,6 +78,7 @@ class flas_steering {
     // ---- steering of one sequence (empties it: its caches no longer apply) ----
     // flas_runtime's methods of the same names say what they do.
     int  set_steering(int seq, const std::string & concept, float flowtime, int n_steps);
+    int  change_steering(int seq, const std::string & concept, float flowtime, int n_steps);
     void set_flowtime(int seq, float flowtime);
     void pin(int seq);
     int  prepare_concept(const std::string & concept);
@@ -87,6 +88,8 @@ class flas_steering {
     void set_steer_hook(flas_row_hook hook);
     void set_trace(int seq, bool on);
     void clear_trace(int seq);  // the host emptied the sequence: its recorded rows are gone
+    void set_telemetry(int seq, bool on);
+    float take_displacement(int seq);
 
     // ---- reservation: grow_cache, then (after the host emptied a grown one) reserve ----
     // Allocates the sequence's flow cache for n_steps if it holds fewer; whether it grew (what

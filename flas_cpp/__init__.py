@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ._native import core
-from .generation import ContextLengthError, DeviceLostError, Generation, Handle, Request
+from .generation import (ContextLengthError, DeviceLostError, Generation, Handle, Request, RequestNotFoundError,
+                         TokenTelemetry)
 from .model import FlasModel
 
 __version__ = "0.1.0"
@@ -42,4 +43,4 @@ def get_library() -> str:
     return str(lib)
 
 
-__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "build_info", "get_include", "get_library", "__version__"]
+__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "RequestNotFoundError", "TokenTelemetry", "build_info", "get_include", "get_library", "__version__"]

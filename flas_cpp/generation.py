@@ -8,11 +8,11 @@ import dataclasses
 import threading
 from types import SimpleNamespace
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .prompting import Message
+from .prompting import Flowtime, Message
 
 # How long one wait inside the C++ engine lasts before Python looks at signals (Ctrl-C) again.
 _WAIT_MS = 100
@@ -20,6 +20,10 @@ _WAIT_MS = 100
 
 class ContextLengthError(ValueError):
     """A prompt longer than one sequence of the model holds."""
+
+
+class RequestNotFoundError(ValueError):
+    """An unknown request, or one that has ended (a change of steering that came too late)."""
 
 
 class DeviceLostError(RuntimeError):
@@ -45,6 +49,7 @@ class Request:
     raw: bool = False                 # the prompt as it is (BOS added), without the chat template
     stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
     parse_special: bool = False       # control-token text in the prompt/messages is a control token (else text)
+    telemetry: bool = False           # measure each token's displacement: Generation.telemetry, stream() pairs
     # The other fields of flas.h's struct flas_sampling_params by name, each off unless set, e.g.
     # min_p, typical_p, repeat_penalty, repeat_last_n (the core's defaults and ranges); keyword
     # arguments of these names land here, so a new sampler in the core needs no field here.
@@ -101,6 +106,12 @@ def other_sampling_fields() -> set[str]:
     return set(record(core().SamplingParams())) - {f.name for f in dataclasses.fields(Request)}
 
 
+class TokenTelemetry(NamedTuple):
+    """What one generated token was decoded with (flas.h's struct flas_token_data)."""
+    flowtime: float                   # the strength of the forward pass that sampled it (0: unsteered)
+    displacement: float               # ||h' - h|| / ||h|| of that pass's layer-L row: how far the flow moved it
+
+
 @dataclass
 class Generation:
     """One generated reply."""
@@ -116,6 +127,10 @@ class Generation:
     n_cached_tokens: int = 0          # prompt tokens its sequence already held (same steering)
     error: str | None = None          # why, when stop_reason is "error"
     error_status: int = 0             # and flas.h's status of that error (raise_if_failed raises its exception)
+    # Handle.steer's changes while it ran, in order: {"token": the first generated token each
+    # steered, "concept", "flowtime", "n_steps"} (concept, flowtime and n_steps above: as submitted)
+    changes: list[dict] = dataclasses.field(default_factory=list)
+    telemetry: list[TokenTelemetry] | None = None  # one per token, for a request with telemetry=True
 
     @property
     def tokens_per_second(self) -> float:
@@ -204,13 +219,16 @@ class StopMatcher:
 
 class Handle:
     """A request submitted to the model's engine. Iterate it for the text pieces as they decode,
-    or call result(); cancel() frees its sequence within one decode step. One consumer per handle."""
+    or call result(); steer() changes its steering from the next token on, cancel() frees its
+    sequence within one decode step (both from any thread). One consumer per handle."""
 
-    def __init__(self, model: Any, settings: _Settings, id: int):
-        self._m, self._s = model, settings
+    def __init__(self, owner: Any, settings: _Settings, id: int):
+        self._owner, self._m, self._s = owner, owner._m, settings  # the FlasModel and its extension model
+        self._changes: list[dict] = []
         # bytes that are not UTF-8 (a model's stray byte tokens) are dropped, as llama-cpp-python does
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._tokens: list[int] = []
+        self._telemetry: list[TokenTelemetry] = []
         self._text: list[str] = []
         self._final: Any = None  # the extension's Result (flas_result), once the request has ended
         self._lock = threading.Lock()
@@ -244,12 +262,37 @@ class Handle:
             except RuntimeError:  # the model is closed or its device lost: the request is over anyway
                 pass
 
+    def steer(self, concept: str | None = None, flowtime: Flowtime | None = None, n_steps: int | None = None) -> int:
+        """Steer the rest of the reply with these settings (as generate() takes them; flowtime
+        None: 2 with a concept; concept None or flowtime 0: unsteered from here); the text so far
+        stays. A schedule counts its tokens from the change. Waits until the change is in force (at most a decode step and the new
+        concept's encoding) and returns the index of the first generated token it steers.
+
+        ValueError: bad settings, or a change this flow cannot make (with self-attention in the
+        flow: steering a request that started unsteered, or a new n_steps); the request goes on
+        as it was. RequestNotFoundError: the request has ended (or ends before the change)."""
+        if flowtime is None:
+            flowtime = 2.0 if concept is not None else 0.0
+        req = self._owner._steering(concept, flowtime, n_steps)
+        if not self.id:
+            raise RequestNotFoundError("this request never started (its prompt did not fit a sequence)")
+        at = self._m.steer(self.id, req)
+        self._changes.append({"token": at, "concept": req.concept or None, "flowtime": flowtime if req.concept else 0.0,
+                              "n_steps": req.n_steps})
+        return at
+
     def poll(self, timeout_ms: int = _WAIT_MS) -> str:
         """The text decoded since the last poll (waiting up to timeout_ms for some)."""
+        return self.poll_telemetry(timeout_ms)[0]
+
+    def poll_telemetry(self, timeout_ms: int = _WAIT_MS) -> tuple[str, list[TokenTelemetry]]:
+        """poll(), with the telemetry of the tokens decoded since (empty unless telemetry=True)."""
         with self._lock:
             if self._final is not None:
-                return ""
-            tokens, end = self._m.poll(self.id, timeout_ms)
+                return "", []
+            tokens, flowtimes, displacements, end = self._m.poll(self.id, timeout_ms)
+            new = list(map(TokenTelemetry, flowtimes, displacements)) if self._s.request.telemetry else []
+            self._telemetry += new
             pieces = []
             for tok in tokens:
                 self._tokens.append(tok)
@@ -266,14 +309,22 @@ class Handle:
             piece = "".join(pieces)
             if piece:
                 self._text.append(piece)
-            return piece
+            return piece, new
 
     def __iter__(self) -> Iterator[str]:
+        for piece, _ in self.pieces():
+            if piece:
+                yield piece
+
+    def pieces(self) -> Iterator[tuple[str, list[TokenTelemetry]]]:
+        """(text, the telemetry of the tokens decoded with it) as they decode; the text may be ""
+        when a stop string or an unfinished UTF-8 character holds it back (telemetry=True: then
+        its tokens' telemetry still comes)."""
         try:
             while self._final is None:
-                piece = self.poll()
-                if piece:
-                    yield piece
+                piece, telemetry = self.poll_telemetry()
+                if piece or telemetry:
+                    yield piece, telemetry
         finally:
             self.cancel()  # a consumer that stops early ends the request
 
@@ -289,9 +340,10 @@ class Handle:
         tokens = self._tokens[:self._n_at_stop] if self._n_at_stop is not None else self._tokens
         failed = f.finish == f.finish.ERROR
         reason = "stop" if self._n_at_stop is not None and not failed else f.finish.name.lower()
+        telemetry = self._telemetry[:len(tokens)] if r.telemetry else None
         return Generation("".join(self._text), list(tokens), self._n_prompt, r.concept or None,
                           r.flowtime if r.concept else 0.0, r.n_steps, reason, f.seconds, f.prompt_seconds,
-                          f.n_cached, f.error or None, f.status)
+                          f.n_cached, f.error or None, f.status, list(self._changes), telemetry)
 
     def trace(self) -> dict[str, np.ndarray]:
         """Layer-L rows before/after steering and the prompt's logits (traced requests, once done)."""

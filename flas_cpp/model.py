@@ -227,8 +227,9 @@ class FlasModel:
         """Generate one reply, e.g. generate("Tell me about your day.", concept="Talk like a pirate")."""
         return raise_if_failed(self.submit(request, **fields).result())
 
-    def stream(self, request: Request | dict | str | None = None, **fields: Any) -> Iterator[str]:
-        """Text pieces as they decode; stop early by breaking out of the loop (or closing it)."""
+    def stream(self, request: Request | dict | str | None = None, **fields: Any) -> Iterator[Any]:
+        """Text pieces as they decode; stop early by breaking out of the loop (or closing it). With
+        telemetry=True, pairs (text, [TokenTelemetry of the tokens decoded with it])."""
         return self._stream(self.submit(request, **fields))
 
     def generate_many(self, requests: Iterable[Request | dict]) -> list[Generation]:
@@ -329,21 +330,16 @@ class FlasModel:
         """r checked (its types here, its ranges by the core) and tokenized. With fail_alone, a
         prompt too long for a sequence gives settings that fail as that request's sequence would
         fail it (the others still run)."""
-        n_steps = self.flow_info["n_steps"] if r.n_steps is None else r.n_steps
-        check_steering(r.concept, r.flowtime, n_steps)
         seed = self.seed if r.seed is None else r.seed
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
-        req = core().Request()
-        schedule = schedule_of(r.flowtime)
-        req.concept = "" if r.concept is None or (schedule is None and r.flowtime == 0) else r.concept
-        if schedule is None:
-            req.flowtime = c_float(r.flowtime)
-        else:
-            req.schedule = schedule
-        req.n_steps, req.max_tokens = n_steps, c_int(r.max_tokens, "max_tokens")
+        req = self._steering(r.concept, r.flowtime, r.n_steps)
+        req.max_tokens = c_int(r.max_tokens, "max_tokens")
         sampling_from(r, req.sampling)
         req.sampling.seed = seed & 0xFFFFFFFF
+        if not isinstance(r.telemetry, bool):
+            raise ValueError(f"telemetry must be true or false, got {r.telemetry!r}")
+        req.telemetry = r.telemetry
         check_request(req)
         stops = stop_list(r.stop)
         if r.raw and (not isinstance(r.prompt, str) or r.messages is not None):
@@ -360,12 +356,27 @@ class FlasModel:
             if not fail_alone:
                 raise
             error = str(e)
+        return _Settings(req, stops, error)
+
+    def _steering(self, concept: str | None, flowtime: Flowtime, n_steps: int | None) -> Any:
+        """An extension Request holding this steering, checked (its types here, its ranges by the
+        core); a request's, or a running request's change (Handle.steer)."""
+        n_steps = self.flow_info["n_steps"] if n_steps is None else n_steps
+        check_steering(concept, flowtime, n_steps)
+        req = core().Request()
+        schedule = schedule_of(flowtime)
+        req.concept = "" if concept is None or (schedule is None and flowtime == 0) else concept
+        if schedule is None:
+            req.flowtime = c_float(flowtime)
+        else:
+            req.schedule = schedule
+        req.n_steps = n_steps
         if req.concept:
             n_concept, limit = len(self._m.tokenize(req.concept, True, True)), self.flow_info["concept_max_len"]
             if n_concept > limit:
                 warnings.warn(f"the concept is {n_concept} tokens; only the first {limit} are used, as in training",
-                              stacklevel=4)
-        return _Settings(req, stops, error)
+                              stacklevel=5)
+        return req
 
     @staticmethod
     def _token_prompt(r: Request) -> list[int]:
@@ -395,8 +406,11 @@ class FlasModel:
     def _start(self, settings: list[_Settings]) -> list[Handle]:
         """Queue them together: free sequences take them in the same decode step."""
         ids = iter(self._m.submit_many([s.request for s in settings if s.error is None]))
-        return [Handle(self._m, s, next(ids) if s.error is None else 0) for s in settings]
+        return [Handle(self, s, next(ids) if s.error is None else 0) for s in settings]
 
-    def _stream(self, handle: Handle) -> Iterator[str]:
-        yield from handle
+    def _stream(self, handle: Handle) -> Iterator[Any]:
+        if handle._s.request.telemetry:
+            yield from handle.pieces()
+        else:
+            yield from handle
         raise_if_failed(handle.result())

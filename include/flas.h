@@ -32,7 +32,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a struct or a signature of this header changes (no ABI promise before 1.0). */
-#define FLAS_API_VERSION 6
+#define FLAS_API_VERSION 7
 
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
@@ -124,6 +124,16 @@ struct flas_request_params {
                                    prompt's logits (from an empty sequence; end-of-generation is
                                    ignored); the request is then kept for flas_trace until
                                    flas_release (false) */
+    bool    telemetry;          /* measure each generated token's displacement (struct
+                                   flas_token_data; flas_poll_data) (false) */
+};
+
+/* What one generated token was decoded with (flas_poll_data). */
+struct flas_token_data {
+    int32_t token;
+    float   flowtime;           /* the strength of the forward pass that sampled it (0: unsteered) */
+    float   displacement;       /* how far the flow moved that pass's layer-L row: ||h' - h|| / ||h||
+                                   (0 when unsteered); NaN unless the request asked for telemetry */
 };
 
 /* How a request went: finish is FLAS_FINISH_NONE while it runs; the rest is set once it ends. */
@@ -312,6 +322,21 @@ FLAS_API int flas_submit_many(flas_model * model, const struct flas_request_para
  * traced (flas_release forgets it). */
 FLAS_API int32_t flas_poll(flas_model * model, uint64_t id, int32_t timeout_ms, int32_t * tokens, int32_t n_max,
                            struct flas_result * result);
+/* As flas_poll, each token with what it was decoded with (struct flas_token_data). */
+FLAS_API int32_t flas_poll_data(flas_model * model, uint64_t id, int32_t timeout_ms, struct flas_token_data * tokens,
+                                int32_t n_max, struct flas_result * result);
+/* Changes a running request's steering from its next decoded token on; the tokens already
+ * generated stay. params gives the new steering whole (concept, flowtime or schedule, n_steps;
+ * its other fields are ignored), a schedule's tokens counted from the change: its token 0 is the
+ * first token decoded with it. Waits until the change is in force, at most one decode step plus
+ * the concept's encoding (done between two steps when the concept is new); *at (may be NULL)
+ * receives the index of the first generated token it steers (0 for a request not started yet).
+ * FLAS_ERR_NOT_FOUND: an unknown id, or a request that ended before the change took effect.
+ * FLAS_ERR_INVALID_ARGUMENT: bad settings (as flas_check_steering), or a change the flow cannot
+ * make: with a flow that has self-attention (flas_flow_info.has_self_attn), whose rows read the
+ * earlier rows' Euler steps, a request that started unsteered cannot be steered later and
+ * n_steps cannot change; the request then goes on as it was. */
+FLAS_API int flas_request_steer(flas_model * model, uint64_t id, const struct flas_request_params * params, int32_t * at);
 /* Waits up to timeout_ms until one of the n requests has news; *ready is its id, or 0. */
 FLAS_API int flas_wait_any(flas_model * model, const uint64_t * ids, int32_t n, int32_t timeout_ms, uint64_t * ready);
 /* Ends a request (it finishes as FLAS_FINISH_CANCELLED within one decode step). */

@@ -86,10 +86,16 @@ class FlowReference:
             x = self.norm(h, w[p + "pre_cross_norm.weight"])
             q = (x @ w[p + "cross_attn.q_proj.weight"].T).reshape(len(h), self.n_head, D)
             q = self.rope(self.norm(q, w[p + "cross_attn.q_norm.weight"]), pos)
-            k = (c @ w[p + "cross_attn.k_proj.weight"].T).reshape(len(c), self.n_kv, D)
-            k = self.rope(self.norm(k, w[p + "cross_attn.k_norm.weight"]), np.arange(len(c)))
-            v = (c @ w[p + "cross_attn.v_proj.weight"].T).reshape(len(c), self.n_kv, D)
-            o = self.attend(q, k, v, D ** -0.5, causal=False) @ w[p + "cross_attn.o_proj.weight"].T
+            # c: one concept [K, H], or one per row (a running request's change of concept)
+            per_row = c if isinstance(c, list) else [c] * len(h)
+            o = np.empty((len(h), self.n_head * D))
+            for ci in {id(x): x for x in per_row}.values():
+                rows = np.array([x is ci for x in per_row])
+                k = (ci @ w[p + "cross_attn.k_proj.weight"].T).reshape(len(ci), self.n_kv, D)
+                k = self.rope(self.norm(k, w[p + "cross_attn.k_norm.weight"]), np.arange(len(ci)))
+                v = (ci @ w[p + "cross_attn.v_proj.weight"].T).reshape(len(ci), self.n_kv, D)
+                o[rows] = self.attend(q[rows], k, v, D ** -0.5, causal=False)
+            o = o @ w[p + "cross_attn.o_proj.weight"].T
             h = h + w[p + "cross_gate"] * self.norm(o, w[p + "post_cross_norm.weight"])
         if p + "self_attn_gate" in w:
             x = self.norm(h, w[p + "pre_sa_norm.weight"])
@@ -122,7 +128,8 @@ class FlowReference:
     def steer(self, h0, c, flowtime, n_steps: int, pos=None):
         """Euler integration (FLAS_SPEC.md 3) of all rows h0 [n, H] at positions pos (default 0..n-1).
         flowtime: one T, or one per row [n] (a schedule: each row integrated to its own T, its
-        self-attention reading the other rows' states at the same Euler step, as a cache holds them)."""
+        self-attention reading the other rows' states at the same Euler step, as a cache holds them);
+        c: one concept's rows [K, H], or a list of one per row (a change of concept while it ran)."""
         pos = np.arange(len(h0)) if pos is None else pos
         h, dt = np.asarray(h0, np.float64), np.asarray(flowtime, np.float64) / n_steps
         for k in range(n_steps):

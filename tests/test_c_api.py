@@ -192,6 +192,58 @@ def test_bad_requests_and_ids_are_error_codes(lib, tiny_base_f32, flow):
     lib.flas_model_free(None)  # ignored
 
 
+def test_a_running_request_changes_its_steering_through_the_c_api(lib, tiny_base_f32, flow):
+    """flas_request_steer: in force from a later token (the one *at names), the tokens before it
+    and their rows those of the unchanged run, the rows after it steered differently; its errors."""
+    lib.flas_request_steer.argtypes = [C.c_void_p, C.c_uint64, C.POINTER(RequestParams), C.POINTER(C.c_int32)]
+    declare(lib)
+    model = C.c_void_p()
+    assert lib.flas_model_load(C.byref(params(lib, tiny_base_f32, flow, exact=True)), C.byref(model)) == 0, error(lib)
+    try:
+        ids = (C.c_int32 * 64)()
+        n = lib.flas_prompt_tokens(model, PROMPT.encode(), ids, 64)
+        H = lib.flas_model_n_embd(model)
+
+        def run(change: bool) -> tuple[list[int], np.ndarray, int]:
+            rp = lib.flas_request_default_params()
+            rp.prompt, rp.n_prompt, rp.concept, rp.max_tokens, rp.trace = ids, n, PIRATE.encode(), 100, True
+            rp.sampling.temperature = 0.0
+            rid, res, out, got, at = C.c_uint64(), Result(), (C.c_int32 * 8)(), [], C.c_int32(-1)
+            assert lib.flas_submit(model, C.byref(rp), C.byref(rid)) == 0, error(lib)
+            while res.finish == 0:
+                k = lib.flas_poll(model, rid, 1000, out, 8, C.byref(res))
+                got += out[:k]
+                if change and at.value < 0 and len(got) >= 3:
+                    new = lib.flas_request_default_params()
+                    new.concept, new.flowtime = b"Respond as a noir detective", 1.0
+                    bad = lib.flas_request_default_params()
+                    bad.concept, bad.flowtime = None, 1.0
+                    assert lib.flas_request_steer(model, rid, C.byref(bad), None) == -1 and "needs a concept" in error(lib)
+                    assert lib.flas_request_steer(model, rid, None, None) == -1 and "must not be NULL" in error(lib)
+                    assert lib.flas_request_steer(model, rid, C.byref(new), C.byref(at)) == 0, error(lib)
+            rows = (C.c_float * lib.flas_trace(model, rid, 1, None, 0))()
+            lib.flas_trace(model, rid, 1, rows, len(rows))
+            off = lib.flas_request_default_params()
+            off.flowtime = 0.0
+            assert lib.flas_request_steer(model, rid, C.byref(off), None) == -4
+            assert "end already handed over" in error(lib)
+            lib.flas_release(model, rid)
+            return got, np.array(rows).reshape(-1, H), at.value
+
+        plain, plain_rows, _ = run(False)
+        got, rows, at = run(True)
+        assert 3 <= at < 100
+        assert got[:at] == plain[:at]
+        cut = n - 1 + at  # the row whose pass samples token `at` (the prompt's last samples token 0)
+        np.testing.assert_array_equal(rows[:cut], plain_rows[:cut])
+        assert (np.abs(rows[cut:] - plain_rows[cut:]).max(1) > 1e-3).all()
+        unknown = lib.flas_request_default_params()
+        unknown.flowtime = 0.0
+        assert lib.flas_request_steer(model, 424242, C.byref(unknown), None) == -4 and "unknown request" in error(lib)
+    finally:
+        lib.flas_model_free(model)
+
+
 def test_flas_cli_streams_baseline_and_steered(tiny_base_f32, flow, expected):
     exe = shutil.which("flas-cli")
     assert exe, "flas-cli is installed with the package"

@@ -365,3 +365,82 @@ def test_a_rule_broken_through_the_server_reads_as_through_python_and_the_c_api(
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("repeat_last_n must be >= -1")
     r = httpx.post(url + "/v1/chat/completions", json={**GOOD, "min_p": "high"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "min_p"
+
+
+# ---- changing a running completion -------------------------------------------------------------
+
+def stream_events(url: str, body: dict, on_first=None) -> list[dict]:
+    """The chunks of a streamed chat completion; on_first(id) is called at its first text."""
+    events, called = [], False
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            events.append(json.loads(line[6:]))
+            text = (events[-1].get("choices") or [{}])[0].get("delta", {}).get("content")
+            if on_first and text and not called:
+                called = True
+                on_first(events[-1]["id"])
+    return events
+
+
+def test_a_running_completion_changes_its_steering_from_the_next_token(url, solo):
+    body = {"model": "flas", "messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0.8, "seed": 7,
+            "max_tokens": 200, "steering": {"concept": PIRATE, "flowtime": 2.0}}
+    sampled = dict(max_tokens=200, temperature=0.8, seed=7, top_k=0, top_p=1.0)  # the server's defaults
+    answers = []
+
+    def change(rid: str) -> None:
+        answers.append(httpx.post(url + f"/v1/steering/{rid}", json={"flowtime": 0.5}, timeout=30))
+        answers.append(httpx.post(url + f"/v1/steering/{rid}", json={"flowtime": -1}, timeout=30))
+
+    events = stream_events(url, body, change)
+    ok, bad = answers
+    assert ok.status_code == 200, ok.text
+    at = ok.json()["token"]
+    assert ok.json() == {"id": events[0]["id"], "object": "steering.change", "token": at,
+                         "steering": {"concept": PIRATE, "flowtime": 0.5, "n_steps": 3}}
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "steering.flowtime"
+    # the same as a schedule that steps from T = 2 to 0.5 at that token, run alone
+    step = [(0, 2.0), (at - 1, 2.0), (at, 0.5)] if at > 1 else [(0, 2.0), (1, 0.5)]
+    want = solo.generate(PROMPTS[0], concept=PIRATE, flowtime=step, **sampled)
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == want.text
+    assert want.text != solo.generate(PROMPTS[0], concept=PIRATE, flowtime=2.0, **sampled).text
+    assert events[-1]["steering"] == {"concept": PIRATE, "flowtime": 0.5, "n_steps": 3}  # chunks show what is in force
+    # over: 404
+    gone = httpx.post(url + f"/v1/steering/{events[0]['id']}", json={"flowtime": 1.0}, timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+
+
+def test_a_change_the_flow_cannot_make_is_a_400_and_unknown_ids_404(url):
+    body = {"model": "flas", "messages": [{"role": "user", "content": PROMPTS[1]}], "temperature": 0,
+            "max_tokens": 200}
+    answers = []
+    events = stream_events(url, body, lambda rid: answers.append(
+        httpx.post(url + f"/v1/steering/{rid}", json={"concept": PIRATE}, timeout=30)))
+    assert answers[0].status_code == 400 and "started unsteered" in answers[0].json()["error"]["message"]
+    assert events[-1]["steering"] is None  # it went on unsteered
+    for rid, body in (("chatcmpl-nothing", {"flowtime": 1.0}), ("x" * 500, {})):
+        r = httpx.post(url + f"/v1/steering/{rid}", json=body, timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert len(r.json()["error"]["message"]) < 200
+
+
+def test_telemetry_comes_per_token_in_the_chunks_and_the_response(url, client, solo):
+    steering = {"concept": PIRATE, "flowtime": [[0, 0.5], [8, 2.0]], "telemetry": True}
+    want = solo.generate(PROMPTS[2], concept=PIRATE, flowtime=[(0, 0.5), (8, 2.0)], max_tokens=16, temperature=0.0,
+                         telemetry=True)
+    r = chat(client, PROMPTS[2], steering, max_tokens=16)
+    tel = r.model_extra["telemetry"]
+    assert r.choices[0].message.content == want.text and len(tel) == r.usage.completion_tokens == 16
+    assert [t["flowtime"] for t in tel] == [round(x.flowtime, 6) for x in want.telemetry]
+    assert all(abs(t["displacement"] - x.displacement) <= 1e-4 * x.displacement for t, x in zip(tel, want.telemetry))
+    stream = chat(client, PROMPTS[2], steering, max_tokens=16, stream=True)
+    chunks = [c.model_extra.get("telemetry") for c in stream]
+    assert all(c is not None for c in chunks)  # every chunk carries the field (empty when it has no token)
+    assert [t["flowtime"] for c in chunks for t in c] == [t["flowtime"] for t in tel]
+    assert "telemetry" not in chat(client, PROMPTS[2], {"concept": PIRATE}, max_tokens=4).model_extra
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                       "steering": {"concept": PIRATE, "telemetry": 1}}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steering.telemetry"

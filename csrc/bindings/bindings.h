@@ -25,6 +25,10 @@ struct context_length : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
+struct not_found : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
 // The one map from a flas_status to a Python exception: for failed calls (check) and for
 // requests that ended with an error (Result.status, through raise_status).
 [[noreturn]] void raise_status(int status, const std::string & msg);

@@ -238,18 +238,27 @@ void register_model(py::module_ & m) {
         }, py::arg("requests"))
         .def("poll", [](const model & s, uint64_t id, int timeout_ms, int n_max) {
             auto h = s.get();
-            std::vector<int32_t> tokens((size_t) std::max(0, n_max));
+            std::vector<flas_token_data> data((size_t) std::max(0, n_max));
             request_end end{};
             int32_t n;
             {
                 py::gil_scoped_release release;
-                n = flas_poll(h.get(), id, timeout_ms, tokens.data(), (int32_t) tokens.size(), &end.result);
+                n = flas_poll_data(h.get(), id, timeout_ms, data.data(), (int32_t) data.size(), &end.result);
                 end.error = end.result.finish == FLAS_FINISH_ERROR ? flas_last_error() : "";
             }
-            tokens.resize((size_t) check(n));
-            return py::make_tuple(tokens, end.result.finish == FLAS_FINISH_NONE ? py::none() : py::cast(end));
+            data.resize((size_t) check(n));
+            std::vector<int32_t> tokens;
+            std::vector<float> flowtime, displacement;
+            for (const flas_token_data & d : data) {
+                tokens.push_back(d.token);
+                flowtime.push_back(d.flowtime);
+                displacement.push_back(d.displacement);
+            }
+            return py::make_tuple(tokens, flowtime, displacement,
+                                  end.result.finish == FLAS_FINISH_NONE ? py::none() : py::cast(end));
         }, py::arg("id"), py::arg("timeout_ms"), py::arg("n_max") = 256,
-           "flas_poll: (up to n_max new tokens, the Result once the request has ended and handed them all over, else None).")
+           "flas_poll_data: (up to n_max new tokens, the flowtime and displacement of each (flas_token_data), the "
+           "Result once the request has ended and handed them all over, else None).")
         .def("wait_any", [](const model & s, const std::vector<uint64_t> & ids, int timeout_ms) {
             auto h = s.get();
             uint64_t ready = 0;
@@ -269,6 +278,16 @@ void register_model(py::module_ & m) {
             d["logits"] = float_array(get(FLAS_TRACE_LOGITS), 0);
             return d;
         }, py::arg("id"), "A finished traced request's rows (unsteered, steered: [n, H]) and prompt logits.")
+        .def("steer", [](const model & s, uint64_t id, const request_params & r) {
+            auto h = s.get();
+            const struct flas_request_params p = r.params();
+            int32_t at = -1;
+            py::gil_scoped_release release;  // waits for the worker, which may be in a hook that needs the GIL
+            check(flas_request_steer(h.get(), id, &p, &at));
+            return at;
+        }, py::arg("id"), py::arg("request"),
+           "flas_request_steer: the request's steering replaced by the Request's (its prompt ignored) from its next "
+           "token on; returns the first generated token it steers.")
         .def("cancel", [](const model & s, uint64_t id) { check(flas_cancel(s.get().get(), id)); }, py::arg("id"))
         .def("release", [](const model & s, uint64_t id) { check(flas_release(s.get().get(), id)); }, py::arg("id"))
         .def("stats", [](const model & s) {

@@ -4,11 +4,11 @@
 
 void raise_status(int status, const std::string & msg) {
     switch (status) {
-        case FLAS_ERR_INVALID_ARGUMENT:
-        case FLAS_ERR_NOT_FOUND:      throw py::value_error(msg);
-        case FLAS_ERR_DEVICE_LOST:    throw device_lost(msg);
-        case FLAS_ERR_CONTEXT_LENGTH: throw context_length(msg);
-        default:                      throw std::runtime_error(msg);
+        case FLAS_ERR_INVALID_ARGUMENT: throw py::value_error(msg);
+        case FLAS_ERR_NOT_FOUND:        throw not_found(msg);
+        case FLAS_ERR_DEVICE_LOST:      throw device_lost(msg);
+        case FLAS_ERR_CONTEXT_LENGTH:   throw context_length(msg);
+        default:                        throw std::runtime_error(msg);
     }
 }
 
@@ -40,6 +40,9 @@ PYBIND11_MODULE(_core, m) {
         } catch (const context_length & e) {
             py::object cls = py::module_::import("flas_cpp.generation").attr("ContextLengthError");
             PyErr_SetString(cls.ptr(), e.what());
+        } catch (const not_found & e) {
+            py::object cls = py::module_::import("flas_cpp.generation").attr("RequestNotFoundError");
+            PyErr_SetString(cls.ptr(), e.what());
         }
     });
     m.attr("MAX_STEPS") = FLAS_MAX_STEPS;
@@ -47,7 +50,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("raise_status", [](int status, const std::string & message) { raise_status(status, message); },
           py::arg("status"), py::arg("message"),
           "Raises the exception of a flas_status (a request's Result.status): DeviceLostError, ContextLengthError, "
-          "ValueError or RuntimeError.");
+          "RequestNotFoundError, ValueError or RuntimeError.");
 
     register_records(m);
     register_model(m);

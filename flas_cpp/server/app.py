@@ -20,12 +20,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..completions import finish_reason, new_id
-from ..generation import ContextLengthError, Generation, Handle
+from ..generation import ContextLengthError, Generation, Handle, RequestNotFoundError
 from ..model import FlasModel
-from .openai_api import ApiError, Completion, Steering, chunk, parse_completion, parse_json, response, usage_chunk
+from .openai_api import (ApiError, Completion, Steering, chunk, parse_completion, parse_json, parse_steering, response,
+                         usage_chunk)
 
 WAIT_MS = 100  # one blocking wait on the engine; the loop checks for disconnects between them
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}  # metrics labels
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}  # metrics labels (and "steering")
 DISCONNECTED = 499  # the status counted for a client that went away (nginx's convention)
 log = logging.getLogger("flas-server")
 
@@ -55,6 +56,13 @@ class Metrics:
         self.requests[key] = self.requests.get(key, 0) + 1
 
 
+@dataclass
+class Running:
+    """A completion on the engine, by its id: POST /v1/steering/{id} changes its steering."""
+    handle: Handle
+    steering: Steering                # in force now: the request's, then each change's
+
+
 class State:
     """What the routes share: the model (None while loading), the configuration, counters."""
 
@@ -63,7 +71,7 @@ class State:
         self.model: FlasModel | None = None
         self.load_error: str | None = None
         self.metrics = Metrics()
-        self.running: set[Handle] = set()  # requests on the engine, ended at shutdown
+        self.running: dict[str, Running] = {}  # requests on the engine by completion id, ended at shutdown
         self.stopping = False
         self.preparing = anyio.CapacityLimiter(config.preparing)
 
@@ -71,8 +79,8 @@ class State:
         """Ends every running request (each stream then sends its last event and [DONE]) and
         refuses new ones. Called from the signal handler, before uvicorn waits for the streams."""
         self.stopping = True
-        for handle in list(self.running):
-            handle.cancel()
+        for run in list(self.running.values()):
+            run.handle.cancel()
 
     @property
     def models(self) -> dict[str, Steering]:
@@ -217,12 +225,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         except ApiError as e:
             state.metrics.count(endpoint, e.status)
             raise
-        state.running.add(handle)
+        rid = new_id(chat)
+        run = state.running[rid] = Running(handle, c.steering)
         if state.stopping:  # the signal came while it was prepared: end it with the others
             handle.cancel()
-        steering = c.steering.as_dict(m.flow_info["n_steps"])
         if c.stream:
-            return StreamingResponse(stream(handle, c, chat, steering, endpoint), media_type="text/event-stream",
+            return StreamingResponse(stream(rid, run, c, chat, endpoint), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             text = []  # ends before a stop string (the Handle cuts it and cancels the request)
@@ -240,14 +248,17 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise e
             fail(g, endpoint)
             account(g, endpoint)
-            return JSONResponse(response(c, chat, new_id(chat), "".join(text), g, steering))
+            return JSONResponse(response(c, chat, rid, "".join(text), g, shown(run)))
         finally:
             handle.cancel()
-            state.running.discard(handle)
+            state.running.pop(rid, None)
 
-    async def stream(handle: Handle, c: Completion, chat: bool, steering: dict | None,
-                     endpoint: str) -> AsyncIterator[str]:
-        rid, created = new_id(chat), int(time.time())
+    def shown(run: Running) -> dict | None:
+        """The steering in force, as the responses show it."""
+        return run.steering.as_dict(state.model.flow_info["n_steps"]) if state.model else None
+
+    async def stream(rid: str, run: Running, c: Completion, chat: bool, endpoint: str) -> AsyncIterator[str]:
+        handle, created = run.handle, int(time.time())
         counted = False
 
         def event(obj: dict) -> str:
@@ -255,11 +266,11 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         try:
             if chat:
-                yield event(chunk(c, chat, rid, created, steering, text="", role=True))
+                yield event(chunk(c, chat, rid, created, shown(run), text="", role=True))
             while not handle.done:
-                piece = await anyio.to_thread.run_sync(handle.poll, WAIT_MS)
-                if piece:
-                    yield event(chunk(c, chat, rid, created, steering, text=piece))
+                piece, tokens = await anyio.to_thread.run_sync(handle.poll_telemetry, WAIT_MS)
+                if piece or tokens:
+                    yield event(chunk(c, chat, rid, created, shown(run), text=piece, tokens=tokens))
             g = await anyio.to_thread.run_sync(handle.result)
             counted = True
             if g.stop_reason == "cancelled" and state.stopping:
@@ -271,14 +282,14 @@ def create_app(config: ServerConfig) -> FastAPI:
                 yield event(ApiError(500, f"generation failed: {g.error}", type="server_error").body())
             else:
                 account(g, endpoint)
-                yield event(chunk(c, chat, rid, created, steering, text=None if chat else "",
+                yield event(chunk(c, chat, rid, created, shown(run), text=None if chat else "",
                                   finish=finish_reason(g)))
                 if c.include_usage:
                     yield event(usage_chunk(c, chat, rid, created, g))
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away: its sequence is freed within one decode step
             handle.cancel()  # (a stream never started is cancelled when its Handle is collected)
-            state.running.discard(handle)
+            state.running.pop(rid, None)
             if not counted:
                 state.metrics.count(endpoint, DISCONNECTED)
 
@@ -300,7 +311,39 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def completions(request: HttpRequest) -> Response:
         return await complete(request, chat=False)
 
+    @app.post("/v1/steering/{rid}")
+    async def steer(rid: str, request: HttpRequest) -> JSONResponse:
+        """A running completion's steering from its next token on: the body is a steering object
+        as a completion's "steering" takes it, its missing fields those in force."""
+        try:
+            authorize(request)
+            m = state.ready()
+            body = await read_body(request)
+            run = state.running.get(rid)
+            if run is None:
+                raise ApiError(404, f"no running completion {_short(rid)}: unknown, or it has ended", code="not_found")
+            steering = parse_steering(parse_json(body), run.steering)
+            try:
+                at = await anyio.to_thread.run_sync(
+                    lambda: run.handle.steer(steering.concept if steering.active else None,
+                                             steering.flowtime if steering.active else 0.0, steering.n_steps))
+            except RequestNotFoundError:
+                raise ApiError(404, f"completion {rid} ended before the change took effect", code="not_found") from None
+            except ValueError as e:
+                raise ApiError(400, str(e), param="steering") from None
+        except ApiError as e:
+            state.metrics.count("steering", e.status)
+            raise
+        run.steering = steering
+        state.metrics.count("steering", 200)
+        return JSONResponse({"id": rid, "object": "steering.change", "token": at,
+                             "steering": steering.as_dict(m.flow_info["n_steps"])})
+
     return app
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 64 else text[:64] + "...")
 
 
 class InternalErrors:

@@ -45,6 +45,7 @@ class Steering:
     concept: str | None = None
     flowtime: float | list[tuple[int, float]] = 2.0  # T, or a schedule [(token, T), ...]
     n_steps: int | None = None
+    telemetry: bool = False           # each token's flowtime and displacement in the chunks and the response
 
     @property
     def active(self) -> bool:
@@ -199,7 +200,10 @@ def _steering(body: dict, base: Steering) -> Steering:
     if s is None:
         return base
     if not isinstance(s, dict):
-        raise _bad("steering", "must be an object {\"concept\", \"flowtime\", \"n_steps\"}")
+        raise _bad("steering", "must be an object {\"concept\", \"flowtime\", \"n_steps\", \"telemetry\"}")
+    telemetry = s.get("telemetry", base.telemetry)
+    if not isinstance(telemetry, bool):
+        raise _bad("steering.telemetry", f"must be true or false, got {_shown(telemetry)}")
     concept = s.get("concept", base.concept)
     if concept is not None and (not isinstance(concept, str) or not concept.strip()):
         raise _bad("steering.concept", "must be a non-empty string (or null for no steering)")
@@ -219,7 +223,17 @@ def _steering(body: dict, base: Steering) -> Steering:
     except ValueError as e:
         field = str(e).split(" ", 1)[0]
         raise _bad(f"steering.{field if field in ('flowtime', 'n_steps') else 'concept'}", str(e)) from None
-    return Steering(concept, flowtime, n_steps)
+    return Steering(concept, flowtime, n_steps, telemetry)
+
+
+def parse_steering(body: Any, current: Steering) -> Steering:
+    """The body of POST /v1/steering/{id}: a steering object (a completion's "steering"), the
+    fields it omits those of the steering in force; ApiError otherwise."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object {\"concept\", \"flowtime\", \"n_steps\"}")
+    if "telemetry" in body:
+        raise _bad("telemetry", "is set when a completion starts; a change of steering keeps it")
+    return _steering({"steering": body}, current)
 
 
 def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default_model: str,
@@ -275,17 +289,25 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
                       max_tokens=max_tokens or default_max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                       sampling=sampling,
                       seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), stop=stop,
-                      **prompt_fields)
+                      telemetry=steering.telemetry, **prompt_fields)
     return Completion(request, model, steering, stream, bool(options.get("include_usage")))
 
 
+def telemetry_json(items: list) -> list[dict]:
+    """Telemetry in a chunk or a response: one object per token."""
+    return [{"flowtime": round(t.flowtime, 6), "displacement": round(t.displacement, 6)} for t in items]
+
+
 def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, steering: dict | None) -> dict:
-    return completions.response(chat, rid, c.model, text, g, steering=steering)
+    extra = {"telemetry": telemetry_json(g.telemetry or [])} if c.steering.telemetry else {}
+    return completions.response(chat, rid, c.model, text, g, steering=steering, **extra)
 
 
 def chunk(c: Completion, chat: bool, rid: str, created: int, steering: dict | None, text: str | None = None,
-          role: bool = False, finish: str | None = None) -> dict:
-    return completions.chunk(chat, rid, created, c.model, text=text, role=role, finish=finish, steering=steering)
+          role: bool = False, finish: str | None = None, tokens: list | None = None) -> dict:
+    extra = {"telemetry": telemetry_json(tokens or [])} if c.steering.telemetry else {}
+    return completions.chunk(chat, rid, created, c.model, text=text, role=role, finish=finish, steering=steering,
+                             **extra)
 
 
 def usage_chunk(c: Completion, chat: bool, rid: str, created: int, g: Generation) -> dict:
