@@ -27,6 +27,12 @@ class DirectModel:
     def set_flowtime(self, seq: int, flowtime: float) -> None:
         self._exclusive(lambda: self.m.seq_set_flowtime(seq, flowtime))
 
+    def set_telemetry(self, seq: int, on: bool) -> None:
+        self._exclusive(lambda: self.m.seq_set_telemetry(seq, on))
+
+    def displacement(self, seq: int) -> float:
+        return self._exclusive(lambda: self.m.seq_displacement(seq))
+
     def decode(self, entries: list[tuple[int, list[int]]]) -> None:
         self._exclusive(lambda: self.m.seq_decode(entries))
 

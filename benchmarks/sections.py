@@ -5,7 +5,7 @@ from __future__ import annotations
 # sections written by benchmarks other than run.py, which keeps them when it rewrites the rest
 OWN_SECTIONS = ["## flas-server over HTTP", "## The device path over ggml RPC", "## Families beyond Gemma-2",
                 "## The C API", "## K-quant flows and the memory-bandwidth limit", "## Models from the hub (--hf)",
-                "## Two builds side by side", "## Strength schedules"]
+                "## Two builds side by side", "## Strength schedules", "## Changing a running request"]
 
 
 def replace_section(text: str, title: str, md: str) -> str:

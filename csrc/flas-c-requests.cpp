@@ -295,6 +295,21 @@ int flas_seq_set_trace(flas_model * model, int32_t seq, bool on) {
     });
 }
 
+int flas_seq_set_telemetry(flas_model * model, int32_t seq, bool on) {
+    return flas_guarded([&] {
+        exclusive_runtime(model, "flas_seq_set_telemetry").set_telemetry(seq, on);
+        return (int) FLAS_OK;
+    });
+}
+
+int flas_seq_displacement(flas_model * model, int32_t seq, float * out) {
+    return flas_guarded([&] {
+        flas_need(out != nullptr, "flas_seq_displacement: out is NULL");
+        *out = exclusive_runtime(model, "flas_seq_displacement").take_displacement(seq);
+        return (int) FLAS_OK;
+    });
+}
+
 int64_t flas_seq_get(flas_model * model, int32_t seq, enum flas_trace_kind kind, float * out, int64_t n_max) {
     return flas_guarded([&] {
         flas_runtime & rt = exclusive_runtime(model, "flas_seq_get");

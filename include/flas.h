@@ -398,6 +398,10 @@ FLAS_API int flas_seq_decode(flas_model * model, int32_t n_entries, const int32_
 FLAS_API int flas_seq_reset(flas_model * model, int32_t seq);                   /* empties it */
 FLAS_API int flas_seq_rewind(flas_model * model, int32_t seq, int32_t n_keep);  /* keeps positions < n_keep */
 FLAS_API int flas_seq_set_trace(flas_model * model, int32_t seq, bool on);
+/* Measure how far the flow moves the last row of each decode of seq (struct flas_token_data's
+ * displacement); flas_seq_displacement gives that of its last decode (0: not steered), then 0. */
+FLAS_API int flas_seq_set_telemetry(flas_model * model, int32_t seq, bool on);
+FLAS_API int flas_seq_displacement(flas_model * model, int32_t seq, float * out);
 /* Its last-token logits, or the rows traced since set_trace: as flas_trace. */
 FLAS_API int64_t flas_seq_get(flas_model * model, int32_t seq, enum flas_trace_kind kind, float * out, int64_t n_max);
 

@@ -132,3 +132,30 @@ def test_the_c_api_hands_over_each_tokens_data(tiny_base_f32, flow):
                 assert all(np.isnan(x[2]) for x in got)
     finally:
         lib.flas_model_free(model)
+
+
+def test_hand_driven_sequences_measure_their_displacement_too(tiny_base_f32, flow):
+    """flas_seq_set_telemetry / flas_seq_displacement: each decode's last row, as the trace recorded it."""
+    from flas_cpp._native import core, model_params
+
+    direct = core().Model(model_params(base=str(tiny_base_f32), flow=str(flow), n_ctx=256, exact=True))
+    out = {}
+
+    def steps():
+        prompt = direct.prompt_tokens(PROMPT)
+        direct.seq_set_steering(0, PIRATE, 2.0, 3)
+        direct.seq_set_trace(0, True)
+        direct.seq_set_telemetry(0, True)
+        got = []
+        for chunk in (prompt, [600, 601], [602]):
+            direct.seq_decode([(0, chunk)])
+            got.append(direct.seq_displacement(0))
+        out["got"], out["again"] = got, direct.seq_displacement(0)  # taken: 0 until the next decode
+        out["in"], out["out"] = direct.seq_get(0, "unsteered"), direct.seq_get(0, "steered")
+        out["rows"] = [len(prompt) - 1, len(prompt) + 1, len(prompt) + 2]
+
+    direct.exclusive(steps)
+    direct.close()
+    h, moved = out["in"][out["rows"]].astype(np.float64), (out["out"] - out["in"])[out["rows"]].astype(np.float64)
+    np.testing.assert_allclose(out["got"], np.linalg.norm(moved, axis=1) / np.linalg.norm(h, axis=1), rtol=1e-5)
+    assert out["again"] == 0.0

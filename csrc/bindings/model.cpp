@@ -325,6 +325,14 @@ void register_model(py::module_ & m) {
              py::arg("seq"), py::arg("n_keep"))
         .def("seq_set_trace", [](const model & s, int seq, bool on) { check(flas_seq_set_trace(s.get().get(), seq, on)); },
              py::arg("seq"), py::arg("on"))
+        .def("seq_set_telemetry", [](const model & s, int seq, bool on) {
+            check(flas_seq_set_telemetry(s.get().get(), seq, on));
+        }, py::arg("seq"), py::arg("on"))
+        .def("seq_displacement", [](const model & s, int seq) {
+            float d = 0.0f;
+            check(flas_seq_displacement(s.get().get(), seq, &d));
+            return d;
+        }, py::arg("seq"))
         .def("seq_get", [](const model & s, int seq, const std::string & what) {
             auto h = s.get();
             const enum flas_trace_kind kind = what == "logits" ? FLAS_TRACE_LOGITS
