@@ -126,3 +126,48 @@ def test_the_page_asks_for_the_api_key_and_keeps_it(browser, tiny, tiny_base_f32
         page.js("document.getElementById('run').click(); true")
         page.wait_for("[...document.querySelectorAll('.col .speed')].every(e => e.textContent.includes('tok/s'))")
         assert page.js("localStorage.getItem('flas-api-key')") == "k3y"
+
+
+def test_moving_the_slider_while_it_writes_changes_the_steered_text_from_a_marker(browser, tiny, tiny_base_f32,
+                                                                                   tmp_path_factory):
+    """The slider moved after the 8th steered token (as a person would, while the text streams):
+    a marker appears where the change took effect, the telemetry shows the new flowtime from
+    there, the text before the marker is the unchanged run's and the text after it is not."""
+    flow = convert_tiny_flow(tiny, tmp_path_factory.mktemp("page-live") / "flow.gguf", "bf16")
+    with server(tiny_base_f32, flow, "--parallel", "2", "--n-ctx", "1024") as url:
+        page = open_page(browser, url + "/")
+        page.wait_for("document.getElementById('status').textContent.includes('sequences')")
+        page.js("document.getElementById('max-tokens').value = 300; document.getElementById('temperature').value = 0.8;"
+                "true")
+        run = ("document.getElementById('run').click(); true")
+        done = "!document.getElementById('run').disabled && window.flasTelemetry.length > 0"
+        page.js(run)
+        page.wait_for(done)
+        unchanged = page.js("document.querySelector('#col-steered .text').textContent")
+        page.js("""window.moved = false;
+            document.getElementById('col-steered').addEventListener('flas-token', (e) => {
+              if (!window.moved && e.detail.tokens >= 8) {
+                window.moved = true;
+                const s = document.getElementById('flowtime'); s.value = 0.5;
+                s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));
+              }
+            }); true""")
+        page.js(run)
+        page.wait_for(done + " && window.moved")
+        assert page.js("document.querySelector('#col-steered .marker') !== null"), page.js(
+            "JSON.stringify({n: window.flasTelemetry.length, id: live.id, html: document.querySelector('#col-steered').innerHTML.slice(0, 3000)})")
+        tel = page.js("window.flasTelemetry")
+        T = [t["flowtime"] for t in tel]
+        at = T.index(0.5)
+        assert at >= 8 and set(T[:at]) == {2.0} and set(T[at:]) == {0.5}
+        before = page.js("""(() => { const m = document.querySelector('#col-steered .marker'); let t = '';
+            for (let n = m.previousSibling; n; n = n.previousSibling) t = n.textContent + t; return t; })()""")
+        after = page.js("""(() => { const m = document.querySelector('#col-steered .marker'); let t = '';
+            for (let n = m.nextSibling; n; n = n.nextSibling) t += n.textContent; return t; })()""")
+        assert unchanged.startswith(before) and after and not unchanged[len(before):].startswith(after)
+        assert "T = 0.5" in page.js("document.querySelector('#col-steered h2').textContent")
+        assert page.js("[...document.querySelectorAll('#col-steered .text span[data-moved]')]"
+                       ".some(s => s.style.background)")  # shaded by displacement
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "server-page-live.png").write_bytes(
+            base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
