@@ -215,8 +215,12 @@ bool flas_board::cancelled(const flas_ticket & t) const {
     return t.cancelled;
 }
 
-std::unique_ptr<flas_steer> flas_board::take_change(flas_ticket & t) {
+std::unique_ptr<flas_steer> flas_board::take_change(flas_ticket & t,
+                                                    const std::function<bool(const flas_steer &)> & only) {
     std::lock_guard<std::mutex> lk(mutex_);
+    if (!t.change || (only && !only(*t.change))) {
+        return nullptr;
+    }
     t.n_taken = t.n_changes;
     return std::move(t.change);
 }

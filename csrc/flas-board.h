@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -122,8 +123,10 @@ class flas_board {
     // Up to n_free queued requests, now running.
     std::vector<std::shared_ptr<flas_ticket>> take(int n_free);
     bool cancelled(const flas_ticket & t) const;
-    // The change posted for a running request since the last take, if any.
-    std::unique_ptr<flas_steer> take_change(flas_ticket & t);
+    // The change posted for a running request since the last take, if any; with `only` given,
+    // only a change `only` accepts (it is left on the board otherwise).
+    std::unique_ptr<flas_steer> take_change(flas_ticket & t,
+                                            const std::function<bool(const flas_steer &)> & only = nullptr);
     // The change taken last: in force from generated token at, or refused (at < 0) with status and error.
     void settle_change(flas_ticket & t, int at, flas_status status, const std::string & error);
     void set_cached(flas_ticket & t, int n_cached);

@@ -406,5 +406,10 @@ void flas_runtime::steer_rows(ggml_tensor * t, int row0, int n) {
             parts.push_back({e.seq, a - row0, b - a, e.p0 + (a - e.row0)});
         }
     }
+    if (before_steer_) {
+        for (const flas_seq_rows & part : parts) {
+            before_steer_(part.seq);
+        }
+    }
     steering_->steer(t, parts, failed_);
 }

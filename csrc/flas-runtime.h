@@ -127,6 +127,10 @@ struct flas_runtime {
     }
     // every sequence; empty function: back to the ggml flow
     void set_steer_hook(flas_row_hook hook) { steering_->set_steer_hook(std::move(hook)); }
+    // Called inside llama_decode, in the eval callback, for each sequence whose layer-L rows are
+    // about to be steered: the last moment their settings may change for this very step (the
+    // scheduler applies a running request's new flowtime there). It may call set_flowtime.
+    void set_before_steer(std::function<void(int seq)> fn) { before_steer_ = std::move(fn); }
     // record its layer-L rows before/after steering
     void set_trace(int seq, bool on) { steering_->set_trace(check_seq(seq), on); }
     // measure how far the flow moves its last row in each decode (||h' - h|| / ||h||)
@@ -196,6 +200,7 @@ struct flas_runtime {
     std::vector<flas_seq> seqs_;
     std::vector<float> output_norm_;    // the base model's final norm weight, [H], until the steering takes it
 
+    std::function<void(int seq)> before_steer_;
     std::string target_name_;           // "l_out-<L>"
     std::vector<flas_seq_rows> entries_;  // the llama_decode under way
     int cursor_ = 0;                    // batch row of the next row the callback will see

@@ -19,7 +19,9 @@ static size_t common_prefix(const std::vector<llama_token> & held, const std::ve
     return keep;
 }
 
-flas_scheduler::flas_scheduler(flas_runtime & rt, flas_board & board) : rt_(rt), board_(board), slots_(rt.n_seq()) {}
+flas_scheduler::flas_scheduler(flas_runtime & rt, flas_board & board) : rt_(rt), board_(board), slots_(rt.n_seq()) {
+    rt_.set_before_steer([this](int seq) { retime_now(seq); });
+}
 
 void flas_scheduler::step() {
     drop_cancelled();  // first: their sequences take waiting requests in this very step
@@ -267,6 +269,30 @@ bool flas_scheduler::restyle(int seq) {
         finish(seq, FLAS_FINISH_ERROR, FLAS_ERR_RUNTIME, std::string("changing its steering: ") + e.what());
     }
     return true;
+}
+
+// Inside the step, just before layer L's rows of the sequence are steered: a change posted since
+// the step began that only sets a new strength (same concept and steps, steered before and after)
+// takes effect for this very step's token, without waiting for the next step. Changes that
+// encode a concept or change more wait for the step's end (restyle): encoding runs the base
+// model, which is decoding now.
+void flas_scheduler::retime_now(int seq) {
+    if (!slots_[seq].run) {
+        return;
+    }
+    slot & s = slots_[seq];
+    running & r = *s.run;
+    const std::unique_ptr<flas_steer> next = board_.take_change(*r.ticket, [&](const flas_steer & c) {
+        return !c.unsteered() && !r.steer.unsteered() && c.concept == r.steer.concept && c.n_steps == r.steer.n_steps;
+    });
+    if (!next) {
+        return;
+    }
+    s.trusted = false;
+    rt_.set_flowtime(seq, next->flowtime.at(0));  // a failure fails the whole step, as any in the callback
+    r.steer = *next;
+    r.origin = r.n_out;
+    board_.settle_change(*r.ticket, r.n_out, FLAS_OK, "");
 }
 
 // Before a generated token's row is decoded: the strength its schedule gives the token that row

@@ -47,6 +47,7 @@ class flas_scheduler {
     void drop_cancelled();
     void admit(std::shared_ptr<flas_ticket> t);
     bool restyle(int seq);
+    void retime_now(int seq);
     flas_token_data token_data(int seq, llama_token tok);
     void decode();
     void finish(int seq, flas_finish reason, flas_status status = FLAS_OK, const std::string & error = "");
