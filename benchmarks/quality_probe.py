@@ -17,7 +17,7 @@ from flas_cpp import FlasModel
 from flas_cpp.bundled import real_models
 OUT = "/tmp/exp/flow1"; os.makedirs(OUT, exist_ok=True)
 torch.manual_seed(0); np.random.seed(0); torch.set_num_threads(2)
-b, _ = real_models()  # the base (the probe trains its own flow)
+b, f = real_models()  # the base, and a flow only for its concept rows and traces (the probe trains its own)
 m = FlasModel(b, f, n_seq=6, n_ctx=8192)
 topics = ["the ocean","a good breakfast","your favourite book","the city at night","learning to swim","winter","a birthday party","trains","the moon","gardening","a rainy afternoon","music","your best friend","the mountains","a long walk","cooking pasta","the library","a summer holiday","old photographs","the market"]
 forms = ["Tell me about {}.", "Write a few sentences about {}.", "What do you think of {}?", "Describe {}.", "Why do people like {}?", "Explain {} to a child."]

@@ -10,7 +10,6 @@ import uuid
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .generation import Generation, Request, raise_if_failed
-from .prompting import Message
 
 if TYPE_CHECKING:
     from .model import FlasModel

@@ -18,7 +18,7 @@ from . import completions
 from .completions import stop_list
 from .generation import ContextLengthError, Generation, Handle, Request, _Settings, raise_if_failed
 from .prompting import (Flowtime, Message, c_float, c_int, check_request, check_steering, check_text, normalize_messages,
-                        sampling_from, schedule_of)
+                        sampling_from)
 
 
 def parse_rpc_servers(rpc_servers: str | Sequence[str] | None) -> list[str]:
@@ -362,9 +362,8 @@ class FlasModel:
         """An extension Request holding this steering, checked (its types here, its ranges by the
         core); a request's, or a running request's change (Handle.steer)."""
         n_steps = self.flow_info["n_steps"] if n_steps is None else n_steps
-        check_steering(concept, flowtime, n_steps)
+        schedule = check_steering(concept, flowtime, n_steps)
         req = core().Request()
-        schedule = schedule_of(flowtime)
         req.concept = "" if concept is None or (schedule is None and flowtime == 0) else concept
         if schedule is None:
             req.flowtime = c_float(flowtime)

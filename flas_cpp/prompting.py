@@ -79,9 +79,10 @@ def schedule_of(flowtime: Flowtime) -> list[tuple[int, float]] | None:
     return points
 
 
-def check_steering(concept: str | None, flowtime: Flowtime, n_steps: int) -> None:
+def check_steering(concept: str | None, flowtime: Flowtime, n_steps: int) -> list[tuple[int, float]] | None:
     """Types here; the ranges and the concept rule are the core's (flas_check_steering, for each
-    flowtime of a schedule), with the messages every interface gives."""
+    flowtime of a schedule), with the messages every interface gives. Returns the schedule (None:
+    a number), as schedule_of."""
     schedule = schedule_of(flowtime)
     if not _int32(n_steps, -INT32_MAX):
         raise ValueError(f"n_steps must be an integer, got {n_steps!r}")
@@ -95,6 +96,7 @@ def check_steering(concept: str | None, flowtime: Flowtime, n_steps: int) -> Non
         r = core().Request()
         r.concept, r.schedule, r.n_steps = concept or "", schedule, n_steps
         core().check_request(r)
+    return schedule
 
 
 def check_request(r: Any) -> Any:

@@ -21,7 +21,7 @@ import pytest
 from gguf import GGUFReader
 
 from conftest import convert_tiny_flow
-from flas_cpp import DeviceLostError, FlasModel, Request, build_info
+from flas_cpp import FlasModel, Request, build_info
 from flas_cpp._native import core
 from flas_cpp.placement import estimate_memory
 

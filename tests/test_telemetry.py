@@ -17,7 +17,7 @@ from conftest import convert_tiny_flow
 from flas_cpp import FlasModel, Request, TokenTelemetry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from ctypes_steer import RequestParams, Result, load  # noqa: E402
+from ctypes_steer import Result, load  # noqa: E402
 
 PIRATE, NOIR = "Talk like a pirate", "Respond as a noir detective"
 PROMPT = "Tell me about your day."
