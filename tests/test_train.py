@@ -75,11 +75,44 @@ def test_the_teacher_data_holds_the_greedy_and_sampled_continuations(trained, ti
     with FlasModel(tiny_base_f32, trained, n_ctx=512) as m:
         for p in PROMPTS:
             student = m.prompt_tokens(p)
-            mine = [tuple(y) for s, y in pirate["examples"] if s == student]
+            mine = [tuple(y) for s, y, _ in pirate["examples"] if s == student]
             teacher = CONCEPTS[0].teacher.format(prompt=p, concept=CONCEPTS[0].wordings[0])
             greedy = m.generate(messages=[{"role": "user", "content": teacher}], flowtime=0.0, temperature=0.0,
                                 max_tokens=SMALL.max_tokens, stop=["\n\n", "###"]).tokens
             assert tuple(greedy) in mine and 1 < len(mine) == len(set(mine)) <= SMALL.samples, (p, mine)
+            context = m.prompt_tokens(messages=[{"role": "user", "content": teacher}])
+            assert all(t == context for s, _, t in pirate["examples"] if s == student)  # the teacher's context
+
+
+def test_the_kl_term_brings_the_students_next_token_distributions_to_the_teachers(tiny_base_f32, tmp_path):
+    """--kl-weight: trained on the teacher's distributions besides its tokens, the steered
+    student's next-token distributions come closer to the teacher's than with the tokens alone,
+    measured through the runtime (KL from each teacher distribution, along its continuation)."""
+    concept = Concept("pirate", ["Talk like a pirate"])
+
+    def kl_after(kl_weight: float) -> float:
+        recipe = Recipe(steps=40, batch=1, max_tokens=6, lr=1e-2, samples=1, flowtime=2.0, checkpoint_every=40,
+                        kl_weight=kl_weight)
+        path = train(tiny_base_f32, tmp_path / f"kl{kl_weight}", [concept], PROMPTS[:1], recipe, outtype="f32",
+                     threads=1, progress=False)
+        teacher = concept.teacher.format(prompt=PROMPTS[0], concept="Talk like a pirate")
+        with FlasModel(tiny_base_f32, path, n_ctx=512) as m:
+            context, student = m.prompt_tokens(messages=[{"role": "user", "content": teacher}]), m.prompt_tokens(PROMPTS[0])
+            y = m.generate(prompt=context, flowtime=0.0, temperature=0.0, max_tokens=6).tokens
+            kls = []
+            for i in range(len(y)):
+                p = log_softmax(m.trace(prompt=context + y[:i], flowtime=0.0)["logits"])
+                q = log_softmax(m.trace(prompt=student + y[:i], concept="Talk like a pirate", flowtime=2.0)["logits"])
+                kls.append(float(np.sum(np.exp(p) * (p - q))))
+        return float(np.mean(kls))
+
+    tokens_only, with_kl = kl_after(0.0), kl_after(1.0)
+    assert with_kl < 0.8 * tokens_only, (with_kl, tokens_only)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max()
+    return x - np.log(np.exp(x).sum())
 
 
 def test_continuations_that_copy_the_teacher_context_are_dropped():
@@ -101,7 +134,7 @@ def test_a_seed_fixes_the_flow(tiny_base_f32, tmp_path, trained):
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(tiny_base_f32, tmp_path, monkeypatch, trained):
-    real = trainer_module.lm_loss
+    real = trainer_module.loss_of
     calls = []
 
     def interrupted(*args):
@@ -110,10 +143,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tiny_base_f32, tmp_path, monk
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(trainer_module, "lm_loss", interrupted)
+    monkeypatch.setattr(trainer_module, "loss_of", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_base_f32, tmp_path / "run")
-    monkeypatch.setattr(trainer_module, "lm_loss", real)
+    monkeypatch.setattr(trainer_module, "loss_of", real)
     with pytest.raises(ValueError, match="holds a run already"):
         run(tiny_base_f32, tmp_path / "run")
     resumed = run(tiny_base_f32, tmp_path / "run", resume=True)
@@ -152,6 +185,7 @@ def test_bad_arguments_are_clear_errors(tiny_base_f32, tmp_path, capsys):
     assert "--steps must be >= 1" in fails(capsys, tiny_base_f32, "--out", out, "--steps", 0)
     assert "--samples must be >= 1" in fails(capsys, tiny_base_f32, "--out", out, "--samples", 0)
     assert "--sample-temperature must be > 0" in fails(capsys, tiny_base_f32, "--out", out, "--sample-temperature", 0)
+    assert "--kl-weight must be >= 0" in fails(capsys, tiny_base_f32, "--out", out, "--kl-weight", -1)
     long = tmp_path / "long.json"
     long.write_text(json.dumps([{"name": "x", "wordings": ["Be x"], "teacher": "word " * 3000 + "{prompt}"}]))
     assert "longer than a sequence's context" in fails(capsys, tiny_base_f32, "--out", out, "--concepts", long,
@@ -164,7 +198,7 @@ def test_help_says_what_every_knob_does(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for option in ("--out", "--concepts", "--prompts", "--layer", "--steps", "--batch", "--lr", "--flowtime",
-                   "--n-steps", "--max-tokens", "--samples", "--sample-temperature", "--seed", "--checkpoint-every", "--resume", "--outtype", "--threads",
+                   "--n-steps", "--max-tokens", "--samples", "--sample-temperature", "--kl-weight", "--seed", "--checkpoint-every", "--resume", "--outtype", "--threads",
                    "--quiet"):
         assert option in text
     assert "(default 600)" in text and "(default 0)" in text

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"--sample-temperature, each kept if it shows the concept (default {_R.samples})")
     ap.add_argument("--sample-temperature", type=float, default=_R.sample_temperature,
                     help=f"temperature of the sampled teacher continuations (default {_R.sample_temperature})")
+    ap.add_argument("--kl-weight", type=float, default=_R.kl_weight,
+                    help=f"weight of the KL divergence to the teacher's next-token distributions, beside the "
+                         f"cross-entropy of its tokens: more fluent, and as often in the concept as the teacher "
+                         f"(docs/QUALITY.md); 0: the tokens alone (default {_R.kl_weight:g})")
     ap.add_argument("--seed", type=int, default=_R.seed, help=f"seeds the flow's initial weights, the sampled "
                                                               f"teacher continuations and every batch (default {_R.seed})")
     ap.add_argument("--checkpoint-every", type=int, default=_R.checkpoint_every,
@@ -62,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         concepts = load_concepts(a.concepts) if a.concepts else LANGUAGES
         prompts = load_prompts(a.prompts) if a.prompts else PROMPTS
         recipe = Recipe(layer=a.layer, steps=a.steps, batch=a.batch, lr=a.lr, flowtime=a.flowtime, n_steps=a.n_steps,
-                        max_tokens=a.max_tokens, samples=a.samples,
-                        sample_temperature=a.sample_temperature, seed=a.seed, checkpoint_every=a.checkpoint_every)
+                        max_tokens=a.max_tokens, samples=a.samples, sample_temperature=a.sample_temperature,
+                        kl_weight=a.kl_weight, seed=a.seed, checkpoint_every=a.checkpoint_every)
         path = train(a.base, a.out, concepts, prompts, recipe, resume=a.resume, outtype=a.outtype,
                      threads=a.threads, progress=not a.quiet)
     except (ValueError, OSError) as e:
         ap.exit(2, f"flas-train: error: {e}\n")
     except KeyboardInterrupt:
-        ap.exit(130, f"\nflas-train: interrupted; continue with the same command and --resume\n")
+        ap.exit(130, "\nflas-train: interrupted; continue with the same command and --resume\n")
     print(f"flow: {path}\nrun it: flas-chat {a.base} {path}   (or FlasModel({a.base!r}, {str(path)!r}))")
     return 0
 

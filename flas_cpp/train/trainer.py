@@ -113,8 +113,8 @@ def rope_inv_freq(model) -> torch.Tensor:
 def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: list[str], recipe: Recipe,
                  progress: bool) -> dict:
     """Through the runtime: each concept's wordings encoded, and for each prompt the teacher's
-    continuations (greedy and sampled) with the student's prompt tokens (those a steered request
-    will have)."""
+    continuations (greedy and sampled) as examples (student prompt tokens, continuation, teacher
+    context tokens): the student's are those a steered request will have."""
     from .. import FlasModel
     from .judges import JUDGES
 
@@ -152,15 +152,16 @@ def teacher_data(base: Path, init_flow: Path, concepts: list[Concept], prompts: 
             # run: the same decode batches, so the same data)
             results = []
             for j in range(0, len(requests), 4 * N_SEQ):
-                results += m.generate_many(requests[j:j + 4 * N_SEQ])
-                bar.update(len(requests[j:j + 4 * N_SEQ]))
+                chunk = requests[j:j + 4 * N_SEQ]
+                results += m.generate_many(chunk)
+                bar.update(len(chunk))
             examples, seen = [], set()
             for (i, _), g in zip(which, results):
                 key = (i, tuple(g.tokens))
                 if (g.tokens and key not in seen and (c.judge is None or JUDGES[c.judge](g.text))
                         and not repeats_context(g.tokens, teachers[i], student[i])):
                     seen.add(key)
-                    examples.append((student[i], g.tokens))
+                    examples.append((student[i], g.tokens, teachers[i]))
             if not examples:
                 raise ValueError(f"concept {c.name!r}: no teacher continuation showed the concept"
                                  + (f" (judge {c.judge!r})" if c.judge else "") + "; give a stronger teacher context")
@@ -204,29 +205,41 @@ class Steerer:
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
 
-def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the teacher's tokens, the logits computed only where a target is."""
+def continuation_logits(model, seqs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (context, continuation) pairs: the logits predicting each continuation token after its
+    context, and those tokens, concatenated over the batch in order (the logits computed only there)."""
+    n = max(len(c) + len(y) for c, y in seqs)
+    ids = torch.zeros(len(seqs), n, dtype=torch.long)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long)
+    targets = torch.full((len(seqs), n), -100, dtype=torch.long)
+    for r, (c, y) in enumerate(seqs):
+        q = c + y
+        ids[r, :len(q)] = torch.tensor(q)
+        mask[r, :len(q)] = 1
+        targets[r, len(c) - 1:len(q) - 1] = torch.tensor(y)
     h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     sel = targets >= 0
     logits = model.lm_head(h[sel])
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = cap * torch.tanh(logits / cap)
-    return F.cross_entropy(logits, targets[sel])
+    return logits, targets[sel]
 
 
-def batch_of(examples: list, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    seqs = [examples[i] for i in idx]
-    n = max(len(s) + len(y) for s, y in seqs)
-    ids = torch.zeros(len(seqs), n, dtype=torch.long)
-    mask = torch.zeros(len(seqs), n, dtype=torch.long)
-    targets = torch.full((len(seqs), n), -100, dtype=torch.long)
-    for r, (s, y) in enumerate(seqs):
-        q = s + y
-        ids[r, :len(q)] = torch.tensor(q)
-        mask[r, :len(q)] = 1
-        targets[r, len(s) - 1:len(q) - 1] = torch.tensor(y)
-    return ids, mask, targets
+def loss_of(model, steerer: Steerer, batch: list, concept: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    """The steered student's cross-entropy of the teacher's tokens, plus kl_weight x the KL divergence
+    from the teacher's next-token distributions (the base unsteered in the teacher's context) to
+    the student's, at the same tokens."""
+    steerer.concept = concept
+    logits, y = continuation_logits(model, [(s, t) for s, t, _ in batch])
+    loss = F.cross_entropy(logits, y)
+    if kl_weight:
+        steerer.concept = None
+        with torch.no_grad():
+            teacher, _ = continuation_logits(model, [(c, t) for _, t, c in batch])
+        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean")
+        loss = loss + kl_weight * kl
+    return loss
 
 
 def train(base: str | Path, out: str | Path, concepts: list[Concept], prompts: list[str], recipe: Recipe,
@@ -244,6 +257,8 @@ def train(base: str | Path, out: str | Path, concepts: list[Concept], prompts: l
     for name in ("lr", "flowtime", "sample_temperature"):
         if not getattr(recipe, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(recipe, name)}")
+    if not recipe.kl_weight >= 0:
+        raise ValueError(f"--kl-weight must be >= 0, got {recipe.kl_weight}")
     if not prompts:
         raise ValueError("no training prompts")
     check_concepts(concepts, facts.alpaca)
@@ -289,9 +304,9 @@ def train(base: str | Path, out: str | Path, concepts: list[Concept], prompts: l
             rng = np.random.default_rng([recipe.seed, step])
             ci = step % len(data["concepts"])
             examples = data["concepts"][ci]["examples"]
-            steerer.concept = rows[ci][rng.integers(len(rows[ci]))]
+            concept = rows[ci][rng.integers(len(rows[ci]))]
             idx = rng.choice(len(examples), min(recipe.batch, len(examples)), replace=False)
-            loss = lm_loss(model, *batch_of(examples, idx))
+            loss = loss_of(model, steerer, [examples[i] for i in idx], concept, recipe.kl_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
