@@ -31,6 +31,7 @@ struct flas_request {
     bool     trace       = false;     // from an empty sequence, record every layer-L row before and
                                       // after steering and the prompt's logits; end-of-generation ignored
     bool     telemetry   = false;     // measure each generated token's displacement
+    int      logprobs    = -1;        // -1: none; k >= 0: each token's log-probability and k alternatives
 };
 
 // An unknown request id, or one whose end was already reported (FLAS_ERR_NOT_FOUND).

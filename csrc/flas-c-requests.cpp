@@ -29,6 +29,7 @@ static flas_request engine_request(const flas_model & m, const struct flas_reque
     r.sampling    = params.sampling;
     r.trace       = params.trace;
     r.telemetry   = params.telemetry;
+    r.logprobs    = params.logprobs;
     return r;
 }
 
@@ -89,6 +90,7 @@ struct flas_request_params flas_request_default_params(void) {
     p.sampling    = d.sampling;
     p.trace       = d.trace;
     p.telemetry   = d.telemetry;
+    p.logprobs    = d.logprobs;
     return p;
 }
 
@@ -239,7 +241,7 @@ int flas_check_request(const struct flas_request_params * params) {
     return flas_guarded([&] {
         flas_need(params != nullptr, "flas_check_request: params is NULL");
         // n_steps 0: the flow's default, valid by construction
-        flas_request_check(steer_of(*params, 1), params->max_tokens, params->sampling);
+        flas_request_check(steer_of(*params, 1), params->max_tokens, params->logprobs, params->sampling);
         return (int) FLAS_OK;
     });
 }

@@ -111,7 +111,7 @@ void flas_engine::check(const flas_request & req) const {
             throw std::invalid_argument("prompt: token id " + std::to_string(t) + " outside the vocabulary");
         }
     }
-    flas_request_check(req.steer, req.max_tokens, req.sampling);
+    flas_request_check(req.steer, req.max_tokens, req.logprobs, req.sampling);
 }
 
 int flas_engine::steer(uint64_t id, flas_steer steer) {

@@ -70,8 +70,13 @@ void flas_steer_check(const flas_steer & steer) {
     }
 }
 
-void flas_request_check(const flas_steer & steer, int max_tokens, const flas_sampling_params & s) {
+void flas_request_check(const flas_steer & steer, int max_tokens, int logprobs, const flas_sampling_params & s) {
     flas_steer_check(steer);
+    if (logprobs < -1 || logprobs > FLAS_MAX_TOP_LOGPROBS) {
+        throw std::invalid_argument("logprobs must be in -1.." + std::to_string(FLAS_MAX_TOP_LOGPROBS) +
+                                    " (-1: none; k: each token's log-probability and its k most likely alternatives), got " +
+                                    std::to_string(logprobs));
+    }
     if (max_tokens < 1) {
         throw std::invalid_argument("max_tokens must be >= 1, got " + std::to_string(max_tokens));
     }

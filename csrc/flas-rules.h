@@ -16,6 +16,6 @@ void flas_check_params(const flas_runtime_params & params);
 void flas_steering_check(bool has_concept, float flowtime, int n_steps);
 // A request's steering: each flowtime of its schedule as one flowtime.
 void flas_steer_check(const flas_steer & steer);
-// A request's settings apart from its prompt (which needs a model): its steering, max_tokens >= 1
-// and its sampling.
-void flas_request_check(const flas_steer & steer, int max_tokens, const flas_sampling_params & s);
+// A request's settings apart from its prompt (which needs a model): its steering, max_tokens >= 1,
+// logprobs in -1..FLAS_MAX_TOP_LOGPROBS and its sampling.
+void flas_request_check(const flas_steer & steer, int max_tokens, int logprobs, const flas_sampling_params & s);

@@ -233,10 +233,35 @@ void flas_scheduler::decode() {
 // by restyle or retime) and, measured on request, how far the flow moved that pass's last row.
 flas_token_data flas_scheduler::token_data(int seq, llama_token tok) {
     const running & r = *slots_[seq].run;
-    flas_token_data d;
+    flas_token_data d{};
     d.token = tok;
     d.flowtime = r.steer.unsteered() ? 0.0f : r.steer.flowtime.at(r.n_out - r.origin);
     d.displacement = r.ticket->req.telemetry ? rt_.take_displacement(seq) : NAN;
+    d.logprob = NAN;
+    d.n_top = 0;
+    const int k = r.ticket->req.logprobs;
+    if (k >= 0) {  // log-softmax of the raw logits, as llama-cpp-python's logprobs
+        const std::vector<float> logits = rt_.logits(seq);
+        const float top = *std::max_element(logits.begin(), logits.end());
+        double sum = 0.0;
+        for (float l : logits) {
+            sum += std::exp((double) l - top);
+        }
+        const float norm = top + (float) std::log(sum);
+        d.logprob = logits[tok] - norm;
+        std::vector<int32_t> ids(logits.size());
+        for (size_t i = 0; i < ids.size(); ++i) {
+            ids[i] = (int32_t) i;
+        }
+        d.n_top = std::min<int>(k, (int) ids.size());
+        std::partial_sort(ids.begin(), ids.begin() + d.n_top, ids.end(), [&](int32_t a, int32_t b) {
+            return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+        });
+        for (int i = 0; i < d.n_top; ++i) {
+            d.top_token[i] = ids[i];
+            d.top_logprob[i] = logits[ids[i]] - norm;
+        }
+    }
     return d;
 }
 

@@ -31,7 +31,7 @@ class RequestParams(C.Structure):
     _fields_ = [("prompt", C.POINTER(C.c_int32)), ("n_prompt", C.c_int32), ("concept", C.c_char_p),
                 ("flowtime", C.c_float), ("schedule", C.POINTER(Breakpoint)), ("n_schedule", C.c_int32),
                 ("n_steps", C.c_int32), ("max_tokens", C.c_int32),
-                ("sampling", SamplingParams), ("trace", C.c_bool), ("telemetry", C.c_bool)]
+                ("sampling", SamplingParams), ("trace", C.c_bool), ("telemetry", C.c_bool), ("logprobs", C.c_int32)]
 
 
 class Result(C.Structure):

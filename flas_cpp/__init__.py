@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ._native import core
 from .generation import (ContextLengthError, DeviceLostError, Generation, Handle, Request, RequestNotFoundError,
-                         TokenTelemetry)
+                         TokenLogprob, TokenTelemetry)
 from .model import FlasModel
 
 __version__ = "0.1.0"
@@ -43,4 +43,4 @@ def get_library() -> str:
     return str(lib)
 
 
-__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "RequestNotFoundError", "TokenTelemetry", "build_info", "get_include", "get_library", "__version__"]
+__all__ = ["ContextLengthError", "DeviceLostError", "FlasModel", "Generation", "Handle", "Request", "RequestNotFoundError", "TokenLogprob", "TokenTelemetry", "build_info", "get_include", "get_library", "__version__"]

@@ -33,12 +33,36 @@ def usage(n_prompt: int, n_completion: int) -> dict:
     return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
 
 
+def logprobs_json(model: "FlasModel", chat: bool, items: list, offset: int = 0) -> dict:
+    """A choice's "logprobs" for these tokens (TokenLogprob): chat's {"content": [{"token",
+    "logprob", "bytes", "top_logprobs"}]} (OpenAI's), or completions' {"tokens", "text_offset",
+    "token_logprobs", "top_logprobs"} (llama-cpp-python's, the sampled token among the top)
+    with text offsets from `offset` on (the prompt's length, for the first token)."""
+    def piece(t: int) -> bytes:
+        return model.detokenize([t])
+
+    if chat:
+        return {"content": [{"token": piece(x.token).decode("utf-8", "ignore"), "logprob": x.logprob,
+                             "bytes": list(piece(x.token)),
+                             "top_logprobs": [{"token": piece(t).decode("utf-8", "ignore"), "logprob": lp,
+                                               "bytes": list(piece(t))} for t, lp in x.top]} for x in items]}
+    tokens, offsets, top = [], [], []
+    for x in items:
+        text = piece(x.token).decode("utf-8", "ignore")
+        offsets.append(offset)
+        offset += len(text)
+        tokens.append(text)
+        top.append({**{piece(t).decode("utf-8", "ignore"): lp for t, lp in x.top}, text: x.logprob})
+    return {"tokens": tokens, "text_offset": offsets, "token_logprobs": [x.logprob for x in items], "top_logprobs": top}
+
+
 def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def response(chat: bool, rid: str, model: str, text: str, g: Generation, **extra) -> dict:
-    choice: dict = {"index": 0, "logprobs": None, "finish_reason": finish_reason(g)}
+def response(chat: bool, rid: str, model: str, text: str, g: Generation, logprobs: dict | None = None,
+             **extra) -> dict:
+    choice: dict = {"index": 0, "logprobs": logprobs, "finish_reason": finish_reason(g)}
     if chat:
         choice["message"] = {"role": "assistant", "content": text}
     else:
@@ -48,16 +72,16 @@ def response(chat: bool, rid: str, model: str, text: str, g: Generation, **extra
 
 
 def chunk(chat: bool, rid: str, created: int, model: str, text: str | None = None, role: bool = False,
-          finish: str | None = None, **extra) -> dict:
+          finish: str | None = None, logprobs: dict | None = None, **extra) -> dict:
     if chat:
         delta: dict = {}
         if role:
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        choice: dict = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice: dict = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
     else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
     return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
             "model": model, "choices": [choice], **extra}
 
@@ -73,16 +97,20 @@ def create(model: "FlasModel", chat: bool, stream: bool, max_tokens: int | None,
         fields["flowtime"] = 0.0
     handle = model.submit(Request.of({**fields, "raw": not chat, "max_tokens": max_tokens}))
     rid, name = new_id(chat), model.model_path
+    wants = fields.get("logprobs") is not None
+    start = 0 if chat else len(fields["prompt"])  # llama-cpp-python's text offsets count the prompt's characters
     if not stream:
         g = raise_if_failed(handle.result())
-        return response(chat, rid, name, g.text, g)
+        return response(chat, rid, name, g.text, g, logprobs_json(model, chat, g.logprobs, start) if wants else None)
 
     def chunks() -> Iterator[dict]:
-        created = int(time.time())
+        created, offset = int(time.time()), start
         if chat:
             yield chunk(chat, rid, created, name, role=True)
-        for piece in handle:
-            yield chunk(chat, rid, created, name, text=piece)
+        for piece in handle.pieces():
+            lp = logprobs_json(model, chat, piece.logprobs, offset) if wants else None
+            offset += len(piece.text)
+            yield chunk(chat, rid, created, name, text=piece.text, logprobs=lp)
         g = raise_if_failed(handle.result())
         yield chunk(chat, rid, created, name, text=None if chat else "", finish=finish_reason(g))
 

@@ -50,6 +50,7 @@ class Request:
     stop: str | Sequence[str] | None = None  # the reply ends before the first of these strings
     parse_special: bool = False       # control-token text in the prompt/messages is a control token (else text)
     telemetry: bool = False           # measure each token's displacement: Generation.telemetry, stream() pairs
+    logprobs: int | None = None       # k: each token's log-probability and its k most likely alternatives (0..20)
     # The other fields of flas.h's struct flas_sampling_params by name, each off unless set, e.g.
     # min_p, typical_p, repeat_penalty, repeat_last_n (the core's defaults and ranges); keyword
     # arguments of these names land here, so a new sampler in the core needs no field here.
@@ -112,6 +113,21 @@ class TokenTelemetry(NamedTuple):
     displacement: float               # ||h' - h|| / ||h|| of that pass's layer-L row: how far the flow moved it
 
 
+class TokenLogprob(NamedTuple):
+    """A generated token's log-probability under the forward pass that sampled it (log-softmax of
+    its logits, before temperature and penalties) and the most likely tokens there, most likely first."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]      # (token, logprob)
+
+
+class Piece(NamedTuple):
+    """Text as it streams, with what its tokens were decoded with (each empty unless asked for)."""
+    text: str
+    telemetry: list[TokenTelemetry]
+    logprobs: list[TokenLogprob]
+
+
 @dataclass
 class Generation:
     """One generated reply."""
@@ -131,6 +147,7 @@ class Generation:
     # steered, "concept", "flowtime", "n_steps"} (concept, flowtime and n_steps above: as submitted)
     changes: list[dict] = dataclasses.field(default_factory=list)
     telemetry: list[TokenTelemetry] | None = None  # one per token, for a request with telemetry=True
+    logprobs: list[TokenLogprob] | None = None     # one per token, for a request with logprobs=k
 
     @property
     def tokens_per_second(self) -> float:
@@ -229,6 +246,7 @@ class Handle:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self._tokens: list[int] = []
         self._telemetry: list[TokenTelemetry] = []
+        self._logprobs: list[TokenLogprob] = []
         self._text: list[str] = []
         self._final: Any = None  # the extension's Result (flas_result), once the request has ended
         self._lock = threading.Lock()
@@ -283,16 +301,20 @@ class Handle:
 
     def poll(self, timeout_ms: int = _WAIT_MS) -> str:
         """The text decoded since the last poll (waiting up to timeout_ms for some)."""
-        return self.poll_telemetry(timeout_ms)[0]
+        return self.poll_piece(timeout_ms).text
 
-    def poll_telemetry(self, timeout_ms: int = _WAIT_MS) -> tuple[str, list[TokenTelemetry]]:
-        """poll(), with the telemetry of the tokens decoded since (empty unless telemetry=True)."""
+    def poll_piece(self, timeout_ms: int = _WAIT_MS) -> Piece:
+        """poll(), with the telemetry and log-probabilities of the tokens decoded since (each empty
+        unless the request asked for it)."""
         with self._lock:
             if self._final is not None:
-                return "", []
-            tokens, flowtimes, displacements, end = self._m.poll(self.id, timeout_ms)
+                return Piece("", [], [])
+            tokens, flowtimes, displacements, logprobs, end = self._m.poll(self.id, timeout_ms)
             new = list(map(TokenTelemetry, flowtimes, displacements)) if self._s.request.telemetry else []
             self._telemetry += new
+            new_logprobs = ([TokenLogprob(t, lp, top) for t, (lp, top) in zip(tokens, logprobs)]
+                            if self._s.request.logprobs >= 0 else [])
+            self._logprobs += new_logprobs
             pieces = []
             for tok in tokens:
                 self._tokens.append(tok)
@@ -309,22 +331,22 @@ class Handle:
             piece = "".join(pieces)
             if piece:
                 self._text.append(piece)
-            return piece, new
+            return Piece(piece, new, new_logprobs)
 
     def __iter__(self) -> Iterator[str]:
-        for piece, _ in self.pieces():
-            if piece:
-                yield piece
+        for piece in self.pieces():
+            if piece.text:
+                yield piece.text
 
-    def pieces(self) -> Iterator[tuple[str, list[TokenTelemetry]]]:
-        """(text, the telemetry of the tokens decoded with it) as they decode; the text may be ""
-        when a stop string or an unfinished UTF-8 character holds it back (telemetry=True: then
-        its tokens' telemetry still comes)."""
+    def pieces(self) -> Iterator[Piece]:
+        """Pieces as they decode (text, and its tokens' telemetry and log-probabilities when asked
+        for); the text may be "" when a stop string or an unfinished UTF-8 character holds it back
+        while its tokens' data still comes."""
         try:
             while self._final is None:
-                piece, telemetry = self.poll_telemetry()
-                if piece or telemetry:
-                    yield piece, telemetry
+                piece = self.poll_piece()
+                if piece.text or piece.telemetry or piece.logprobs:
+                    yield piece
         finally:
             self.cancel()  # a consumer that stops early ends the request
 
@@ -341,9 +363,10 @@ class Handle:
         failed = f.finish == f.finish.ERROR
         reason = "stop" if self._n_at_stop is not None and not failed else f.finish.name.lower()
         telemetry = self._telemetry[:len(tokens)] if r.telemetry else None
+        logprobs = self._logprobs[:len(tokens)] if r.logprobs >= 0 else None
         return Generation("".join(self._text), list(tokens), self._n_prompt, r.concept or None,
                           r.flowtime if r.concept else 0.0, r.n_steps, reason, f.seconds, f.prompt_seconds,
-                          f.n_cached, f.error or None, f.status, list(self._changes), telemetry)
+                          f.n_cached, f.error or None, f.status, list(self._changes), telemetry, logprobs)
 
     def trace(self) -> dict[str, np.ndarray]:
         """Layer-L rows before/after steering and the prompt's logits (traced requests, once done)."""

@@ -187,25 +187,31 @@ class FlasModel:
                           top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
                           stop: str | Sequence[str] | None = None, repeat_penalty: float = 1.0, top_k: int = 40,
                           stream: bool = False, seed: int | None = None, concept: str | None = None,
-                          flowtime: Flowtime = 2.0, n_steps: int | None = None) -> dict | Iterator[dict]:
+                          flowtime: Flowtime = 2.0, n_steps: int | None = None,
+                          logprobs: int | None = None) -> dict | Iterator[dict]:
         """llama-cpp-python's Llama.create_completion (the prompt as it is, its defaults, its dicts,
-        stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
+        stream=True: its chunks, logprobs=k: its choice["logprobs"]), steered by concept at flowtime
+        (None: the base model)."""
         return completions.create(self, False, stream, max_tokens, prompt=prompt, temperature=temperature, top_p=top_p,
                                   min_p=min_p, typical_p=typical_p, stop=stop, repeat_penalty=repeat_penalty,
-                                  top_k=top_k, seed=seed, concept=concept, flowtime=flowtime, n_steps=n_steps)
+                                  top_k=top_k, seed=seed, concept=concept, flowtime=flowtime, n_steps=n_steps,
+                                  logprobs=logprobs)
 
     def create_chat_completion(self, messages: Sequence[Message], temperature: float = 0.2, top_p: float = 0.95,
                                top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0, stream: bool = False,
                                stop: str | Sequence[str] | None = None, seed: int | None = None,
                                max_tokens: int | None = None, repeat_penalty: float = 1.0,
                                concept: str | None = None, flowtime: Flowtime = 2.0,
-                               n_steps: int | None = None) -> dict | Iterator[dict]:
+                               n_steps: int | None = None, logprobs: bool = False,
+                               top_logprobs: int | None = None) -> dict | Iterator[dict]:
         """llama-cpp-python's Llama.create_chat_completion (the chat template, its defaults, its
-        dicts, stream=True: its chunks), steered by concept at flowtime (None: the base model)."""
+        dicts, stream=True: its chunks, logprobs/top_logprobs: OpenAI's choice["logprobs"]), steered
+        by concept at flowtime (None: the base model)."""
         return completions.create(self, True, stream, max_tokens, messages=messages, temperature=temperature,
                                   top_p=top_p, min_p=min_p, typical_p=typical_p, stop=stop,
                                   repeat_penalty=repeat_penalty, top_k=top_k, seed=seed, concept=concept,
-                                  flowtime=flowtime, n_steps=n_steps)
+                                  flowtime=flowtime, n_steps=n_steps,
+                                  logprobs=(top_logprobs or 0) if logprobs else None)
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -340,6 +346,7 @@ class FlasModel:
         if not isinstance(r.telemetry, bool):
             raise ValueError(f"telemetry must be true or false, got {r.telemetry!r}")
         req.telemetry = r.telemetry
+        req.logprobs = -1 if r.logprobs is None else c_int(r.logprobs, "logprobs")  # its range: the core's
         check_request(req)
         stops = stop_list(r.stop)
         if r.raw and (not isinstance(r.prompt, str) or r.messages is not None):
@@ -409,7 +416,7 @@ class FlasModel:
 
     def _stream(self, handle: Handle) -> Iterator[Any]:
         if handle._s.request.telemetry:
-            yield from handle.pieces()
+            yield from ((p.text, p.telemetry) for p in handle.pieces())
         else:
             yield from handle
         raise_if_failed(handle.result())

@@ -36,6 +36,7 @@ extern "C" {
 
 /* Limits every interface shares (the Python package reads them through its extension). */
 #define FLAS_MAX_STEPS 64  /* Euler steps N of one request */
+#define FLAS_MAX_TOP_LOGPROBS 20  /* alternatives per token a request may ask for (OpenAI's limit) */
 
 enum flas_status {
     FLAS_OK                    =  0,
@@ -126,6 +127,8 @@ struct flas_request_params {
                                    flas_release (false) */
     bool    telemetry;          /* measure each generated token's displacement (struct
                                    flas_token_data; flas_poll_data) (false) */
+    int32_t logprobs;           /* -1: none; 0..FLAS_MAX_TOP_LOGPROBS: each token's log-probability and
+                                   that many most likely alternatives (struct flas_token_data) (-1) */
 };
 
 /* What one generated token was decoded with (flas_poll_data). */
@@ -134,6 +137,13 @@ struct flas_token_data {
     float   flowtime;           /* the strength of the forward pass that sampled it (0: unsteered) */
     float   displacement;       /* how far the flow moved that pass's layer-L row: ||h' - h|| / ||h||
                                    (0 when unsteered); NaN unless the request asked for telemetry */
+    /* with params.logprobs >= 0: log-softmax of that pass's logits (before any sampler: not
+     * affected by temperature or penalties) at the token, and its n_top most likely tokens, most
+     * likely first (ties: the lower id first); NaN and 0 otherwise */
+    float   logprob;
+    int32_t n_top;
+    int32_t top_token[FLAS_MAX_TOP_LOGPROBS];
+    float   top_logprob[FLAS_MAX_TOP_LOGPROBS];
 };
 
 /* How a request went: finish is FLAS_FINISH_NONE while it runs; the rest is set once it ends. */
@@ -308,7 +318,8 @@ FLAS_API struct flas_sampling_params flas_sampling_default_params(void);
 FLAS_API int flas_check_steering(const char * concept, float flowtime, int32_t n_steps);
 /* Checks a request's settings apart from its prompt by the rules flas_submit applies (as
  * flas_check_steering): its steering (each breakpoint of a schedule as flowtime, tokens ascending),
- * max_tokens >= 1, and each sampling field in the range struct flas_sampling_params states. */
+ * max_tokens >= 1, logprobs in -1..FLAS_MAX_TOP_LOGPROBS, and each sampling field in the range
+ * struct flas_sampling_params states. */
 FLAS_API int flas_check_request(const struct flas_request_params * params);
 /* Queues a request; *id identifies it until flas_poll reports it finished (or flas_release). */
 FLAS_API int flas_submit(flas_model * model, const struct flas_request_params * params, uint64_t * id);

@@ -444,3 +444,25 @@ def test_telemetry_comes_per_token_in_the_chunks_and_the_response(url, client, s
     r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
                                                        "steering": {"concept": PIRATE, "telemetry": 1}}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "steering.telemetry"
+
+
+def test_logprobs_in_openais_shapes_streamed_and_not(url, client, solo):
+    want = solo.generate(PROMPTS[3], concept=PIRATE, flowtime=2.0, max_tokens=8, temperature=0.0, logprobs=3)
+    r = chat(client, PROMPTS[3], {"concept": PIRATE}, max_tokens=8, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content  # parsed by the official client
+    assert len(content) == 8 and all(len(x.top_logprobs) == 3 for x in content)
+    assert [x.logprob for x in content] == pytest.approx([x.logprob for x in want.logprobs], abs=1e-3)
+    assert all(x.top_logprobs[0].logprob >= x.top_logprobs[1].logprob >= x.top_logprobs[2].logprob for x in content)
+    streamed = chat(client, PROMPTS[3], {"concept": PIRATE}, max_tokens=8, logprobs=True, top_logprobs=3, stream=True)
+    parts = [x for c in streamed if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.content]
+    assert [x.logprob for x in parts] == pytest.approx([x.logprob for x in content], abs=1e-3)  # another sequence
+    assert chat(client, PROMPTS[3], max_tokens=2).choices[0].logprobs is None
+    done = client.completions.create(model="flas", prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2,
+                                      extra_body={"steering": {"concept": NOIR, "flowtime": 1.5}})
+    lp = done.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6 and lp.text_offset[0] == 16
+    for body, param in (({"logprobs": 1}, "logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                        ({"top_logprobs": 2}, "top_logprobs")):
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], **body},
+                       timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

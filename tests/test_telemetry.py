@@ -100,8 +100,9 @@ def test_a_change_mid_run_shows_in_the_telemetry_from_its_token(model):
 
 
 def test_the_c_api_hands_over_each_tokens_data(tiny_base_f32, flow):
-    class TokenData(C.Structure):
-        _fields_ = [("token", C.c_int32), ("flowtime", C.c_float), ("displacement", C.c_float)]
+    class TokenData(C.Structure):  # struct flas_token_data
+        _fields_ = [("token", C.c_int32), ("flowtime", C.c_float), ("displacement", C.c_float), ("logprob", C.c_float),
+                    ("n_top", C.c_int32), ("top_token", C.c_int32 * 20), ("top_logprob", C.c_float * 20)]
 
     lib = load(flas_cpp.get_library())
     lib.flas_poll_data.argtypes = [C.c_void_p, C.c_uint64, C.c_int32, C.POINTER(TokenData), C.c_int32,
@@ -118,18 +119,20 @@ def test_the_c_api_hands_over_each_tokens_data(tiny_base_f32, flow):
         for telemetry in (True, False):
             rp = lib.flas_request_default_params()
             rp.prompt, rp.n_prompt, rp.concept, rp.max_tokens, rp.telemetry = ids, n, PIRATE.encode(), 8, telemetry
+            rp.logprobs = 2 if telemetry else -1
             rp.sampling.temperature = 0.0
             rid, res, out, got = C.c_uint64(), Result(), (TokenData * 3)(), []
             assert lib.flas_submit(model, C.byref(rp), C.byref(rid)) == 0
             while res.finish == 0:
                 k = lib.flas_poll_data(model, rid, 1000, out, 3, C.byref(res))
                 assert k >= 0
-                got += [(d.token, d.flowtime, d.displacement) for d in out[:k]]
+                got += [(d.token, d.flowtime, d.displacement, d.logprob, list(d.top_token[:d.n_top])) for d in out[:k]]
             assert [x[0] for x in got] == want.tokens and all(x[1] == 2.0 for x in got)
             if telemetry:
                 np.testing.assert_allclose([x[2] for x in got], [x.displacement for x in want.telemetry], rtol=1e-6)
+                assert all(x[4][0] == x[0] and len(x[4]) == 2 and x[3] < 0 for x in got)  # greedy: the top one
             else:
-                assert all(np.isnan(x[2]) for x in got)
+                assert all(np.isnan(x[2]) and np.isnan(x[3]) and x[4] == [] for x in got)
     finally:
         lib.flas_model_free(model)
 

@@ -249,16 +249,23 @@ void register_model(py::module_ & m) {
             data.resize((size_t) check(n));
             std::vector<int32_t> tokens;
             std::vector<float> flowtime, displacement;
+            py::list logprobs;
             for (const flas_token_data & d : data) {
                 tokens.push_back(d.token);
                 flowtime.push_back(d.flowtime);
                 displacement.push_back(d.displacement);
+                py::list top;
+                for (int i = 0; i < d.n_top; ++i) {
+                    top.append(py::make_tuple(d.top_token[i], d.top_logprob[i]));
+                }
+                logprobs.append(py::make_tuple(d.logprob, top));
             }
-            return py::make_tuple(tokens, flowtime, displacement,
+            return py::make_tuple(tokens, flowtime, displacement, logprobs,
                                   end.result.finish == FLAS_FINISH_NONE ? py::none() : py::cast(end));
         }, py::arg("id"), py::arg("timeout_ms"), py::arg("n_max") = 256,
-           "flas_poll_data: (up to n_max new tokens, the flowtime and displacement of each (flas_token_data), the "
-           "Result once the request has ended and handed them all over, else None).")
+           "flas_poll_data: (up to n_max new tokens, the flowtime and displacement of each, the (logprob, [(token, "
+           "logprob), ...]) of each (flas_token_data), the Result once the request has ended and handed them all "
+           "over, else None).")
         .def("wait_any", [](const model & s, const std::vector<uint64_t> & ids, int timeout_ms) {
             auto h = s.get();
             uint64_t ready = 0;

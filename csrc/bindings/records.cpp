@@ -80,7 +80,7 @@ void register_records(py::module_ & m) {
         .def_property("sampling", py::cpp_function([](request_params & r) -> flas_sampling_params & { return r.p.sampling; },
                                                    py::return_value_policy::reference_internal),
                       [](request_params & r, const flas_sampling_params & s) { r.p.sampling = s; })
-        .FIELD(request_params, trace).FIELD(request_params, telemetry);
+        .FIELD(request_params, trace).FIELD(request_params, telemetry).FIELD(request_params, logprobs);
 
     py::enum_<flas_finish>(m, "Finish", "enum flas_finish: how a request ended")
         .value("NONE", FLAS_FINISH_NONE)

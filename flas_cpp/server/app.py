@@ -22,8 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..completions import finish_reason, new_id
 from ..generation import ContextLengthError, Generation, Handle, RequestNotFoundError
 from ..model import FlasModel
-from .openai_api import (ApiError, Completion, Steering, chunk, parse_completion, parse_json, parse_steering, response,
-                         usage_chunk)
+from .openai_api import (ApiError, Completion, Steering, chunk, parse_completion, parse_json, parse_steering,
+                         prompt_offset, response, usage_chunk)
 
 WAIT_MS = 100  # one blocking wait on the engine; the loop checks for disconnects between them
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}  # metrics labels (and "steering")
@@ -248,7 +248,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise e
             fail(g, endpoint)
             account(g, endpoint)
-            return JSONResponse(response(c, chat, rid, "".join(text), g, shown(run)))
+            return JSONResponse(response(c, chat, rid, "".join(text), g, shown(run), m))
         finally:
             handle.cancel()
             state.running.pop(rid, None)
@@ -267,10 +267,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         try:
             if chat:
                 yield event(chunk(c, chat, rid, created, shown(run), text="", role=True))
+            offset = prompt_offset(c, chat)  # of the text so far, for completions' logprobs
             while not handle.done:
-                piece, tokens = await anyio.to_thread.run_sync(handle.poll_telemetry, WAIT_MS)
-                if piece or tokens:
-                    yield event(chunk(c, chat, rid, created, shown(run), text=piece, tokens=tokens))
+                piece = await anyio.to_thread.run_sync(handle.poll_piece, WAIT_MS)
+                if piece.text or piece.telemetry or piece.logprobs:
+                    yield event(chunk(c, chat, rid, created, shown(run), piece=piece, model=state.model,
+                                      offset=offset))
+                    offset += len(piece.text)
             g = await anyio.to_thread.run_sync(handle.result)
             counted = True
             if g.stop_reason == "cancelled" and state.stopping:

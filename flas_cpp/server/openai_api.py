@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import completions
 from .._native import core, record
-from ..generation import Generation, Request, other_sampling_fields
+from ..generation import Generation, Piece, Request, other_sampling_fields
 from ..prompting import check_steering
 
 ROLES = ("system", "user", "assistant")
@@ -24,6 +24,7 @@ MAX_STOPS = 4            # OpenAI's limit
 MAX_STOP_CHARS = 1000
 MAX_CONCEPT_CHARS = 2000  # the flow reads a concept's first 64 tokens; this is far beyond them
 MAX_BREAKPOINTS = 64     # of a flowtime schedule; a slider's few points are far below
+MAX_TOP_LOGPROBS = 20    # alternatives per token (flas.h's FLAS_MAX_TOP_LOGPROBS, OpenAI's chat limit)
 
 
 class ApiError(Exception):
@@ -261,6 +262,18 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
                        else _number(body, name, None, -math.inf, math.inf))
                 for name, default in record(core().SamplingParams()).items()
                 if name in others and body.get(name) is not None}
+    # logprobs: chat's "logprobs": true with "top_logprobs" 0..20; completions' "logprobs" 0..20 (the
+    # number of alternatives; OpenAI's own limit there is 5)
+    if chat:
+        wants = body.get("logprobs", False)
+        if wants is not None and not isinstance(wants, bool):
+            raise _bad("logprobs", f"must be true or false, got {_shown(wants)}")
+        top = _integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS)
+        if top is not None and not wants:
+            raise _bad("top_logprobs", "needs \"logprobs\": true")
+        logprobs = (top or 0) if wants else None
+    else:
+        logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
     seed = _integer(body, "seed", None, -2**63, 2**64 - 1)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
@@ -289,7 +302,7 @@ def parse_completion(body: Any, chat: bool, models: dict[str, Steering], default
                       max_tokens=max_tokens or default_max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                       sampling=sampling,
                       seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"), stop=stop,
-                      telemetry=steering.telemetry, **prompt_fields)
+                      telemetry=steering.telemetry, logprobs=logprobs, **prompt_fields)
     return Completion(request, model, steering, stream, bool(options.get("include_usage")))
 
 
@@ -298,16 +311,31 @@ def telemetry_json(items: list) -> list[dict]:
     return [{"flowtime": round(t.flowtime, 6), "displacement": round(t.displacement, 6)} for t in items]
 
 
-def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, steering: dict | None) -> dict:
+def prompt_offset(c: Completion, chat: bool) -> int:
+    """Where a completion's text starts for its logprobs' text_offset (after the prompt, as llama-cpp-python)."""
+    return 0 if chat else len(c.request.prompt)
+
+
+def response(c: Completion, chat: bool, rid: str, text: str, g: Generation, steering: dict | None,
+             model: Any) -> dict:
     extra = {"telemetry": telemetry_json(g.telemetry or [])} if c.steering.telemetry else {}
-    return completions.response(chat, rid, c.model, text, g, steering=steering, **extra)
+    logprobs = (completions.logprobs_json(model, chat, g.logprobs or [], prompt_offset(c, chat))
+                if c.request.logprobs is not None else None)
+    return completions.response(chat, rid, c.model, text, g, logprobs, steering=steering, **extra)
 
 
 def chunk(c: Completion, chat: bool, rid: str, created: int, steering: dict | None, text: str | None = None,
-          role: bool = False, finish: str | None = None, tokens: list | None = None) -> dict:
-    extra = {"telemetry": telemetry_json(tokens or [])} if c.steering.telemetry else {}
-    return completions.chunk(chat, rid, created, c.model, text=text, role=role, finish=finish, steering=steering,
-                             **extra)
+          role: bool = False, finish: str | None = None, piece: Piece | None = None, model: Any = None,
+          offset: int = 0) -> dict:
+    """A stream chunk: of a piece (its text, and its tokens' telemetry and logprobs when asked for),
+    or the role's or the end's."""
+    if piece is not None:
+        text = piece.text
+    extra = {"telemetry": telemetry_json(piece.telemetry if piece else [])} if c.steering.telemetry else {}
+    logprobs = (completions.logprobs_json(model, chat, piece.logprobs, offset)
+                if piece is not None and c.request.logprobs is not None else None)
+    return completions.chunk(chat, rid, created, c.model, text=text, role=role, finish=finish, logprobs=logprobs,
+                             steering=steering, **extra)
 
 
 def usage_chunk(c: Completion, chat: bool, rid: str, created: int, g: Generation) -> dict:
