@@ -283,11 +283,7 @@ bool flas_scheduler::restyle(int seq) {
             board_.settle_change(*r.ticket, -1, FLAS_ERR_INVALID_ARGUMENT, e.what());
             return true;
         }
-        s.trusted = false;  // rows of two steerings: no later request's prefix
-        rt_.set_flowtime(seq, off ? 0.0f : next->flowtime.at(0));
-        r.steer = *next;
-        r.origin = r.n_out;
-        board_.settle_change(*r.ticket, r.n_out, FLAS_OK, "");
+        adopt(seq, *next);
     } catch (const std::exception & e) {
         s.trusted = false;
         board_.settle_change(*r.ticket, -1, FLAS_ERR_RUNTIME, e.what());
@@ -313,9 +309,17 @@ void flas_scheduler::retime_now(int seq) {
     if (!next) {
         return;
     }
+    adopt(seq, *next);  // a failure fails the whole step, as any in the callback
+}
+
+// The change's strength from the token this step samples (its schedule counted from there), the
+// change settled. The sequence then holds rows of two steerings: no later request's prefix.
+void flas_scheduler::adopt(int seq, const flas_steer & next) {
+    slot & s = slots_[seq];
+    running & r = *s.run;
     s.trusted = false;
-    rt_.set_flowtime(seq, next->flowtime.at(0));  // a failure fails the whole step, as any in the callback
-    r.steer = *next;
+    rt_.set_flowtime(seq, next.unsteered() ? 0.0f : next.flowtime.at(0));
+    r.steer = next;
     r.origin = r.n_out;
     board_.settle_change(*r.ticket, r.n_out, FLAS_OK, "");
 }

@@ -48,6 +48,7 @@ class flas_scheduler {
     void admit(std::shared_ptr<flas_ticket> t);
     bool restyle(int seq);
     void retime_now(int seq);
+    void adopt(int seq, const flas_steer & next);
     flas_token_data token_data(int seq, llama_token tok);
     void decode();
     void finish(int seq, flas_finish reason, flas_status status = FLAS_OK, const std::string & error = "");
